@@ -1,0 +1,407 @@
+"""Typed configuration: dataclass defaults < YAML file (one ``_base_`` level) < ``key.sub=value`` overrides.
+
+Every default lives in the dataclasses below with a one-line comment saying what it is and, for the
+paper-derived ones, where it comes from:
+
+* He et al. 2015, "Deep Residual Learning for Image Recognition" (ResNet), Sec. 3.4 and Appendix A.
+* Ren et al. 2015, "Faster R-CNN" (NIPS / TPAMI), Sec. 3.1-3.3 and 4.
+* py-faster-rcnn (the reference Caffe code): ``experiments/cfgs`` and ``models/*/solver.prototxt``.
+
+Loading:
+
+>>> cfg = load_config("configs/voc07_r101.yaml", ["solver.base_lr=0.002", "solver.steps=[60000]"])
+
+The YAML's ``task`` key ("detection" or "classification") picks the schema from ``CONFIG_SCHEMAS``
+unless ``schema=`` is given. An unknown key or a value of the wrong type raises ``ValueError`` naming the
+key (and the file) and suggesting the closest valid key. ``save_config`` writes YAML that
+``load_config`` reads back into an equal object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+__all__ = [
+    "BackboneConfig", "PoolerConfig", "RPNConfig", "RoIConfig", "ModelConfig", "DataConfig",
+    "SolverConfig", "TestConfig", "DetConfig",
+    "ClsModelConfig", "ClsDataConfig", "ClsSolverConfig", "ClsTestConfig", "ClsConfig",
+    "CONFIG_SCHEMAS", "load_config", "save_config", "config_to_dict", "config_from_dict",
+    "list_config_keys", "apply_overrides",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Detection schema
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"  # one of detres.backbones.list_backbones(): resnet18/34/50/101/152, vgg16
+    weights: Optional[str] = None  # ImageNet weights file (torchvision or detres format); None = random init
+    style: Optional[str] = None  # "pytorch" (stride in 3x3) | "msra" (stride in 1x1); None = from weights meta
+    norm: str = "frozen_bn"  # frozen_bn (paper: BN statistics fixed when fine-tuning) | bn | syncbn | gn
+    freeze_at: int = 2  # freeze conv1 + res2 (stage index < 2), as the paper's Faster R-CNN fine-tuning
+    shortcut: str = "B"  # ResNet projection shortcuts: "A" zero-pad, "B" project on dim change (paper default), "C" all
+
+
+@dataclass
+class PoolerConfig:
+    type: str = "roi_align"  # roi_align (torchvision MultiScaleRoIAlign) | roi_pool (the paper's RoI pooling)
+    resolution: Optional[int] = None  # RoI output size; None = 14 for ResNet-C4 (conv5 strides it to 7), 7 for VGG
+    sampling_ratio: int = 0  # RoIAlign bilinear samples per bin; 0 = adaptive
+    aligned: bool = False  # RoIAlign half-pixel offset (Detectron2 "ROIAlignV2"); False = torchvision default
+
+
+@dataclass
+class RPNConfig:
+    anchor_sizes: list[int] = field(default_factory=lambda: [128, 256, 512])  # Faster R-CNN Sec. 3.1.1: 3 scales
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # Faster R-CNN: 3 ratios 1:2,1:1,2:1
+    pre_nms_top_n_train: int = 12000  # py-faster-rcnn RPN_PRE_NMS_TOP_N (train)
+    post_nms_top_n_train: int = 2000  # py-faster-rcnn RPN_POST_NMS_TOP_N (train)
+    pre_nms_top_n_test: int = 6000  # py-faster-rcnn RPN_PRE_NMS_TOP_N (test)
+    post_nms_top_n_test: int = 300  # Faster R-CNN Sec. 4: 300 proposals at test time
+    batch_size_per_image: int = 256  # Faster R-CNN Sec. 3.1.3: 256 sampled anchors per image, up to 1:1 pos:neg
+
+
+@dataclass
+class RoIConfig:
+    batch_size_per_image: int = 128  # RoIs per image (ResNet paper / py-faster-rcnn BATCH_SIZE 128), 25% foreground
+    score_thresh: float = 0.05  # drop detections scoring below this at test time
+    nms_thresh: float = 0.3  # per-class NMS at test time (py-faster-rcnn TEST.NMS 0.3)
+    detections_per_img: int = 100  # keep at most this many detections per image
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # trunk + conv5 head (C4 layout)
+    num_classes: Optional[int] = None  # classes INCLUDING background; None = len(dataset class names) + 1
+    pooler: PoolerConfig = field(default_factory=PoolerConfig)  # RoI feature extraction
+    rpn: RPNConfig = field(default_factory=RPNConfig)  # region proposal network
+    roi: RoIConfig = field(default_factory=RoIConfig)  # box head sampling and post-processing
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "voc"  # voc | coco | shapes (the synthetic VOC-format demo set)
+    root: str = ""  # data folder; "" = $DETRES_DATA, else ./data
+    train: list[str] = field(default_factory=lambda: ["voc_2007_trainval"])  # training split names (concatenated)
+    test: str = "voc_2007_test"  # evaluation split name
+    min_size: int = 600  # Faster R-CNN Sec. 3.3: shorter side rescaled to 600 px
+    max_size: int = 1000  # Faster R-CNN: longer side capped at 1000 px
+    flip_prob: float = 0.5  # horizontal flip during training (py-faster-rcnn USE_FLIPPED)
+    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength; 0 = off (paper: none)
+    num_workers: int = 2  # DataLoader worker processes per GPU/process
+    aspect_ratio_grouping: bool = True  # batch portrait with portrait and landscape with landscape images
+    keep_difficult_train: bool = False  # VOC "difficult" objects are excluded from training (py-faster-rcnn)
+
+
+@dataclass
+class SolverConfig:
+    max_iter: int = 70000  # total iterations (py-faster-rcnn VGG16 VOC07 end-to-end: 70k)
+    base_lr: float = 0.001  # learning rate at reference_batch images (py-faster-rcnn VOC07: 0.001)
+    momentum: float = 0.9  # SGD momentum (paper)
+    weight_decay: float = 0.0001  # ResNet paper 1e-4; py-faster-rcnn used 5e-4 for VGG16
+    ims_per_batch: int = 1  # images per GPU/process; the total batch is this x world size
+    reference_batch: int = 1  # total batch that base_lr was tuned for; lr is scaled linearly to the actual batch
+    steps: list[int] = field(default_factory=lambda: [50000])  # iterations where lr is multiplied by gamma
+    gamma: float = 0.1  # lr decay factor at each step (paper: divide by 10)
+    warmup_iters: int = 0  # linear warmup length in iterations (0 = none; the paper used none for detection)
+    warmup_factor: float = 0.001  # lr multiplier at iteration 0 of the warmup
+    checkpoint_period: int = 5000  # save a checkpoint every this many iterations
+    clip_grad_norm: Optional[float] = None  # clip the global gradient L2 norm to this value; None = off
+    amp: Optional[str] = None  # mixed precision on CUDA: "bf16" | "fp16" | None (fp32)
+    log_period: int = 20  # write metrics.jsonl / TensorBoard every this many iterations
+
+
+@dataclass
+class TestConfig:
+    eval_period: int = 0  # evaluate every this many iterations (0 = only at the end)
+    ims_per_batch: int = 1  # test images per process
+    num_vis_images: int = 4  # test images drawn with their detections into the output directory
+
+
+@dataclass
+class DetConfig:
+    task: str = "detection"  # picks this schema in load_config
+    model: ModelConfig = field(default_factory=ModelConfig)  # the detector
+    data: DataConfig = field(default_factory=DataConfig)  # data sets and transforms
+    solver: SolverConfig = field(default_factory=SolverConfig)  # optimiser and schedule
+    test: TestConfig = field(default_factory=TestConfig)  # evaluation
+    output_dir: str = "output/run"  # run directory: config.yaml, metrics, checkpoints, eval.json, pictures
+    seed: int = 0  # global seed (Python, NumPy, torch); each rank adds its rank
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification schema (ImageNet pretraining, ResNet paper Sec. 3.4)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ClsModelConfig:
+    name: str = "resnet50"  # architecture, see detres.backbones.list_backbones()
+    style: str = "pytorch"  # "pytorch" (stride in 3x3) | "msra" (stride in the first 1x1, as the paper's Caffe models)
+    norm: str = "bn"  # batch norm after every conv, before the activation (paper Sec. 3.4)
+    num_classes: int = 1000  # ImageNet-1k
+    shortcut: str = "B"  # projection shortcuts only when dimensions change (paper option B)
+
+
+@dataclass
+class ClsDataConfig:
+    root: str = ""  # ImageNet folder (ImageFolder layout); "" = $DETRES_DATA/imagenet, else ./data/imagenet
+    train_dir: str = "train"  # training sub-folder of root
+    val_dir: str = "val"  # validation sub-folder of root
+    min_scale: int = 256  # scale augmentation: shorter side sampled in [256, 480] (paper Sec. 3.4)
+    max_scale: int = 480  # upper end of the scale augmentation
+    crop: int = 224  # random 224x224 crop (paper)
+    pca_lighting: float = 0.1  # AlexNet-style PCA colour augmentation strength (paper cites Krizhevsky et al.)
+    num_workers: int = 8  # DataLoader worker processes per GPU/process
+    test_resize: int = 256  # shorter side before the centre/ten crops at test time
+
+
+@dataclass
+class ClsSolverConfig(SolverConfig):
+    max_iter: int = 600000  # paper: training stops at 60e4 iterations
+    base_lr: float = 0.1  # paper: starts at 0.1
+    weight_decay: float = 0.0001  # paper: 1e-4
+    ims_per_batch: int = 32  # images per GPU (8 GPUs x 32 = 256)
+    reference_batch: int = 256  # paper: mini-batch 256
+    steps: list[int] = field(default_factory=lambda: [150000, 300000, 450000])  # paper divides by 10 on plateaus; fixed here
+    warmup_iters: int = 0  # paper: no warmup for ResNet-50/101/152 (only ResNet-110 on CIFAR used 0.01 first)
+    checkpoint_period: int = 10000  # save every this many iterations
+
+
+@dataclass
+class ClsTestConfig:
+    eval_period: int = 10000  # evaluate every this many iterations (0 = only at the end)
+    ten_crop: bool = True  # paper: standard 10-crop testing for comparison studies
+    ims_per_batch: int = 32  # test images per process
+
+
+@dataclass
+class ClsConfig:
+    task: str = "classification"  # picks this schema in load_config
+    model: ClsModelConfig = field(default_factory=ClsModelConfig)  # the classifier
+    data: ClsDataConfig = field(default_factory=ClsDataConfig)  # ImageNet data and augmentation
+    solver: ClsSolverConfig = field(default_factory=ClsSolverConfig)  # optimiser and schedule
+    test: ClsTestConfig = field(default_factory=ClsTestConfig)  # evaluation
+    output_dir: str = "output/imagenet"  # run directory
+    seed: int = 0  # global seed
+
+
+CONFIG_SCHEMAS: dict[str, type] = {"detection": DetConfig, "classification": ClsConfig}
+
+
+# --------------------------------------------------------------------------------------------------
+# Type checking / conversion
+# --------------------------------------------------------------------------------------------------
+def list_config_keys(schema: type | Any) -> list[str]:
+    """All dotted leaf keys of a schema class or instance, e.g. ``["model.backbone.name", ...]``."""
+    cls = schema if isinstance(schema, type) else type(schema)
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys.extend(f"{f.name}.{k}" for k in list_config_keys(tp))
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    if not close:
+        return ""
+    return f"; did you mean '{close[0]}'?"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted (lists, int->float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value in ("None", "null", "~") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ValueError(f"config key '{key}': expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key '{key}': expected bool (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"config key '{key}': expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"config key '{key}': expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"config key '{key}': expected str, got {value!r}")
+    raise ValueError(f"config key '{key}': unsupported annotation {tp!r}")
+
+
+def _apply_dict(obj: Any, data: dict, prefix: str, all_keys: list[str], source: str) -> None:
+    """Set fields of dataclass instance ``obj`` from nested dict ``data`` (in place)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: config key '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in data.items():
+        full = f"{prefix}{k}"
+        if k not in names:
+            raise ValueError(f"{source}: unknown config key '{full}'{_suggest(str(full), all_keys)}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ValueError(f"{source}: config key '{full}' is a section; give sub-keys "
+                                 f"(e.g. '{full}.{dataclasses.fields(tp)[0].name}'), got {v!r}")
+            _apply_dict(getattr(obj, k), v, f"{full}.", all_keys, source)
+        else:
+            try:
+                setattr(obj, k, _convert(v, tp, full))
+            except ValueError as e:
+                raise ValueError(f"{source}: {e}") from None
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"override '{item}' must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"override '{item}' has an empty key")
+    raw = raw.strip()
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw  # keep as plain string (e.g. paths with ':')
+    return key, value
+
+
+def apply_overrides(cfg: Any, overrides: typing.Iterable[str]) -> Any:
+    """Apply ``key.sub=value`` strings (YAML-parsed values) to the config instance in place; returns it."""
+    all_keys = list_config_keys(cfg)
+    for item in overrides:
+        key, value = _parse_override(item)
+        if key not in all_keys:
+            raise ValueError(f"override '{item}': unknown config key '{key}'{_suggest(key, all_keys)}")
+        nested: dict = {}
+        cur = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+        _apply_dict(cfg, nested, "", all_keys, f"override '{item}'")
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Nested plain dict (lists, not tuples) of a config instance; YAML/JSON serialisable."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict, schema: type | None = None, *, source: str = "<dict>") -> Any:
+    """Build a schema instance from a nested dict (``task`` picks the schema when ``schema`` is None)."""
+    data = dict(data)
+    if schema is None:
+        task = data.get("task", "detection")
+        if task not in CONFIG_SCHEMAS:
+            raise ValueError(f"{source}: unknown task '{task}'{_suggest(str(task), list(CONFIG_SCHEMAS))}")
+        schema = CONFIG_SCHEMAS[task]
+    cfg = schema()
+    _apply_dict(cfg, data, "", list_config_keys(schema), source)
+    return cfg
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ValueError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml_with_base(path: str) -> dict:
+    """Read a YAML config and merge it over its ``_base_`` file (one level; relative to the file)."""
+    data = _read_yaml(path)
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: '_base_' must be one file path, got {base!r}")
+    base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(os.path.abspath(path)), base)
+    base_data = _read_yaml(base_path)
+    if "_base_" in base_data:
+        raise ValueError(f"{base_path}: a _base_ file may not have its own '_base_' (one level only)")
+    return _deep_merge(base_data, data)
+
+
+def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = (), schema: type | None = None) -> Any:
+    """Load ``path`` (YAML, optional ``_base_``) into a schema instance, then apply ``overrides``.
+
+    The schema is ``schema`` if given, else ``CONFIG_SCHEMAS[yaml["task"]]`` (default "detection").
+    Raises ValueError naming the file and key for unknown keys or wrong types.
+    """
+    path = os.fspath(path)
+    data = load_yaml_with_base(path)
+    cfg = config_from_dict(data, schema, source=path)
+    return apply_overrides(cfg, list(overrides))
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the full config as YAML (atomically); ``load_config(path)`` gives an equal object back."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
+    os.replace(tmp, path)

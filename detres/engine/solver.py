@@ -1,0 +1,62 @@
+"""Optimiser and learning-rate schedule: SGD with momentum, linear warmup then multi-step decay.
+
+The schedule is iteration based (the unit of py-faster-rcnn's and Detectron's solvers). The base learning
+rate follows the linear scaling rule (Goyal et al. 2017): when the total batch (processes x images per
+process) differs from the batch the rate was tuned for, the rate is multiplied by their ratio.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["scale_lr", "build_sgd", "WarmupMultiStep", "build_warmup_multistep"]
+
+
+def scale_lr(base_lr: float, *, total_batch: int, reference_batch: int) -> float:
+    """Linear scaling rule: ``base_lr * total_batch / reference_batch``."""
+    if total_batch <= 0 or reference_batch <= 0:
+        raise ValueError(f"batch sizes must be positive, got total={total_batch}, reference={reference_batch}")
+    return base_lr * total_batch / reference_batch
+
+
+def build_sgd(model: nn.Module, *, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.SGD:
+    """SGD over the trainable parameters (``requires_grad``) of ``model``; frozen ones are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class WarmupMultiStep:
+    """LR multiplier at iteration ``it``: linear warmup from ``warmup_factor`` to 1, then ``gamma**k``.
+
+    A plain callable object (not a lambda) so LambdaLR can save and restore it in its state dict.
+    """
+
+    def __init__(self, *, steps: Sequence[int], gamma: float = 0.1, warmup_iters: int = 0,
+                 warmup_factor: float = 0.001) -> None:
+        steps = list(steps)
+        if steps != sorted(steps):
+            raise ValueError(f"solver.steps must be increasing, got {steps}")
+        self.steps = steps
+        self.gamma = float(gamma)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+
+    def __call__(self, it: int) -> float:
+        factor = self.gamma ** bisect_right(self.steps, it)
+        if it < self.warmup_iters:
+            alpha = it / self.warmup_iters
+            factor *= self.warmup_factor * (1 - alpha) + alpha
+        return factor
+
+
+def build_warmup_multistep(optimizer: torch.optim.Optimizer, *, steps: Iterable[int], gamma: float = 0.1,
+                           warmup_iters: int = 0, warmup_factor: float = 0.001) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR stepping once per iteration with :class:`WarmupMultiStep`."""
+    fn = WarmupMultiStep(steps=list(steps), gamma=gamma, warmup_iters=warmup_iters, warmup_factor=warmup_factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
