@@ -1,0 +1,183 @@
+"""detres.backbones: the public API for the paper's backbones.
+
+    from detres.backbones import build_backbone, build_c4, build_classifier, list_backbones
+
+- `build_backbone(name, ...)`: a trunk returning an OrderedDict of named maps, with `feature_specs`
+  (name -> FeatureSpec(channels, stride)) and `out_channels`; usable in any torchvision detector.
+- `build_c4(name, ...)`: the paper's Faster R-CNN split (Appendix A) -> (trunk up to res4 / conv5_3,
+  RoI head running conv5 + pooling / fc6-fc7), both filled from one checkpoint.
+- `build_classifier(name, ...)`: the ImageNet form, with torchvision's state-dict keys.
+
+Every built module carries `weights_meta`: the input preprocessing its weights expect.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from .layers import NORMS, norm_factory
+from .resnet import ARCHS as _RESNET_ARCHS, SHORTCUTS, STYLES, ResNet, ResNetC4Head, ResNetClassifier
+from .spec import FeatureSpec
+from .vgg import VGG16, VGG16C4, VGG16Classifier, VGG16FCHead
+from .weights import (MSRA_META, TORCHVISION_META, default_meta, load_state, read_weights,
+                      resolve_style)
+
+__all__ = [
+    "FeatureSpec", "list_backbones", "build_backbone", "build_c4", "build_classifier", "read_weights",
+    "TORCHVISION_META", "MSRA_META", "BACKBONES", "ResNet", "ResNetC4Head", "VGG16", "VGG16FCHead",
+]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    family: str  # "resnet" or "vgg"
+    c4_feature: str  # the stride-16 map the RPN and RoI pooling read
+    default_pool: int  # RoI pooling size in the paper: 14 before conv5 (ResNet), 7 before fc6 (VGG)
+
+
+# The registry: a plain dict. Adding a backbone means adding an entry here and a builder family.
+BACKBONES: dict[str, _Entry] = {
+    **{name: _Entry("resnet", "res4", 14) for name in _RESNET_ARCHS},
+    "vgg16": _Entry("vgg", "conv5", 7),
+}
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by the build_* functions."""
+    return list(BACKBONES)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {list_backbones()}")
+    return BACKBONES[name]
+
+
+def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str):
+    """Read weights (if any) and settle style, BN eps and the preprocessing meta."""
+    entry = _entry(name)
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose from {list(NORMS)}")
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut {shortcut!r}; choose from {list(SHORTCUTS)}")
+    if style is not None and style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
+    if weights is None:
+        style = style or "pytorch"
+        return entry, None, default_meta(style), style
+    state, meta = read_weights(weights)
+    style = resolve_style(meta, style, os.fspath(weights))
+    return entry, state, meta, style
+
+
+def _finish(module: nn.Module, meta: dict[str, Any], name: str, style: str) -> nn.Module:
+    module.weights_meta = {**meta, "arch": name, "style": style}
+    return module
+
+
+def build_backbone(
+    name: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    style: str = "pytorch",
+    norm: str = "frozen_bn",
+    freeze_at: int = 2,
+    out_features: Sequence[str] = ("res4",),
+    shortcut: str = "B",
+) -> nn.Module:
+    """A feature trunk: forward(images[N,3,H,W]) -> OrderedDict name -> map.
+
+    ResNets produce `stem`, `res2`..`res5`; VGG-16 produces `conv1`..`conv5` (for VGG the default
+    `("res4",)` means its stride-16 map, `conv5`). Stages after the last requested map are not built.
+    weights: a torchvision or detres file; `fc`/`classifier` and unbuilt stages are dropped, any other
+    mismatch is an error. style: "pytorch" (torchvision v1.5) or "msra" (the paper's Caffe model).
+    norm: "frozen_bn", "bn", "syncbn" or "gn" (VGG-16 has no norm layers). freeze_at: 0..5, as detectron2.
+    """
+    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut)
+    out_features = (out_features,) if isinstance(out_features, str) else tuple(out_features)
+    if entry.family == "resnet":
+        net: nn.Module = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style,
+                                shortcut=shortcut, out_features=out_features)
+        built = {m for _, m in net._stages}
+        drop = ["fc."] + [f"layer{i}." for i in range(1, 5) if f"layer{i}" not in built]
+    else:
+        if out_features == ("res4",):
+            out_features = ("conv5",)
+        net = VGG16(out_features=out_features)
+        n = len(net.features)
+        drop = ["classifier."] + [f"features.{i}." for i in range(n, 31)]
+    if state is not None:
+        load_state(net, state, source=os.fspath(weights), drop_prefixes=drop)
+    net.freeze(freeze_at)
+    return _finish(net, meta, name, style)
+
+
+def build_c4(
+    name: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    style: str = "pytorch",
+    norm: str = "frozen_bn",
+    freeze_at: int = 2,
+    shortcut: str = "B",
+) -> tuple[nn.Module, nn.Module]:
+    """The paper's Faster R-CNN split of one network (Appendix A) -> (trunk, head).
+
+    trunk: images -> {"res4": [N, C4, H/16, W/16]} (VGG: {"conv5": ...}); has `out_channels`.
+    head: ResNets take RoI features [R, C4, 14, 14] and run the whole conv5 stage (first block stride
+    2) plus global average pooling -> [R, 2048] (512 for ResNet-18/34); VGG-16 takes [R, 512, 7, 7]
+    and runs flatten, fc6, fc7 -> [R, 4096]. One checkpoint fills both (loaded before the split).
+    """
+    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut)
+    if entry.family == "resnet":
+        net = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style, shortcut=shortcut,
+                     out_features=("res4", "res5"))
+        drop = ["fc."]
+    else:
+        net = VGG16C4()
+        drop = ["classifier.6."]
+    if state is not None:
+        load_state(net, state, source=os.fspath(weights), drop_prefixes=drop)
+    net.freeze(freeze_at)
+    trunk, head = net.split_c4()
+    _finish(trunk, meta, name, style)
+    _finish(head, meta, name, style)
+    return trunk, head
+
+
+def build_classifier(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    style: str = "pytorch",
+    norm: str = "bn",
+    shortcut: str = "B",
+    weights: str | os.PathLike | None = None,
+) -> nn.Module:
+    """The ImageNet classifier: forward(images[N,3,224,224]) -> logits[N, num_classes].
+
+    Its state_dict keys are exactly torchvision's, so torchvision checkpoints load with no conversion.
+    """
+    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut)
+    if entry.family == "resnet":
+        net: nn.Module = ResNetClassifier(name, num_classes=num_classes,
+                                          norm=norm_factory(norm, eps=meta["bn_eps"]), style=style,
+                                          shortcut=shortcut)
+    else:
+        net = VGG16Classifier(num_classes=num_classes)
+    if state is not None:
+        load_state(net, state, source=os.fspath(weights))
+    return _finish(net, meta, name, style)
+
+
+def default_pool_size(name: str) -> int:
+    """RoI pooling resolution of the paper's head for this backbone: 14 (ResNet) or 7 (VGG-16)."""
+    return _entry(name).default_pool
+
+
+def c4_feature_name(name: str) -> str:
+    """The name of the stride-16 map the C4 trunk returns: "res4" or "conv5"."""
+    return _entry(name).c4_feature

@@ -1,0 +1,269 @@
+"""ResNet-18/34/50/101/152 of He et al. (2015), with torchvision's module names.
+
+Two placements of the stride in a bottleneck are supported:
+- "pytorch" (torchvision's "v1.5"): the stride sits in the 3x3 conv. ResNet-50: 4.1 GFLOPs.
+- "msra" (the paper's original Caffe model): the stride sits in the first 1x1 conv. ResNet-50: 3.8
+  GFLOPs. The MSRA weights only reproduce the paper's numbers with this placement.
+
+Shortcuts follow the paper's Sec. 3.3 / Table 3 options:
+- "A": parameter-free identity; extra channels are zero-padded and the stride subsamples.
+- "B": projection (1x1 conv + norm) only where the shape changes. torchvision's choice, the default.
+- "C": projection on every block.
+
+Module names are torchvision's (`conv1`, `bn1`, `layer1`..`layer4`, `downsample.0/1`, `fc`) so its
+checkpoints load as they are; the semantic names (`stem`, `res2`..`res5`) live in `feature_specs`.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .layers import freeze
+from .spec import FeatureSpec, check_out_features
+
+STYLES = ("pytorch", "msra")
+SHORTCUTS = ("A", "B", "C")
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+
+# name -> (block kind, blocks per stage); Table 1 of the paper.
+ARCHS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+
+NormFn = Callable[[int], nn.Module]
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: identity that subsamples by `stride` and zero-pads the extra channels. No parameters."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"option A cannot shrink channels ({in_channels} -> {out_channels})")
+        self.pad = out_channels - in_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.pad:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.pad))
+        return x
+
+
+def _shortcut(in_ch: int, out_ch: int, stride: int, shortcut: str, norm: NormFn) -> nn.Module | None:
+    """The block's `downsample` branch, or None for a plain identity."""
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut {shortcut!r}; choose from {list(SHORTCUTS)}")
+    reshapes = stride != 1 or in_ch != out_ch
+    if shortcut == "C" or (shortcut == "B" and reshapes):
+        return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), norm(out_ch))
+    if shortcut == "A" and reshapes:
+        return ZeroPadShortcut(in_ch, out_ch, stride)
+    return None
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34). `style` has no effect: there is no 1x1 to hold the stride."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, planes: int, *, stride: int, norm: NormFn, shortcut: str, style: str):
+        super().__init__()
+        out_ch = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = norm(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_ch, out_ch, stride, shortcut, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152); the stride's place depends on `style`."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, *, stride: int, norm: NormFn, shortcut: str, style: str):
+        super().__init__()
+        out_ch = planes * self.expansion
+        s1, s3 = (stride, 1) if style == "msra" else (1, stride)
+        self.conv1 = nn.Conv2d(in_ch, planes, 1, stride=s1, bias=False)
+        self.bn1 = norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=s3, padding=1, bias=False)
+        self.bn2 = norm(planes)
+        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
+        self.bn3 = norm(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_ch, out_ch, stride, shortcut, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """A ResNet trunk that returns the requested feature maps.
+
+    forward(images[N, 3, H, W]) -> OrderedDict name -> map, with names from `stem` (stride 4, after the
+    max-pool), `res2` (4), `res3` (8), `res4` (16), `res5` (32). Stages after the last requested one
+    are not built. `feature_specs` declares every returned map; `out_channels` is the channel count of
+    the last one (torchvision's FasterRCNN reads it).
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        *,
+        norm: NormFn,
+        style: str = "pytorch",
+        shortcut: str = "B",
+        out_features: Sequence[str] = ("res4",),
+    ):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown ResNet {arch!r}; choose from {list(ARCHS)}")
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
+        self.arch, self.style = arch, style
+        kind, depths = ARCHS[arch]
+        block = Bottleneck if kind == "bottleneck" else BasicBlock
+        names = ("stem",) + STAGE_NAMES
+        self._out_features = check_out_features(out_features, names)
+        last = names.index(self._out_features[-1])
+
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = norm(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        specs = {"stem": FeatureSpec(64, 4)}
+
+        channels, stride = 64, 4
+        self._stages: list[tuple[str, str]] = []  # (semantic name, module name)
+        for i, (name, depth) in enumerate(zip(STAGE_NAMES, depths)):
+            if i + 1 > last:
+                break
+            planes = 64 * 2**i
+            first_stride = 1 if i == 0 else 2
+            blocks = []
+            for b in range(depth):
+                blocks.append(
+                    block(channels, planes, stride=first_stride if b == 0 else 1, norm=norm,
+                          shortcut=shortcut, style=style)
+                )
+                channels = planes * block.expansion
+            stride *= first_stride
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self._stages.append((name, f"layer{i + 1}"))
+            specs[name] = FeatureSpec(channels, stride)
+        self._all_specs = specs
+        self._init_weights()
+
+    @property
+    def feature_specs(self) -> dict[str, FeatureSpec]:
+        """name -> FeatureSpec of every map forward() returns."""
+        return {n: self._all_specs[n] for n in self._out_features}
+
+    @property
+    def out_channels(self) -> int:
+        return self._all_specs[self._out_features[-1]].channels
+
+    def _init_weights(self) -> None:
+        # He et al. (2015, "Delving deep into rectifiers") init, as the paper trains from it.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def freeze(self, freeze_at: int) -> None:
+        """Freeze the stem (freeze_at >= 1) and res2..res5 (freeze_at >= 2..5), as detectron2 counts."""
+        if not 0 <= freeze_at <= 5:
+            raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
+        if freeze_at >= 1:
+            self.conv1 = freeze(self.conv1)
+            self.bn1 = freeze(self.bn1)
+        for i, (_, module_name) in enumerate(self._stages):
+            if freeze_at >= i + 2:
+                freeze(getattr(self, module_name))
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images [N, 3, H, W], got {tuple(x.shape)}")
+        out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        x = self.stem(x)
+        if "stem" in self._out_features:
+            out["stem"] = x
+        for name, module_name in self._stages:
+            x = getattr(self, module_name)(x)
+            if name in self._out_features:
+                out[name] = x
+        return out
+
+    def split_c4(self) -> tuple["ResNet", "ResNetC4Head"]:
+        """Cut a network built up to res5 into the C4 trunk (up to res4) and the res5 RoI head.
+
+        The head keeps torchvision's name `layer4`, so one checkpoint loaded before the split has
+        filled both parts.
+        """
+        if not self._stages or self._stages[-1][0] != "res5":
+            raise ValueError("split_c4 needs a network built up to res5")
+        head = ResNetC4Head(self.layer4, self._all_specs["res5"].channels)
+        del self.layer4
+        self._stages = self._stages[:-1]
+        self._out_features = ("res4",)
+        return self, head
+
+
+class ResNetC4Head(nn.Module):
+    """The paper's RoI head (Appendix A): the whole conv5 stage, then global average pooling.
+
+    forward(roi_features[R, C4, 14, 14]) -> [R, out_channels]. The first block has stride 2, so 14x14
+    RoI features run conv5 at 7x7.
+    """
+
+    def __init__(self, layer4: nn.Sequential, out_channels: int):
+        super().__init__()
+        self.layer4 = layer4
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.layer4(x), 1), 1)
+
+
+class ResNetClassifier(ResNet):
+    """The ImageNet classifier form: all four stages, global average pooling and `fc`.
+
+    forward(images[N, 3, 224, 224]) -> logits[N, num_classes]. Its state_dict keys are torchvision's.
+    """
+
+    def __init__(self, arch: str, *, num_classes: int = 1000, norm: NormFn, style: str = "pytorch",
+                 shortcut: str = "B"):
+        super().__init__(arch, norm=norm, style=style, shortcut=shortcut, out_features=("res5",))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.out_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = super().forward(x)["res5"]
+        return self.fc(torch.flatten(self.avgpool(x), 1))

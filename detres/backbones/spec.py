@@ -1,0 +1,36 @@
+"""The backbone contract: every output a backbone returns is declared as (name, channels, stride).
+
+A declaration is made by the code that builds the layer producing that output, so the table can never
+drift from the network (detectron2's ShapeSpec and timm's feature_info follow the same idea).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What one named output of a backbone looks like.
+
+    channels: the number of channels C of the map `[N, C, H, W]`.
+    stride: the input pixels per map cell; `H == ceil(H_in / stride)` up to the rounding of the stem.
+    """
+
+    channels: int
+    stride: int
+
+
+def check_out_features(requested, available) -> tuple[str, ...]:
+    """Validate a user's `out_features` against the names a network can produce.
+
+    Returns the requested names sorted into network order. Raises ValueError naming the bad entry.
+    """
+    if isinstance(requested, str):
+        requested = (requested,)
+    requested = tuple(requested)
+    if not requested:
+        raise ValueError(f"out_features is empty; choose from {list(available)}")
+    for name in requested:
+        if name not in available:
+            raise ValueError(f"unknown feature {name!r}; this backbone produces {list(available)}")
+    return tuple(n for n in available if n in requested)
