@@ -1,0 +1,138 @@
+"""COCO detection data through pycocotools.
+
+Category ids (COCO's 1..90 with gaps) are mapped to contiguous labels 1..K in increasing id order
+(0 is the background); ``label_to_cat_id`` / ``cat_id_to_label`` go there and back, and the
+COCO evaluator writes results with the original ids.
+
+Boxes: COCO ``[x, y, w, h]`` (continuous pixels) become xyxy ``[x, y, x + w, y + h]``, clipped to
+the image; boxes with no width or height after that are dropped. Crowd regions (``iscrowd=1``) are
+never targets. With ``train=True`` images left with no box are skipped; with ``train=False`` every
+image is kept (the evaluator needs them all).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from detres.data.transforms import read_image_rgb
+
+__all__ = ["COCODetection", "load_coco", "find_coco_files"]
+
+
+def load_coco(ann_file: str | os.PathLike):
+    """Load a COCO annotation file with pycocotools (quietly). ValueError names the file on failure."""
+    from pycocotools.coco import COCO
+
+    path = Path(ann_file)
+    if not path.is_file():
+        raise ValueError(f"{path}: annotation file not found")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(path))
+    except (ValueError, KeyError, TypeError) as exc:  # json errors are ValueErrors
+        raise ValueError(f"{path}: not a valid COCO annotation file ({type(exc).__name__}: {exc})") from None
+
+
+def _boxes_from_anns(anns: list[dict], width: float, height: float, cat_id_to_label: dict[int, int]):
+    boxes, labels = [], []
+    for ann in anns:
+        if ann.get("iscrowd", 0):
+            continue
+        bbox = ann.get("bbox")
+        if bbox is None or len(bbox) != 4:
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        x1, y1 = max(x, 0.0), max(y, 0.0)
+        x2 = min(x + w, width) if width > 0 else x + w
+        y2 = min(y + h, height) if height > 0 else y + h
+        if x2 <= x1 or y2 <= y1:
+            continue
+        boxes.append((x1, y1, x2, y2))
+        labels.append(cat_id_to_label[ann["category_id"]])
+    return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64))
+
+
+class COCODetection(Dataset):
+    """Items ``(image, target)`` with ``target = {"boxes" float32 [N,4] xyxy 0-based, "labels" int64
+    [N] in 1..K, "image_id": int (the COCO id)}``.
+
+    Attributes: ``coco`` (pycocotools COCO), ``ids`` (image ids, int), ``class_names`` (category
+    names in label order), ``label_to_cat_id``, ``cat_id_to_label``.
+    """
+
+    def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, *, train: bool,
+                 transforms: Callable[[np.ndarray, dict], tuple[Any, dict]] | None = None, coco=None) -> None:
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise ValueError(f"{self.image_dir}: image directory not found")
+        self.ann_file = Path(ann_file)
+        self.coco = coco if coco is not None else load_coco(ann_file)
+        self.train = train
+        self.transforms = transforms
+        cat_ids = sorted(self.coco.getCatIds())
+        cats = self.coco.loadCats(cat_ids)
+        self.class_names = tuple(c["name"] for c in cats)
+        self.label_to_cat_id = {i + 1: cid for i, cid in enumerate(cat_ids)}
+        self.cat_id_to_label = {cid: i + 1 for i, cid in enumerate(cat_ids)}
+        ids = sorted(self.coco.getImgIds())
+        if train:
+            kept = []
+            for img_id in ids:
+                info = self.coco.imgs[img_id]
+                anns = self.coco.imgToAnns.get(img_id, [])
+                boxes, _ = _boxes_from_anns(anns, info.get("width", 0), info.get("height", 0), self.cat_id_to_label)
+                if len(boxes):
+                    kept.append(img_id)
+            ids = kept
+        self.ids: list[int] = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def aspect_ratios(self) -> list[float]:
+        """``width / height`` per item from the annotation file's image records."""
+        out = []
+        for img_id in self.ids:
+            info = self.coco.imgs[img_id]
+            w, h = info.get("width", 0), info.get("height", 0)
+            out.append(w / h if w and h else 1.0)
+        return out
+
+    def get_target(self, index: int) -> dict:
+        img_id = self.ids[index]
+        info = self.coco.imgs[img_id]
+        boxes, labels = _boxes_from_anns(self.coco.imgToAnns.get(img_id, []), info.get("width", 0),
+                                         info.get("height", 0), self.cat_id_to_label)
+        return {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "image_id": int(img_id)}
+
+    def __getitem__(self, index: int) -> tuple[Any, dict]:
+        img_id = self.ids[index]
+        info = self.coco.imgs[img_id]
+        path = self.image_dir / info["file_name"]
+        image = read_image_rgb(path)
+        w, h = info.get("width", 0), info.get("height", 0)
+        if w and h and image.shape[:2] != (h, w):
+            raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but {self.ann_file} says {w}x{h}")
+        target = self.get_target(index)
+        if self.transforms is not None:
+            return self.transforms(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"COCODetection({str(self.ann_file)!r}, train={self.train}, images={len(self)})"
+
+
+def find_coco_files(data_root: str | os.PathLike, split: str = "val2017") -> tuple[Path, Path]:
+    """``(<data_root>/coco/<split>, <data_root>/coco/annotations/instances_<split>.json)``."""
+    base = Path(data_root) / "coco"
+    image_dir, ann = base / split, base / "annotations" / f"instances_{split}.json"
+    if not ann.is_file():
+        raise ValueError(f"{ann}: COCO annotation file not found")
+    return image_dir, ann

@@ -1,0 +1,287 @@
+"""PASCAL VOC detection data (2007, 2012 and any tree in the same layout).
+
+A VOC tree (``dataset_dir``) holds ``Annotations/<id>.xml``, ``JPEGImages/<id>.jpg`` and
+``ImageSets/Main/<split>.txt``. All annotations of a split are parsed once, when the dataset is
+built (a few thousand small XML files take about a second), so ``aspect_ratios()`` and the
+evaluator's ground truth cost no image decode.
+
+Box convention. VOC XML boxes are 1-based and inclusive (``xmin=1`` is the first pixel column,
+``xmax=W`` the last). They are converted as detectron2 does: ``(xmin - 1, ymin - 1, xmax, ymax)``,
+i.e. 0-based continuous coordinates where a box covering columns 0..W-1 is ``[0, W]``.
+The VOC evaluator converts back with ``x1 + 1, y1 + 1`` and measures with the devkit's +1 widths.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from detres.data.transforms import read_image_rgb
+
+__all__ = [
+    "VOC_CLASSES",
+    "VOCAnnotation",
+    "VOCDetection",
+    "VOCConcatDataset",
+    "parse_voc_xml",
+    "find_voc_dir",
+    "build_voc",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The 20 PASCAL VOC classes, in the devkit's order. Label ``i + 1`` is ``VOC_CLASSES[i]``.
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+@dataclass(frozen=True)
+class VOCAnnotation:
+    """One parsed XML file.
+
+    ``boxes``: float32 [N, 4] xyxy, 0-based (detectron2 convention: xmin-1, ymin-1, xmax, ymax).
+    ``labels``: int64 [N] in 1..K. ``difficult``: bool [N]. ``width``/``height``: from ``<size>``
+    (0 when the file has no usable size).
+    """
+
+    image_id: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    width: int
+    height: int
+
+
+def _text(node: ET.Element | None) -> str | None:
+    if node is None or node.text is None:
+        return None
+    return node.text.strip()
+
+
+def parse_voc_xml(path: str | os.PathLike, class_names: Sequence[str], *, image_id: str | None = None) -> VOCAnnotation:
+    """Parse one VOC annotation file.
+
+    Tolerated quirks: a missing or empty ``<difficult>`` means 0; coordinates may be floats;
+    a file may have no ``<object>``; unknown fields are ignored. Raises ``ValueError`` naming the
+    file (and the object number) for malformed XML, an unknown class or a missing coordinate.
+    """
+    path = Path(path)
+    image_id = image_id if image_id is not None else path.stem
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise ValueError(f"{path}: malformed XML ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read annotation ({exc.strerror or exc})") from None
+    class_to_label = {name: i + 1 for i, name in enumerate(class_names)}
+
+    width = height = 0
+    size = root.find("size")
+    if size is not None:
+        try:
+            width = int(float(_text(size.find("width")) or 0))
+            height = int(float(_text(size.find("height")) or 0))
+        except ValueError:
+            raise ValueError(f"{path}: <size> has a non-numeric width/height") from None
+
+    boxes, labels, difficult = [], [], []
+    for k, obj in enumerate(root.iter("object"), start=1):
+        name = _text(obj.find("name"))
+        if name is None:
+            raise ValueError(f"{path}: object {k} has no <name>")
+        if name not in class_to_label:
+            raise ValueError(f"{path}: object {k} has unknown class {name!r} (known: {', '.join(class_names)})")
+        diff_text = _text(obj.find("difficult"))
+        try:
+            diff = bool(int(float(diff_text))) if diff_text else False
+        except ValueError:
+            raise ValueError(f"{path}: object {k} has a non-numeric <difficult> {diff_text!r}") from None
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            raise ValueError(f"{path}: object {k} ({name}) has no <bndbox>")
+        coords = []
+        for tag in ("xmin", "ymin", "xmax", "ymax"):
+            value = _text(bnd.find(tag))
+            if value is None:
+                raise ValueError(f"{path}: object {k} ({name}) has no <{tag}>")
+            try:
+                coords.append(float(value))
+            except ValueError:
+                raise ValueError(f"{path}: object {k} ({name}) has a non-numeric <{tag}> {value!r}") from None
+        x1, y1, x2, y2 = coords
+        if not (x2 >= x1 and y2 >= y1):
+            raise ValueError(f"{path}: object {k} ({name}) has xmax < xmin or ymax < ymin: {coords}")
+        # 1-based inclusive -> 0-based continuous (detectron2's convention).
+        boxes.append((x1 - 1.0, y1 - 1.0, x2, y2))
+        labels.append(class_to_label[name])
+        difficult.append(diff)
+
+    return VOCAnnotation(
+        image_id=image_id,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+        difficult=np.asarray(difficult, dtype=bool),
+        width=width,
+        height=height,
+    )
+
+
+def read_image_set(path: str | os.PathLike) -> list[str]:
+    """Ids of ``ImageSets/Main/<split>.txt`` as strings (leading zeros kept, first column only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: image set file not found")
+    ids = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if fields:
+                ids.append(fields[0])
+    return ids
+
+
+class VOCDetection(Dataset):
+    """A VOC-layout detection data set: items are ``(image, target)``.
+
+    Without ``transforms`` ``image`` is a numpy HWC uint8 RGB array; with the standard transforms
+    it is a float32 CHW tensor in [0, 1]. ``target`` has ``boxes`` (float32 [N, 4], xyxy, 0-based),
+    ``labels`` (int64 [N], 1..K), ``difficult`` (bool [N]) and ``image_id`` (str, leading zeros kept).
+
+    ``keep_difficult=False`` (training) leaves difficult boxes out of the targets; evaluation data
+    sets use ``keep_difficult=True``. The full annotation (difficult boxes included, original pixels)
+    is always available from :meth:`get_annotation`, which the VOC evaluator reads.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        *,
+        split: str = "trainval",
+        class_names: Sequence[str] = VOC_CLASSES,
+        keep_difficult: bool = False,
+        transforms: Callable[[np.ndarray, dict], tuple[Any, dict]] | None = None,
+    ) -> None:
+        self.root = Path(dataset_dir)
+        if not self.root.is_dir():
+            raise ValueError(f"{self.root}: VOC directory not found")
+        self.split = split
+        self.class_names = tuple(class_names)
+        self.keep_difficult = keep_difficult
+        self.transforms = transforms
+        self.ids: list[str] = read_image_set(self.root / "ImageSets" / "Main" / f"{split}.txt")
+        self._annotations: list[VOCAnnotation] = []
+        for image_id in self.ids:
+            xml = self.root / "Annotations" / f"{image_id}.xml"
+            if not xml.is_file():
+                raise ValueError(
+                    f"{self.root / 'ImageSets' / 'Main' / (split + '.txt')}: id {image_id!r} has no annotation {xml}"
+                )
+            self._annotations.append(parse_voc_xml(xml, self.class_names, image_id=image_id))
+        self._index = {image_id: i for i, image_id in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get_annotation(self, index: int) -> VOCAnnotation:
+        """The parsed XML of item ``index`` (all boxes, difficult ones included, original pixels)."""
+        return self._annotations[index]
+
+    def annotation_by_id(self, image_id: str) -> VOCAnnotation:
+        return self._annotations[self._index[str(image_id)]]
+
+    def image_path(self, index: int) -> Path:
+        return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
+
+    def aspect_ratios(self) -> list[float]:
+        """``width / height`` per item from the XML ``<size>`` (1.0 where the size is missing)."""
+        return [a.width / a.height if a.width > 0 and a.height > 0 else 1.0 for a in self._annotations]
+
+    def __getitem__(self, index: int) -> tuple[Any, dict]:
+        ann = self._annotations[index]
+        path = self.image_path(index)
+        image = read_image_rgb(path)
+        if ann.width > 0 and ann.height > 0 and image.shape[:2] != (ann.height, ann.width):
+            raise ValueError(
+                f"{path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says {ann.width}x{ann.height}"
+            )
+        keep = np.ones(len(ann.labels), dtype=bool) if self.keep_difficult else ~ann.difficult
+        target = {
+            "boxes": torch.from_numpy(ann.boxes[keep].copy()),
+            "labels": torch.from_numpy(ann.labels[keep].copy()),
+            "difficult": torch.from_numpy(ann.difficult[keep].copy()),
+            "image_id": ann.image_id,
+        }
+        if self.transforms is not None:
+            return self.transforms(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"VOCDetection({str(self.root)!r}, split={self.split!r}, images={len(self)})"
+
+
+class VOCConcatDataset(ConcatDataset):
+    """Several VOC data sets as one (e.g. 07+12 trainval); all must share ``class_names``."""
+
+    def __init__(self, datasets: Iterable[VOCDetection]) -> None:
+        datasets = list(datasets)
+        super().__init__(datasets)
+        names = {tuple(d.class_names) for d in datasets}
+        if len(names) != 1:
+            raise ValueError("VOCConcatDataset: the parts have different class_names")
+        self.class_names = tuple(datasets[0].class_names)
+        self.ids = [i for d in datasets for i in d.ids]
+
+    def aspect_ratios(self) -> list[float]:
+        return [r for d in self.datasets for r in d.aspect_ratios()]
+
+    def get_annotation(self, index: int) -> VOCAnnotation:
+        part = int(np.searchsorted(self.cumulative_sizes, index, side="right"))
+        start = 0 if part == 0 else self.cumulative_sizes[part - 1]
+        return self.datasets[part].get_annotation(index - start)
+
+
+def find_voc_dir(data_root: str | os.PathLike, year: str | int) -> Path:
+    """``<data_root>/VOC<year>`` or ``<data_root>/VOCdevkit/VOC<year>``, whichever exists."""
+    data_root = Path(data_root)
+    for candidate in (data_root / f"VOC{year}", data_root / "VOCdevkit" / f"VOC{year}"):
+        if candidate.is_dir():
+            return candidate
+    raise ValueError(f"{data_root}: neither VOC{year}/ nor VOCdevkit/VOC{year}/ exists")
+
+
+def build_voc(
+    data_root: str | os.PathLike,
+    names: Sequence[str] = ("2007_trainval",),
+    *,
+    transforms: Callable | None = None,
+    keep_difficult: bool = False,
+    class_names: Sequence[str] = VOC_CLASSES,
+) -> Dataset:
+    """Build VOC data sets named ``"<year>_<split>"`` (e.g. ``("2007_trainval", "2012_trainval")``
+    for 07+12). One name gives a :class:`VOCDetection`, several a :class:`VOCConcatDataset`."""
+    if isinstance(names, str):
+        names = (names,)
+    if not names:
+        raise ValueError("build_voc: names is empty")
+    parts = []
+    for name in names:
+        year, sep, split = name.partition("_")
+        if not sep or not year.isdigit() or not split:
+            raise ValueError(f"build_voc: dataset name {name!r} is not '<year>_<split>' (e.g. '2007_trainval')")
+        parts.append(
+            VOCDetection(
+                find_voc_dir(data_root, year), split=split, class_names=class_names,
+                keep_difficult=keep_difficult, transforms=transforms,
+            )
+        )
+    return parts[0] if len(parts) == 1 else VOCConcatDataset(parts)
