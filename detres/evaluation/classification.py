@@ -1,0 +1,122 @@
+"""Top-1 / top-5 error of an ImageNet classifier: single centre crop and the paper's 10-crop testing.
+
+He et al. (2015) Sec. 3.4: "In testing, for comparison studies we adopt the standard 10-crop testing"
+(Krizhevsky et al. 2012): the 224 crops at the 4 corners and the centre of the image resized to 256 on
+its shorter side, each with its horizontal flip; the softmax scores of the 10 views are averaged.
+
+The test loader gives ``views [N, V, 3, 224, 224]`` (see :func:`detres.data.imagenet.build_test_transform`).
+With V = 10, the centre-crop figure uses view :data:`~detres.data.imagenet.CENTER_VIEW` alone and the
+10-crop figure the average of all views, so one pass gives both. With V = 1 only the centre crop is reported.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from detres.data.imagenet import CENTER_VIEW
+
+__all__ = ["ten_crop", "ClassificationEvaluator", "evaluate_classifier", "topk_correct"]
+
+
+def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, 10, C, size, size]``: tl, tr, bl, br, centre, then each flipped."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if images.dim() != 4:
+        raise ValueError(f"ten_crop expects [N, C, H, W], got {tuple(images.shape)}")
+    return torch.stack(TF.ten_crop(images, [size, size]), dim=1)
+
+
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Number of rows of ``scores [N, C]`` whose top-``k`` (k clipped to C) contains ``labels [N]``."""
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1).indices
+    return (top == labels[:, None]).any(dim=1).sum()
+
+
+class ClassificationEvaluator:
+    """Accumulates top-1/top-5 hits for the centre crop and the 10-crop average.
+
+    ``process(labels [N], logits [N, V, C])``; ``evaluate()`` -> dict of errors in [0, 1] (summed over
+    ranks when torch.distributed is initialised) and ``num_images``.
+    """
+
+    def __init__(self, *, topk: tuple[int, ...] = (1, 5)):
+        self.topk = tuple(topk)
+        self.reset()
+
+    def reset(self) -> None:
+        self._n = 0
+        self._multi_view = True
+        self._center = {k: 0 for k in self.topk}
+        self._avg = {k: 0 for k in self.topk}
+
+    def process(self, labels: torch.Tensor, logits: torch.Tensor) -> None:
+        if logits.dim() == 2:
+            logits = logits[:, None]
+        if logits.dim() != 3 or logits.shape[0] != labels.shape[0]:
+            raise ValueError(f"logits must be [N, V, C] with N = len(labels) = {labels.shape[0]}, got {tuple(logits.shape)}")
+        logits = logits.float()
+        labels = labels.to(logits.device)
+        num_views = logits.shape[1]
+        self._multi_view = self._multi_view and num_views > 1
+        center = logits[:, CENTER_VIEW if num_views == 10 else 0]
+        averaged = logits.softmax(dim=2).mean(dim=1)
+        for k in self.topk:
+            self._center[k] += int(topk_correct(center, labels, k))
+            self._avg[k] += int(topk_correct(averaged, labels, k))
+        self._n += labels.shape[0]
+
+    def evaluate(self) -> dict[str, Any]:
+        counts = torch.tensor([self._n] + [self._center[k] for k in self.topk] + [self._avg[k] for k in self.topk],
+                              dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else "cpu"
+            counts = counts.to(device)
+            torch.distributed.all_reduce(counts)
+            counts = counts.cpu()
+            multi = torch.tensor([int(self._multi_view)], device=device)
+            torch.distributed.all_reduce(multi, op=torch.distributed.ReduceOp.MIN)
+            self._multi_view = bool(multi.item())
+        n = int(counts[0])
+        if n == 0:
+            raise ValueError("no images were evaluated")
+        out: dict[str, Any] = {"num_images": n}
+        for i, k in enumerate(self.topk):
+            out[f"top{k}_error_center"] = 1.0 - float(counts[1 + i]) / n
+        if self._multi_view:
+            for i, k in enumerate(self.topk):
+                out[f"top{k}_error_10crop"] = 1.0 - float(counts[1 + len(self.topk) + i]) / n
+        return out
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, data_loader: Iterable, *, device: torch.device | str = "cpu",
+                        amp: str | None = None) -> dict[str, Any]:
+    """Run ``model`` (eval mode) over ``(views [N, V, 3, h, w], labels [N])`` batches; return the errors.
+
+    The V views of each image go through the network as one batch of N * V crops; ``amp`` is
+    "bf16"/"fp16" autocast (CUDA) or None.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    evaluator = ClassificationEvaluator()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
+    try:
+        for views, labels in data_loader:
+            if views.dim() == 4:
+                views = views[:, None]
+            n, v = views.shape[:2]
+            x = views.reshape(n * v, *views.shape[2:]).to(device, non_blocking=True)
+            if dtype is not None:
+                with torch.autocast(device_type=device.type, dtype=dtype):
+                    logits = model(x)
+            else:
+                logits = model(x)
+            evaluator.process(torch.as_tensor(labels), logits.reshape(n, v, -1))
+    finally:
+        model.train(was_training)
+    return evaluator.evaluate()
