@@ -1,0 +1,14 @@
+"""Shared test settings: small CPU runs that share two cores with other work."""
+import os
+
+import pytest
+import torch
+
+# One intra-op thread per test process keeps the suite's CPU time predictable on 2 cores.
+torch.set_num_threads(int(os.environ.get("DETRES_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

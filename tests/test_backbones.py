@@ -1,0 +1,267 @@
+"""The detres.backbones contract, parity with torchvision, Table 1, freezing and weight loading."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from detres.backbones import (MSRA_META, build_backbone, build_c4, build_classifier, list_backbones,
+                              read_weights)
+from detres.backbones.stats import PAPER_TABLE1_GFLOPS, count_gflops, count_params
+
+ALL_FEATURES = {
+    "resnet": ("stem", "res2", "res3", "res4", "res5"),
+    "vgg": ("conv1", "conv2", "conv3", "conv4", "conv5"),
+}
+
+
+def _features(name):
+    return ALL_FEATURES["vgg" if name == "vgg16" else "resnet"]
+
+
+def test_list_backbones():
+    assert list_backbones() == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16"]
+
+
+@pytest.mark.parametrize("name", list_backbones())
+@pytest.mark.parametrize("size", [(64, 96), (83, 57)])
+def test_declared_specs_match_outputs(name, size):
+    net = build_backbone(name, out_features=_features(name), freeze_at=0).eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, *size))
+    assert list(out) == list(_features(name)) == list(net.feature_specs)
+    for key, fmap in out.items():
+        spec = net.feature_specs[key]
+        assert fmap.shape[1] == spec.channels
+        # A stride-s map has H / s cells, rounded up (ResNet's padded convs) or down (VGG's pools).
+        for got, s in zip(fmap.shape[-2:], size):
+            assert s // spec.stride <= got <= -(-s // spec.stride), (key, got, s, spec.stride)
+    assert net.out_channels == net.feature_specs[_features(name)[-1]].channels
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_unrequested_stages_are_not_built(name):
+    first = _features(name)[1]
+    net = build_backbone(name, out_features=(first,))
+    assert list(net.feature_specs) == [first]
+    if name == "vgg16":
+        assert len(net.features) == 9  # conv1_1..conv2_2 with their ReLUs and pool1
+    else:
+        assert hasattr(net, "layer1") and not hasattr(net, "layer2")
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("resnet51")
+    with pytest.raises(ValueError, match="unknown feature 'res6'"):
+        build_backbone("resnet18", out_features=("res6",))
+    with pytest.raises(ValueError, match="unknown norm"):
+        build_backbone("resnet18", norm="layernorm")
+    with pytest.raises(ValueError, match="freeze_at"):
+        build_backbone("resnet18", freeze_at=6)
+
+
+def _randomise(model: nn.Module) -> None:
+    """Random weights and BN statistics, so parity cannot pass by symmetry of a fresh init.
+
+    Weights are scaled by 1/sqrt(fan_in) and BN gains kept below 1, so activations stay O(1) through
+    152 layers and an absolute tolerance of 1e-4 means something.
+    """
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.dtype.is_floating_point:
+                continue
+            if t.dim() > 1:
+                t.copy_(torch.randn(t.shape, generator=g) / t[0].numel() ** 0.5)
+            elif name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith("running_mean"):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+            elif name.endswith(".weight"):  # BN gain
+                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.25)
+            else:  # biases
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def tv_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tv")
+    out = {}
+    for name in ("resnet18", "resnet50", "resnet101", "vgg16"):
+        model = getattr(torchvision.models, name)()
+        _randomise(model)
+        path = root / f"{name}.pth"
+        torch.save(model.state_dict(), path)
+        out[name] = (model.eval(), path)
+    return out
+
+
+def _tv_resnet_maps(m, x):
+    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+    maps = {"stem": x}
+    for i, name in enumerate(("res2", "res3", "res4", "res5")):
+        x = getattr(m, f"layer{i + 1}")(x)
+        maps[name] = x
+    return maps
+
+
+def _tv_vgg_maps(m, x):
+    taps = {3: "conv1", 8: "conv2", 15: "conv3", 22: "conv4", 29: "conv5"}
+    maps = {}
+    for i, layer in enumerate(m.features):
+        x = layer(x)
+        if i in taps:
+            maps[taps[i]] = x
+    return maps
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet101", "vgg16"])
+def test_parity_with_torchvision(name, tv_checkpoints):
+    tv, path = tv_checkpoints[name]
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = _tv_vgg_maps(tv, x) if name == "vgg16" else _tv_resnet_maps(tv, x)
+        net = build_backbone(name, weights=path, out_features=_features(name)).eval()
+        ours = net(x)
+        for key in _features(name):
+            torch.testing.assert_close(ours[key], ref[key], atol=1e-4, rtol=1e-4)
+
+        trunk, head = build_c4(name, weights=path)
+        trunk.eval(), head.eval()
+        c4 = next(iter(trunk(x).values()))
+        if name == "vgg16":
+            torch.testing.assert_close(c4, ref["conv5"], atol=1e-4, rtol=1e-4)
+            rois = torch.randn(3, 512, 7, 7)
+            expected = tv.classifier[:6](torch.flatten(rois, 1))
+        else:
+            torch.testing.assert_close(c4, ref["res4"], atol=1e-4, rtol=1e-4)
+            rois = torch.randn(3, c4.shape[1], 14, 14)
+            expected = torch.flatten(tv.avgpool(tv.layer4(rois)), 1)
+        torch.testing.assert_close(head(rois), expected, atol=1e-4, rtol=1e-4)
+
+        clf = build_classifier(name, weights=path).eval()
+        assert list(clf.state_dict()) == list(tv.state_dict())
+        torch.testing.assert_close(clf(x[:, :, :32, :32] if name != "vgg16" else x), tv(x[:, :, :32, :32] if name != "vgg16" else x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_param_counts_equal_torchvision(name):
+    ours = count_params(build_classifier(name))
+    theirs = sum(p.numel() for p in getattr(torchvision.models, name)().parameters())
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet101", "resnet152", "vgg16"])
+def test_table1_gflops_msra_style(name):
+    style = "pytorch" if name == "vgg16" else "msra"
+    gflops = count_gflops(build_classifier(name, style=style))
+    assert abs(gflops / PAPER_TABLE1_GFLOPS[name] - 1) <= 0.02, gflops
+
+
+def test_msra_style_moves_the_stride_to_the_1x1():
+    msra = build_backbone("resnet50", style="msra", out_features=("res3",))
+    tv = build_backbone("resnet50", style="pytorch", out_features=("res3",))
+    assert msra.layer2[0].conv1.stride == (2, 2) and msra.layer2[0].conv2.stride == (1, 1)
+    assert tv.layer2[0].conv1.stride == (1, 1) and tv.layer2[0].conv2.stride == (2, 2)
+    assert count_gflops(build_classifier("resnet50", style="msra")) < count_gflops(build_classifier("resnet50"))
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B", "C"])
+def test_shortcut_options(shortcut):
+    net = build_classifier("resnet34", shortcut=shortcut, num_classes=10)
+    n_proj = sum(1 for m in net.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+                 and isinstance(m[0], nn.Conv2d) and m[0].kernel_size == (1, 1))
+    assert n_proj == {"A": 0, "B": 3, "C": 16}[shortcut]
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 10)
+    b_params = count_params(build_classifier("resnet34", num_classes=10))
+    assert (count_params(net) < b_params) if shortcut == "A" else (count_params(net) >= b_params)
+
+
+def _step(model, loss):
+    """One SGD step on whatever is trainable (nothing is, when every stage is frozen)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        assert not loss.requires_grad
+        return
+    opt = torch.optim.SGD(params, lr=0.1)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn", "gn"])
+@pytest.mark.parametrize("freeze_at", [0, 2, 5])
+def test_freeze_at_really_freezes(norm, freeze_at):
+    net = build_backbone("resnet18", norm=norm, freeze_at=freeze_at, out_features=("res5",)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    _step(net, net(torch.rand(2, 3, 64, 64))["res5"].square().mean())
+    after = net.state_dict()
+    prefixes = ["conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."][: (freeze_at + 1 if freeze_at else 0)]
+    frozen = [k for k in before if k.startswith(tuple(prefixes))]
+    moving = [k for k in before if not k.startswith(tuple(prefixes)) and ".conv" in "." + k]
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    if freeze_at < 5:
+        assert any(not torch.equal(before[k], after[k]) for k in moving)
+    if norm == "frozen_bn":
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+        for k in before:
+            if "running" in k or k.startswith("bn") or ".bn" in k:
+                assert torch.equal(before[k], after[k]), k
+    if norm == "bn" and freeze_at:
+        assert isinstance(net.bn1, FrozenBatchNorm2d)
+
+
+def test_vgg_freeze_at_2_fixes_conv1_and_conv2():
+    trunk, head = build_c4("vgg16", freeze_at=2)
+    trainable = {k for k, p in trunk.named_parameters() if p.requires_grad}
+    assert not any(k.startswith(("features.0.", "features.2.", "features.5.", "features.7.")) for k in trainable)
+    assert "features.10.weight" in trainable
+    assert all(p.requires_grad for p in head.parameters())
+
+
+def test_weights_errors(tmp_path, tv_checkpoints):
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_backbone("resnet18", weights=tmp_path / "nowhere.pth")
+    state = torch.load(tv_checkpoints["resnet18"][1], weights_only=True)
+    extra = dict(state, **{"layer9.weight": torch.zeros(1)})
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="unexpected keys.*layer9.weight"):
+        build_backbone("resnet18", weights=tmp_path / "extra.pth")
+    missing = {k: v for k, v in state.items() if not k.startswith("layer1.0.conv1")}
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="missing keys.*layer1.0.conv1.weight"):
+        build_backbone("resnet18", weights=tmp_path / "missing.pth")
+    # Wrong architecture: shapes do not fit.
+    with pytest.raises(ValueError, match="shape mismatch|missing keys"):
+        build_backbone("resnet50", weights=tv_checkpoints["resnet18"][1])
+    # A style that disagrees with the weights' meta.
+    torch.save({"model": state, "meta": dict(MSRA_META)}, tmp_path / "msra.pth")
+    with pytest.raises(ValueError, match="'msra'-style"):
+        build_backbone("resnet18", weights=tmp_path / "msra.pth", style="pytorch")
+    # Not a torch file at all, and a pickle with code in it: refused, never executed.
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth"):
+        read_weights(tmp_path / "junk.pth")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"model": {"x": Payload()}}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True)
+    with pytest.raises(ValueError, match="evil.pth"):
+        read_weights(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_weights_meta_sets_bn_eps_and_travels(tmp_path):
+    net = build_classifier("resnet18", num_classes=10)
+    torch.save({"model": net.state_dict(), "meta": dict(MSRA_META)}, tmp_path / "w.pth")
+    trunk, head = build_c4("resnet18", weights=tmp_path / "w.pth", style="msra")
+    assert trunk.bn1.eps == 0.0 and trunk.weights_meta["channel_order"] == "BGR"
+    assert head.weights_meta["style"] == "msra"
