@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 import yaml
 
 __all__ = [
-    "BackboneConfig", "PoolerConfig", "RPNConfig", "RoIConfig", "ModelConfig", "DataConfig",
+    "BackboneConfig", "PoolerConfig", "ShapesConfig", "RPNConfig", "RoIConfig", "ModelConfig", "DataConfig",
     "SolverConfig", "TestConfig", "DetConfig",
     "ClsModelConfig", "ClsDataConfig", "ClsSolverConfig", "ClsTestConfig", "ClsConfig",
     "CONFIG_SCHEMAS", "load_config", "save_config", "config_to_dict", "config_from_dict",
@@ -88,18 +88,29 @@ class ModelConfig:
 
 
 @dataclass
+class ShapesConfig:
+    num_train: int = 200  # synthetic training images (data.dataset=shapes only)
+    num_test: int = 50  # held-out test images
+    image_size: int = 128  # square image side in pixels
+    min_objects: int = 1  # shapes per image, lower bound
+    max_objects: int = 3  # shapes per image, upper bound
+    seed: int = 0  # generator seed (the data set is a pure function of these fields)
+
+
+@dataclass
 class DataConfig:
     dataset: str = "voc"  # voc | coco | shapes (the synthetic VOC-format demo set)
     root: str = ""  # data folder; "" = $DETRES_DATA, else ./data
-    train: list[str] = field(default_factory=lambda: ["voc_2007_trainval"])  # training split names (concatenated)
-    test: str = "voc_2007_test"  # evaluation split name
+    train: list[str] = field(default_factory=lambda: ["2007_trainval"])  # training splits, concatenated: VOC "<year>_<split>", COCO "train2014"; shapes "trainval"
+    test: str = "2007_test"  # evaluation split: VOC "2007_test", COCO "val2014", shapes "test"
     min_size: int = 600  # Faster R-CNN Sec. 3.3: shorter side rescaled to 600 px
     max_size: int = 1000  # Faster R-CNN: longer side capped at 1000 px
     flip_prob: float = 0.5  # horizontal flip during training (py-faster-rcnn USE_FLIPPED)
-    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength; 0 = off (paper: none)
+    color_jitter: bool = False  # photometric jitter (brightness/contrast/saturation/hue) in training; paper: none
     num_workers: int = 2  # DataLoader worker processes per GPU/process
     aspect_ratio_grouping: bool = True  # batch portrait with portrait and landscape with landscape images
     keep_difficult_train: bool = False  # VOC "difficult" objects are excluded from training (py-faster-rcnn)
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)  # synthetic set, generated under root/shapes if absent
 
 
 @dataclass
