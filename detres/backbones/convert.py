@@ -46,6 +46,7 @@ __all__ = [
     "convert_caffe2_resnet",
     "convert_detectron2_c4",
     "convert_weights",
+    "build_converted_detector",
     "DETECTRON2_PIXEL_MEAN",
     "DETECTRON2_C4_SETTINGS",
     "D2_BOX_HEAD_PREFIX",
@@ -382,20 +383,24 @@ def _natural_key(name: str) -> list:
 #: detectron2's pixel mean for MSRA-initialised models (BGR, 0..255); std is 1.
 DETECTRON2_PIXEL_MEAN = [103.530, 116.280, 123.675]
 
-#: The settings of detectron2's R50-C4 / R101-C4 configs (Base-RCNN-C4.yaml and defaults) that a
-#: matching detres detector needs; recorded in meta["detector"] of a converted checkpoint.
+#: detectron2's R50-C4 / R101-C4 settings (Base-RCNN-C4.yaml and its defaults) as the keyword arguments
+#: of :func:`detres.modeling.build_detector` that reproduce them; a converted checkpoint carries them
+#: (plus ``backbone``, ``style`` and ``num_classes``) in ``meta["detector"]``.
 DETECTRON2_C4_SETTINGS: dict[str, Any] = {
-    "anchor_sizes": [32, 64, 128, 256, 512],
-    "aspect_ratios": [0.5, 1.0, 2.0],
-    "pooler": "roi_align",
-    "pooler_aligned": True,  # ROIAlignV2: half-pixel shift
-    "sampling_ratio": 0,  # adaptive
-    "pooler_resolution": 14,  # res5 runs on the pooled 14x14 map with stride 2 -> 7x7
-    "min_size": 800,
-    "max_size": 1333,
-    "rpn_pre_nms_top_n_test": 6000,
-    "rpn_post_nms_top_n_test": 1000,
-    "box_nms_thresh": 0.5,
+    "anchor_sizes": [32, 64, 128, 256, 512],  # ANCHOR_GENERATOR.SIZES
+    "aspect_ratios": [0.5, 1.0, 2.0],  # ANCHOR_GENERATOR.ASPECT_RATIOS (h / w)
+    "pooler": "roi_align",  # ROI_BOX_HEAD.POOLER_TYPE ROIAlignV2 =
+    "pooler_aligned": True,  # RoIAlign with the half-pixel shift
+    "pooler_sampling_ratio": 0,  # POOLER_SAMPLING_RATIO 0: adaptive
+    "pooler_resolution": 14,  # POOLER_RESOLUTION 14; res5 (stride 2) makes it 7x7
+    "rpn_pre_nms_top_n_test": 6000,  # RPN.PRE_NMS_TOPK_TEST (C4)
+    "rpn_post_nms_top_n_test": 1000,  # RPN.POST_NMS_TOPK_TEST
+    "rpn_nms_thresh": 0.7,  # RPN.NMS_THRESH
+    "box_score_thresh": 0.05,  # ROI_HEADS.SCORE_THRESH_TEST
+    "box_nms_thresh": 0.5,  # ROI_HEADS.NMS_THRESH_TEST
+    "detections_per_img": 100,  # TEST.DETECTIONS_PER_IMAGE
+    "min_size": 800,  # INPUT.MIN_SIZE_TEST (the detector resizes: detectron2 resizes inside its pipeline)
+    "max_size": 1333,  # INPUT.MAX_SIZE_TEST
 }
 
 #: Where build_detector keeps the res5 stage (torchvision ``layer4`` names) in the RoI head.
@@ -460,7 +465,8 @@ def convert_detectron2_c4(
     Returns:
         (state_dict, meta): meta = MSRA style, BGR, 255, detectron2 means (or the file's), std 1,
         bn_eps 1e-5 (detectron2's FrozenBatchNorm2d), ``arch``, and ``meta["detector"]`` =
-        :data:`DETECTRON2_C4_SETTINGS` plus ``num_classes`` (K + 1).
+        :data:`DETECTRON2_C4_SETTINGS` plus ``backbone``, ``style`` and ``num_classes`` (K + 1): the
+        ``build_detector`` keyword arguments of the matching detector (see :func:`build_converted_detector`).
     """
     from detres.backbones.weights import MSRA_META
 
@@ -549,9 +555,36 @@ def convert_detectron2_c4(
     meta.update({
         "arch": inferred, "style": "msra", "channel_order": "BGR", "input_range": 255.0,
         "mean": pixel_mean, "std": pixel_std, "bn_eps": 1e-5, "source": "detectron2",
-        "detector": dict(DETECTRON2_C4_SETTINGS, num_classes=int(num_classes)),
+        "detector": dict(DETECTRON2_C4_SETTINGS, backbone=inferred, style="msra", num_classes=int(num_classes)),
     })
     return sd, meta
+
+
+def build_converted_detector(path: str | os.PathLike, **overrides: Any) -> torch.nn.Module:
+    """Build the detector a converted detectron2 file describes and load it (strict keys).
+
+    ``build_detector(**meta["detector"], **overrides)``; the input normalisation is then taken from the
+    file's meta (BGR, 0..255, detectron2's pixel mean). ``build_detector``'s ``weights=`` takes ImageNet
+    backbones only, which is why a whole detector goes through here.
+    """
+    from detres.backbones.weights import read_weights
+    from detres.modeling import InputTransform, build_detector
+
+    state, meta = read_weights(path)
+    settings = meta.get("detector")
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: no meta['detector']: not a converted detector (convert it with tools/convert_weights.py)")
+    kwargs = dict(settings)
+    kwargs.update(overrides)
+    model = build_detector(**kwargs)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path}: does not fit build_detector({kwargs}): missing {result.missing_keys[:10]}, "
+                         f"unexpected {result.unexpected_keys[:10]}")
+    norm_meta = {k: meta[k] for k in ("style", "channel_order", "input_range", "mean", "std", "bn_eps", "arch")}
+    model.transform = InputTransform(norm_meta, min_size=kwargs.get("min_size"), max_size=kwargs.get("max_size", 1000))
+    model.weights_meta = dict(norm_meta)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
