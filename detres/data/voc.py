@@ -150,6 +150,14 @@ def read_image_set(path: str | os.PathLike) -> list[str]:
     return ids
 
 
+def _line_of(path: Path, image_id: str) -> int:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.split()[:1] == [image_id]:
+                return lineno
+    return 0
+
+
 class VOCDetection(Dataset):
     """A VOC-layout detection data set: items are ``(image, target)``.
 
@@ -178,14 +186,14 @@ class VOCDetection(Dataset):
         self.class_names = tuple(class_names)
         self.keep_difficult = keep_difficult
         self.transforms = transforms
-        self.ids: list[str] = read_image_set(self.root / "ImageSets" / "Main" / f"{split}.txt")
+        set_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
+        self.ids: list[str] = read_image_set(set_file)
         self._annotations: list[VOCAnnotation] = []
         for image_id in self.ids:
             xml = self.root / "Annotations" / f"{image_id}.xml"
             if not xml.is_file():
-                raise ValueError(
-                    f"{self.root / 'ImageSets' / 'Main' / (split + '.txt')}: id {image_id!r} has no annotation {xml}"
-                )
+                lineno = _line_of(set_file, image_id)
+                raise ValueError(f"{set_file}:{lineno}: id {image_id!r} has no annotation file {xml}")
             self._annotations.append(parse_voc_xml(xml, self.class_names, image_id=image_id))
         self._index = {image_id: i for i, image_id in enumerate(self.ids)}
 

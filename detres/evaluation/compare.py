@@ -1,0 +1,182 @@
+"""Compare runs with the paper's Tables 7 and 8 (He et al., 2015, Faster R-CNN rows).
+
+Each run directory holds ``eval.json`` (the ``tools/eval.py --json-out`` schema) and, beside it,
+``config.yaml``; from the config ``model.backbone.name`` and the data/dataset fields are read
+(missing fields are tolerated and shown as "?").
+
+Which number is compared with which figure:
+
+- VOC 2007 test: ``mAP_11point`` (the VOC2007 metric the paper's numbers use) vs Table 7, 07+12;
+- VOC 2012 test/val: ``mAP_area`` (the VOC2010+ metric of the test server) vs Table 7, 07++12;
+- COCO val: ``AP50`` and ``AP`` vs Table 8 (mAP@.5, mAP@[.5, .95]).
+
+The delta is ours minus the paper's figure for the same backbone (VGG-16 or ResNet-101); other
+backbones are compared with the ResNet-101 figure (marked ``vs R101``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+__all__ = ["PAPER", "RunSummary", "load_run", "compare_rows", "format_compare_text", "format_compare_markdown"]
+
+#: The paper's figures (percent): benchmark -> metric -> backbone -> value.
+PAPER: dict[str, dict[str, dict[str, float]]] = {
+    "voc07": {"mAP": {"vgg16": 73.2, "resnet101": 76.4}},
+    "voc12": {"mAP": {"vgg16": 70.4, "resnet101": 73.8}},
+    "coco": {"mAP@.5": {"vgg16": 41.5, "resnet101": 48.4}, "mAP@[.5,.95]": {"vgg16": 21.2, "resnet101": 27.2}},
+}
+PAPER_TRAIN_DATA = {"voc07": "07+12", "voc12": "07++12", "coco": "train"}
+BENCHMARK_TITLES = {
+    "voc07": "PASCAL VOC 2007 test (paper Table 7, mAP = VOC07 11-point)",
+    "voc12": "PASCAL VOC 2012 test (paper Table 7, mAP = VOC2010+ area AP)",
+    "coco": "COCO val (paper Table 8)",
+}
+_PAPER_BACKBONE_NAMES = {"vgg16": "VGG-16", "resnet101": "ResNet-101"}
+
+
+@dataclass
+class RunSummary:
+    """One run: ``benchmark`` in {voc07, voc12, coco}; ``metrics`` metric name -> percent or None."""
+
+    run_dir: str
+    backbone: str
+    train_data: str
+    test_data: str
+    benchmark: str
+    metrics: dict[str, float | None]
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _as_text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)):
+        return "+".join(str(x) for x in v)
+    return str(v)
+
+
+def _voc_data_label(train: str | None) -> str | None:
+    """'2007_trainval+2012_trainval' -> '07+12'; with 2007_test as well -> '07++12'."""
+    if train is None:
+        return None
+    t = train.lower()
+    has07, has12 = "2007" in t, "2012" in t
+    if has07 and has12:
+        return "07++12" if "2007_test" in t else "07+12"
+    if has07 or has12:
+        return "07" if has07 else "12"
+    return train
+
+
+def load_run(run_dir: str | os.PathLike) -> RunSummary:
+    """Read ``eval.json`` and ``config.yaml`` of a run. ValueError (naming the file) when
+    ``eval.json`` is missing, not JSON, or has neither the VOC nor the COCO schema."""
+    run_dir = Path(run_dir)
+    ev_path = run_dir / "eval.json"
+    if not ev_path.is_file():
+        raise ValueError(f"{ev_path}: not found")
+    try:
+        ev = json.loads(ev_path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{ev_path}: not valid JSON ({exc})") from None
+    if not isinstance(ev, dict):
+        raise ValueError(f"{ev_path}: expected a JSON object")
+    cfg: dict = {}
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text())
+            cfg = loaded if isinstance(loaded, dict) else {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{cfg_path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+    backbone = _as_text(_get(cfg, "model", "backbone", "name")) or _as_text(_get(cfg, "model", "backbone")) or "?"
+    data = _get(cfg, "data") if isinstance(_get(cfg, "data"), dict) else (_get(cfg, "dataset") or {})
+    if not isinstance(data, dict):
+        data = {"name": data}
+    name = _as_text(data.get("name") or data.get("dataset") or _get(cfg, "dataset", "name"))
+    train = _as_text(data.get("train") or data.get("train_sets") or data.get("train_names") or data.get("names"))
+    test = _as_text(data.get("test") or data.get("test_set") or data.get("test_names") or data.get("val"))
+    text = " ".join(x for x in (name, train, test) if x).lower()
+
+    def pct(v: Any) -> float | None:
+        return None if v is None else 100.0 * float(v)
+
+    if "AP50" in ev or "AP" in ev:
+        benchmark = "coco"
+        metrics = {"mAP@.5": pct(ev.get("AP50")), "mAP@[.5,.95]": pct(ev.get("AP"))}
+        train_label = train or "?"
+    elif "mAP_11point" in ev or "mAP_area" in ev:
+        is12 = ("2012" in (test or "")) or ("voc12" in text and "2007" not in (test or ""))
+        benchmark = "voc12" if is12 else "voc07"
+        metrics = {"mAP": pct(ev.get("mAP_area") if is12 else ev.get("mAP_11point"))}
+        train_label = _voc_data_label(train) or "?"
+    else:
+        raise ValueError(f"{ev_path}: neither a VOC (mAP_11point/mAP_area) nor a COCO (AP/AP50) eval.json")
+    return RunSummary(str(run_dir), backbone, train_label, test or "?", benchmark, metrics)
+
+
+def compare_rows(runs: Sequence[RunSummary]) -> dict[str, list[list[str]]]:
+    """Rows per benchmark: the paper's rows first, then each run with its deltas."""
+    tables: dict[str, list[list[str]]] = {}
+    for bench in ("voc07", "voc12", "coco"):
+        these = [r for r in runs if r.benchmark == bench]
+        if not these:
+            continue
+        metric_names = list(PAPER[bench])
+        header = ["source", "backbone", "train data"] + metric_names + [f"Δ {m}" for m in metric_names]
+        rows = [header]
+        for bb in ("vgg16", "resnet101"):
+            rows.append(["paper", _PAPER_BACKBONE_NAMES[bb], PAPER_TRAIN_DATA[bench]]
+                        + [f"{PAPER[bench][m][bb]:.1f}" for m in metric_names] + [""] * len(metric_names))
+        for r in these:
+            ref_bb = r.backbone.lower().replace("-", "").replace("_", "")
+            marker = ""
+            if ref_bb not in ("vgg16", "resnet101"):
+                ref_bb, marker = "resnet101", " vs R101"
+            values, deltas = [], []
+            for m in metric_names:
+                v = r.metrics.get(m)
+                values.append("n/a" if v is None else f"{v:.1f}")
+                deltas.append("n/a" if v is None else f"{v - PAPER[bench][m][ref_bb]:+.1f}{marker}")
+            rows.append([r.run_dir, r.backbone, r.train_data] + values + deltas)
+        tables[bench] = rows
+    return tables
+
+
+def format_compare_text(runs: Sequence[RunSummary]) -> str:
+    out = []
+    for bench, rows in compare_rows(runs).items():
+        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+        out.append(BENCHMARK_TITLES[bench])
+        for k, row in enumerate(rows):
+            out.append("  ".join(cell.ljust(w) if c < 3 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))))
+            if k == 0:
+                out.append("  ".join("-" * w for w in widths))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def format_compare_markdown(runs: Sequence[RunSummary]) -> str:
+    out = []
+    for bench, rows in compare_rows(runs).items():
+        out.append(f"### {BENCHMARK_TITLES[bench]}\n")
+        out.append("| " + " | ".join(rows[0]) + " |")
+        out.append("|" + "|".join("---" if c < 3 else "---:" for c in range(len(rows[0]))) + "|")
+        for row in rows[1:]:
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        out.append("")
+    return "\n".join(out)
