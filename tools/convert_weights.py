@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Convert pretrained weights into a detres weights file ``{"model": state_dict, "meta": meta}``.
+
+    python tools/convert_weights.py SRC DST [--arch resnet50] [--format auto|torchvision|caffe2|detectron2]
+
+SRC may be
+  * a torchvision ImageNet checkpoint (resnet50-*.pth): checked against build_classifier(arch), meta =
+    torchvision's preprocessing (RGB, [0, 1], ImageNet mean/std, "pytorch" style);
+  * an MSRA ResNet-50/101/152 from Detectron (R-50.pkl, R-101.pkl, R-152.pkl; Caffe2 names): renamed to
+    torchvision's names, BN folded into FrozenBN, meta = "msra" style, BGR, 0..255, Detectron pixel means;
+  * a detectron2 R50-C4 / R101-C4 Faster R-CNN (model_final_*.pkl or .pth): a whole detres C4 detector;
+    load it with detres.backbones.convert.build_converted_detector(DST), which applies detectron2's
+    settings recorded in meta["detector"].
+
+Pickles are read by a restricted unpickler (numpy arrays, numbers, strings and containers only); a file
+that names anything else is refused without running it. The ImageNet outputs (first two kinds) work as
+``model.backbone.weights=DST`` in every detection config.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from detres.backbones.convert import convert_weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", help="torchvision .pth, MSRA/Detectron .pkl or detectron2 .pkl/.pth")
+    parser.add_argument("dst", help="output .pth (detres weights file)")
+    parser.add_argument("--arch", default=None, help="resnet18..resnet152 | vgg16; inferred when omitted, checked when given")
+    parser.add_argument("--format", default="auto", choices=("auto", "torchvision", "caffe2", "detectron2"))
+    parser.add_argument("--no-check", action="store_true", help="skip loading classifier weights into build_classifier")
+    args = parser.parse_args(argv)
+    try:
+        sd, meta, fmt = convert_weights(args.src, args.dst, arch=args.arch, fmt=args.format, check=not args.no_check)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = sum(v.numel() for v in sd.values())
+    print(f"{args.src} ({fmt}) -> {args.dst}: {meta['arch']}, {len(sd)} tensors, {n / 1e6:.2f}M values; "
+          f"style {meta['style']}, {meta['channel_order']} x {meta['input_range']:g}, mean {meta['mean']}, "
+          f"std {meta['std']}, bn_eps {meta['bn_eps']}")
+    if "detector" in meta:
+        det = meta["detector"]
+        print(f"detector: build_converted_detector('{args.dst}') = build_detector(" +
+              ", ".join(f"{k}={v!r}" for k, v in det.items()) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
