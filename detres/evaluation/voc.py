@@ -86,11 +86,11 @@ def voc_ap_11point(rec: np.ndarray, prec: np.ndarray) -> float:
     """VOC2007 11-point AP. The thresholds are exactly k/10 (so a recall of exactly 0.3 counts
     for t = 0.3); an empty ``prec[rec >= t]`` contributes 0."""
     rec, prec = np.asarray(rec, np.float64), np.asarray(prec, np.float64)
-    ap = 0.0
+    total = 0.0
     for k in range(11):
         sel = prec[rec >= k / 10.0]
-        ap += (sel.max() if sel.size else 0.0) / 11.0
-    return float(ap)
+        total += sel.max() if sel.size else 0.0
+    return float(total / 11.0)
 
 
 def voc_ap_area(rec: np.ndarray, prec: np.ndarray) -> float:

@@ -1,0 +1,59 @@
+"""The paper-comparison table from fake run directories."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from detres.evaluation.compare import format_compare_markdown, format_compare_text, load_run
+
+
+def _run_dir(root, name, ev, cfg_text):
+    d = root / name
+    d.mkdir()
+    (d / "eval.json").write_text(json.dumps(ev))
+    if cfg_text is not None:
+        (d / "config.yaml").write_text(cfg_text)
+    return d
+
+
+def test_compare_table(tmp_path):
+    voc = _run_dir(tmp_path, "voc07_r101", {"mAP_11point": 0.770, "mAP_area": 0.79, "AP_11point": {}, "AP_area": {}},
+                   "model:\n  backbone:\n    name: resnet101\ndata:\n  dataset: voc\n  train: [2007_trainval, 2012_trainval]\n"
+                   "  test: 2007_test\n")
+    coco = _run_dir(tmp_path, "coco_vgg", {"AP": 0.20, "AP50": 0.40}, "model:\n  backbone:\n    name: vgg16\n")
+    r50 = _run_dir(tmp_path, "voc07_r50", {"mAP_11point": 0.70, "mAP_area": 0.72}, None)  # no config.yaml
+    runs = [load_run(d) for d in (voc, coco, r50)]
+    assert runs[0].backbone == "resnet101" and runs[0].train_data == "07+12" and runs[0].benchmark == "voc07"
+    assert runs[2].backbone == "?"
+    text = format_compare_text(runs)
+    assert "76.4" in text and "73.2" in text and "77.0" in text and "+0.6" in text  # 77.0 - 76.4
+    assert "41.5" in text and "21.2" in text and "-1.5" in text and "-1.2" in text  # vgg16 vs VGG-16
+    assert "-6.4 vs R101" in text  # unknown backbone compared with ResNet-101
+    md = format_compare_markdown(runs)
+    assert md.count("| paper |") == 4 and "|---|" in md
+
+
+def test_voc12_uses_area_ap(tmp_path):
+    d = _run_dir(tmp_path, "voc12", {"mAP_11point": 0.70, "mAP_area": 0.74},
+                 "model: {backbone: {name: resnet101}}\ndata: {train: [2007_trainval, 2007_test, 2012_trainval], "
+                 "test: 2012_test}\n")
+    run = load_run(d)
+    assert run.benchmark == "voc12" and run.train_data == "07++12" and run.metrics["mAP"] == pytest.approx(74.0)
+    assert "+0.2" in format_compare_text([run])  # 74.0 - 73.8
+
+
+def test_tool_compare_and_bad_run(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("detres_tool_eval2", Path(__file__).resolve().parents[1] / "tools" / "eval.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    a = _run_dir(tmp_path, "a", {"mAP_11point": 0.75, "mAP_area": 0.76}, "model: {backbone: {name: vgg16}}\n")
+    assert tool.main(["--compare", str(a), "--markdown", str(tmp_path / "t.md")]) == 0
+    assert "+1.8" in capsys.readouterr().out  # 75.0 - 73.2
+    assert "| paper |" in (tmp_path / "t.md").read_text()
+    (tmp_path / "b").mkdir()
+    assert tool.main(["--compare", str(a), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "eval.json" in err

@@ -1,0 +1,141 @@
+"""tools/eval.py: results mode for VOC and COCO, JSON output, one-line errors for bad input."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests._data_helpers import write_coco, write_results, write_voc_tree
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "eval.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("detres_tool_eval", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def voc(tmp_path):
+    write_voc_tree(tmp_path / "data" / "VOCdevkit" / "VOC2007", {
+        "000001": {"objects": [("cat", 1, 1, 10, 10, 0), ("dog", 20, 20, 40, 40, 1)]},
+        "000002": {"objects": [("cat", 5, 5, 30, 30, 0)]},
+    }, write_images=False)
+    res = write_results(tmp_path / "res", {"cat": ["000001 0.9 1 1 10 10", "000002 0.8 100 100 110 110"],
+                                           "dog": ["000001 0.7 20 20 40 40"]})
+    return tmp_path / "data", res
+
+
+def _run(argv, capsys):
+    rc = _tool().main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_voc_results_json_out(voc, tmp_path, capsys):
+    data, res = voc
+    rc, out, _ = _run(["--dataset", "voc07", "--data-root", data, "--results", res, "--json-out", tmp_path / "m.json"],
+                      capsys)
+    assert rc == 0 and "cat" in out and "mAP" in out
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert set(m) == {"mAP_11point", "mAP_area", "AP_11point", "AP_area"}
+    # cat: TP then FP on npos = 2 -> rec [.5, .5], prec [1, .5] -> 11-point 6/11, area .5
+    assert m["AP_11point"]["cat"] == pytest.approx(6 / 11) and m["AP_area"]["cat"] == pytest.approx(0.5)
+    # dog: only a difficult box -> null; the detection on it is ignored
+    assert m["AP_11point"]["dog"] is None and m["AP_area"]["dog"] is None
+    assert m["mAP_area"] == pytest.approx(0.5)  # aeroplane etc. have no ground truth -> null, not 0
+
+
+def test_coco_results(tmp_path, capsys):
+    image_dir, ann, data = write_coco(tmp_path, degenerate=False)
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in data["annotations"] if not a["iscrowd"]]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    rc, out, _ = _run(["--dataset", "coco", "--results", tmp_path / "dets.json", "--ann-file", ann,
+                       "--json-out", tmp_path / "m.json"], capsys)
+    assert rc == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["AP"] == pytest.approx(1.0) and set(m["per_category"]) == {"cat1", "cat5", "cat90"}
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(m)
+
+
+def _one_line_error(rc, err, *needles):
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_id_without_xml(voc, capsys):
+    data, res = voc
+    (data / "VOCdevkit" / "VOC2007" / "Annotations" / "000002.xml").unlink()
+    rc, _, err = _run(["--dataset", "voc07", "--data-root", data, "--results", res], capsys)
+    _one_line_error(rc, err, "test.txt:2", "000002")
+
+
+def test_malformed_xml(voc, capsys):
+    data, res = voc
+    (data / "VOCdevkit" / "VOC2007" / "Annotations" / "000001.xml").write_text("<annotation><object>")
+    rc, _, err = _run(["--dataset", "voc07", "--data-root", data, "--results", res], capsys)
+    _one_line_error(rc, err, "000001.xml", "malformed XML", "line")
+
+
+def test_wrong_field_count(voc, capsys):
+    data, res = voc
+    (res / "comp4_det_test_cat.txt").write_text("000001 0.9 1 1 10 10\n000002 0.8 1 1 10\n")
+    rc, _, err = _run(["--dataset", "voc07", "--data-root", data, "--results", res], capsys)
+    _one_line_error(rc, err, "comp4_det_test_cat.txt:2", "6 fields")
+
+
+def test_unknown_class_file(voc, capsys):
+    data, res = voc
+    (res / "comp4_det_test_unicorn.txt").write_text("")
+    rc, _, err = _run(["--dataset", "voc07", "--data-root", data, "--results", res], capsys)
+    _one_line_error(rc, err, "comp4_det_test_unicorn.txt", "unknown class")
+
+
+def test_unknown_image_id(voc, capsys):
+    data, res = voc
+    (res / "comp4_det_test_cat.txt").write_text("000001 0.9 1 1 10 10\n000099 0.8 1 1 10 10\n")
+    rc, _, err = _run(["--dataset", "voc07", "--data-root", data, "--results", res], capsys)
+    _one_line_error(rc, err, "comp4_det_test_cat.txt:2", "000099")
+
+
+@pytest.mark.parametrize("which", ["results", "data_root", "ann_file", "checkpoint"])
+def test_missing_paths(voc, tmp_path, capsys, which):
+    data, res = voc
+    if which == "results":
+        argv = ["--dataset", "voc07", "--data-root", data, "--results", tmp_path / "nothing"]
+        needle = "nothing"
+    elif which == "data_root":
+        argv = ["--dataset", "voc07", "--data-root", tmp_path / "nodata", "--results", res]
+        needle = "nodata"
+    elif which == "ann_file":
+        (tmp_path / "d.json").write_text("[]")
+        argv = ["--dataset", "coco", "--results", tmp_path / "d.json", "--ann-file", tmp_path / "no_ann.json"]
+        needle = "no_ann.json"
+    else:
+        (tmp_path / "c.yaml").write_text("{}\n")
+        argv = ["--config", tmp_path / "c.yaml", "--checkpoint", tmp_path / "no_ckpt.pth"]
+        needle = "no_ckpt.pth"
+    rc, _, err = _run(argv, capsys)
+    _one_line_error(rc, err, needle)
+
+
+def test_subprocess_exit_code_without_traceback(voc, tmp_path):
+    data, res = voc
+    (res / "comp4_det_test_cat.txt").write_text("000001 0.9\n")
+    p = subprocess.run([sys.executable, str(TOOL), "--dataset", "voc07", "--data-root", str(data), "--results", str(res)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "comp4_det_test_cat.txt:1" in errors[0]
