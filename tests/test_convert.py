@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import pathlib
 import pickle
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -332,14 +329,21 @@ def test_detectron2_r50_c4_converts_into_build_detector(tmp_path):
     assert out[0]["boxes"].shape[1] == 4
 
 
-def test_convert_tool_cli(tmp_path):
+def _load_tool(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_tool_cli(tmp_path, capsys):
+    tool = _load_tool("convert_weights")
     src = tmp_path / "r18.pth"
     torch.save(build_classifier("resnet18", num_classes=3).state_dict(), src)
     dst = tmp_path / "out" / "r18_detres.pth"
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_weights.py"), str(src), str(dst)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert dst.is_file() and "resnet18" in res.stdout
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_weights.py"), str(tmp_path / "nope.pkl"),
-                          str(dst)], capture_output=True, text=True)
-    assert res.returncode != 0 and "nope.pkl" in res.stderr
+    assert tool.main([str(src), str(dst)]) == 0
+    assert dst.is_file() and "resnet18" in capsys.readouterr().out
+    assert tool.main([str(tmp_path / "nope.pkl"), str(dst)]) == 2
+    assert "nope.pkl" in capsys.readouterr().err

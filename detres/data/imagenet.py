@@ -17,7 +17,7 @@ Images are RGB float in [0, 1] before normalisation: the weights meta of a class
 these tensors is ``{"channel_order": "RGB", "input_range": 1.0, "mean": ..., "std": ...}``.
 
 Test views: the shorter side is resized to 256, then either the centre 224 crop (1 view) or the
-10-crop of the paper (4 corners and the centre, each also flipped: 10 views). One item is a tensor
+10-crop of the paper (4 corners and the centre of the image and of its mirror image: 10 views). One item is a tensor
 ``[V, 3, 224, 224]``; in 10-crop mode view :data:`CENTER_VIEW` is exactly the centre crop.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -62,15 +62,10 @@ CENTER_VIEW = 4
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file to ``uint8 [3, H, W]`` RGB; ValueError naming the file if it cannot be read."""
     try:
-        return decode_image(os.fspath(path), mode=ImageReadMode.RGB)
-    except Exception:  # noqa: BLE001 - a few ImageNet files (CMYK, PNG named .JPEG) need PIL
-        try:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                return TF.pil_to_tensor(im.convert("RGB"))
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        with Image.open(path) as im:  # PIL also reads ImageNet's few CMYK JPEGs and PNGs named .JPEG
+            return TF.pil_to_tensor(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file; say which
+        raise ValueError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
 class ImageNetFolder(Dataset):
@@ -159,7 +154,7 @@ class RandomShorterSide(torch.nn.Module):
 
 
 class TenCrop(torch.nn.Module):
-    """``[3, H, W]`` -> ``[10, 3, size, size]``: 4 corners and the centre, then the same 5 flipped."""
+    """``[3, H, W]`` -> ``[10, 3, size, size]``: tl, tr, bl, br, centre of the image, then of its mirror image."""
 
     def __init__(self, size: int):
         super().__init__()

@@ -21,7 +21,7 @@ __all__ = ["ten_crop", "ClassificationEvaluator", "evaluate_classifier", "topk_c
 
 
 def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``[N, C, H, W]`` -> ``[N, 10, C, size, size]``: tl, tr, bl, br, centre, then each flipped."""
+    """``[N, C, H, W]`` -> ``[N, 10, C, size, size]``: tl, tr, bl, br, centre, then the same of the mirrored image."""
     from torchvision.transforms.v2 import functional as TF
 
     if images.dim() != 4:

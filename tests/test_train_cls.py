@@ -1,0 +1,128 @@
+"""tools/train_cls.py end to end on a tiny ImageFolder, and the hand-over of its checkpoint to detection."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detres.backbones import build_c4, read_weights
+from detres.config import ClsConfig, load_config
+from detres.engine.classification import cls_meta, time_train_step
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CLASSES = ("n0001", "n0002", "n0003")
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_imagenet(root: pathlib.Path, per_class: int = 4) -> pathlib.Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", 2)):
+        for ci, c in enumerate(CLASSES):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                h, w = rng.integers(36, 56, size=2)
+                arr = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+                arr[..., ci] += 150  # the class is the dominant colour: learnable, but we only train 4 steps
+                Image.fromarray(arr).save(d / f"{c}_{i}.JPEG", format="JPEG")
+    return root
+
+
+def tiny_overrides(data_root, out, *, name="resnet18", style="pytorch", max_iter=4):
+    return [f"data.root={data_root}", f"output_dir={out}", f"model.name={name}", f"model.style={style}",
+            f"model.num_classes={len(CLASSES)}", "data.min_scale=36", "data.max_scale=44", "data.crop=32",
+            "data.test_resize=36", "data.num_workers=0", "solver.ims_per_batch=4", "solver.reference_batch=4",
+            "solver.base_lr=0.01", f"solver.max_iter={max_iter}", "solver.steps=[3]", "solver.checkpoint_period=2",
+            "solver.log_period=1", "test.eval_period=0", "test.ims_per_batch=4", "solver.amp=bf16"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cls")
+    data = make_imagenet(tmp / "imagenet")
+    out = tmp / "run"
+    tool = _tool("train_cls")
+    assert tool.main([str(ROOT / "configs" / "imagenet_r50.yaml"), *tiny_overrides(data, out), "--no-progress"]) == 0
+    return data, out, tool
+
+
+def test_run_directory_and_eval_json(trained):
+    _, out, _ = trained
+    for name in ("config.yaml", "metrics.jsonl", "model_final.pth", "eval.json"):
+        assert (out / name).is_file(), name
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["num_images"] == 2 * len(CLASSES)
+    for k in ("top1_error_center", "top5_error_center", "top1_error_10crop", "top5_error_10crop"):
+        assert 0.0 <= ev[k] <= 1.0
+    assert ev["top5_error_center"] == 0.0  # 3 classes: the top 5 always hold the label
+    cfg = load_config(out / "config.yaml")
+    assert isinstance(cfg, ClsConfig) and cfg.model.name == "resnet18" and cfg.solver.max_iter == 4
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_cls" in r for r in rows)
+
+
+def test_checkpoint_is_a_detection_backbone(trained):
+    from detres.modeling import build_detector
+
+    _, out, _ = trained
+    ckpt = out / "model_final.pth"
+    state, meta = read_weights(ckpt)
+    assert "fc.weight" in state and "layer4.1.conv2.weight" in state
+    assert meta["channel_order"] == "RGB" and meta["input_range"] == 1.0 and meta["style"] == "pytorch"
+    assert meta["mean"] == cls_meta(load_config(out / "config.yaml"))["mean"]
+    trunk, head = build_c4("resnet18", weights=ckpt)
+    torch.testing.assert_close(trunk.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
+    torch.testing.assert_close(head.layer4[0].bn1.running_var, state["layer4.0.bn1.running_var"])
+    det = build_detector(backbone="resnet18", weights=ckpt, num_classes=4).eval()
+    assert det.transform.image_mean == pytest.approx(meta["mean"]) and not det.transform.bgr
+    with torch.no_grad():
+        out_det = det([torch.rand(3, 64, 96)])
+    assert out_det[0]["boxes"].shape[-1] == 4
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
+    data, out, tool = trained
+    before = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["iteration"]
+    args = [str(ROOT / "configs" / "imagenet_r50.yaml"), *tiny_overrides(data, out, max_iter=5), "--resume",
+            "--no-progress"]
+    assert tool.main(args) == 0
+    after = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert before == 4 and after["iteration"] == 5
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "loss_cls" in r][-1] == 5
+
+
+def test_msra_style_classifier_hands_over_with_its_style(tmp_path):
+    data = make_imagenet(tmp_path / "imagenet", per_class=2)
+    from detres.engine.classification import run_classification
+
+    cfg = load_config(ROOT / "configs" / "imagenet_r50.yaml",
+                      tiny_overrides(data, tmp_path / "run", name="resnet50", style="msra", max_iter=1) + ["test.ten_crop=false"])
+    cfg.solver.ims_per_batch = cfg.solver.reference_batch = 2
+    result = run_classification(cfg, device="cpu", progress=False)
+    assert "top1_error_10crop" not in result["eval"]
+    trunk, _ = build_c4("resnet50", weights=tmp_path / "run" / "model_final.pth", style="msra")
+    assert trunk.layer2[0].conv1.stride == (2, 2)  # stride in the 1x1, as trained
+    with pytest.raises(ValueError, match="msra"):
+        build_c4("resnet50", weights=tmp_path / "run" / "model_final.pth", style="pytorch")
+
+
+def test_bad_config_and_step_timing(tmp_path, capsys):
+    tool = _tool("train_cls")
+    assert tool.main([str(ROOT / "configs" / "imagenet_r50.yaml"), "solver.base_lrr=1"]) == 2
+    assert "base_lr" in capsys.readouterr().err
+    timing = time_train_step(str(ROOT / "configs" / "imagenet_r50.yaml"),
+                             overrides=["model.name=resnet18", "model.num_classes=10", "data.crop=32"],
+                             batch_size=2, steps=1, warmup=0)
+    assert timing["median_s"] > 0 and timing["batch_size"] == 2
