@@ -24,7 +24,7 @@ from detres.engine.solver import build_sgd, build_warmup_multistep, scale_lr
 __all__ = ["resolve_data_root", "class_names_for", "num_classes_for", "build_model", "build_train_dataset",
            "build_test_dataset", "build_test_transforms", "build_evaluator", "build_optimizer", "build_scheduler",
            "build_train_loader_factory", "build_test_loader", "scaled_lr", "time_train_step", "make_eval_fn",
-           "run_train_det"]
+           "run_train_det", "run_predict", "load_model_from_checkpoint"]
 
 logger = logging.getLogger("detres")
 
@@ -307,3 +307,65 @@ def run_train_det(cfg: DetConfig, *, resume: bool = False, device: str | None = 
         log.info("drew detections on %d test images in %s", len(paths), os.path.join(out, "vis"))
     du.barrier()
     return result
+
+
+def load_model_from_checkpoint(cfg: DetConfig, checkpoint: str, *, device: str | torch.device = "cpu") -> nn.Module:
+    """``build_model(cfg)`` without ImageNet weights, then the detector weights of ``checkpoint``
+    (a trainer checkpoint / ``model_final.pth``); eval mode. CheckpointError names a bad file."""
+    from detres.engine.checkpoint import CheckpointError, load_checkpoint
+    state = load_checkpoint(checkpoint)
+    model = build_model(cfg, weights=None)
+    meta = state.get("meta") or {}
+    if meta and getattr(model, "weights_meta", None) is not None and meta != model.weights_meta:
+        # the checkpoint's normalisation (e.g. MSRA BGR/255) must be used, not the default one
+        from detres.modeling.detector import InputTransform
+        model.transform = InputTransform(meta, min_size=None, max_size=cfg.data.max_size)
+        model.weights_meta = dict(meta)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {checkpoint}: does not match the config's model "
+                              f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def run_predict(cfg: DetConfig, checkpoint: str, images: list[str], out_dir: str, *, score_thresh: float = 0.5,
+                device: str | torch.device = "cpu") -> list[dict]:
+    """Detect objects in image files; write ``out_dir/<stem>.png`` (boxes, class names, scores drawn on
+    the original image) and ``out_dir/predictions.json``; return the JSON records.
+
+    Each record: ``{"image": path, "height", "width", "detections": [{"box": [x1, y1, x2, y2] (original
+    pixels, 0-based xyxy), "label": 1..K, "class": name, "score"}]}`` for detections >= ``score_thresh``.
+    """
+    import json
+    from detres.data.transforms import read_image_rgb, to_original
+    from detres.engine.visualize import draw_detections, save_png
+
+    model = load_model_from_checkpoint(cfg, checkpoint, device=device)
+    names = class_names_for(cfg)
+    if names is None:  # COCO: names from the test annotation file
+        names = tuple(getattr(build_test_dataset(cfg), "class_names"))
+    tf = build_test_transforms(cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    records = []
+    for path in images:
+        img = read_image_rgb(path)
+        h0, w0 = img.shape[:2]
+        tensor, target = tf(img, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                                  "image_id": os.path.basename(path)})
+        out = model([tensor.to(device)])[0]
+        keep = out["scores"] >= score_thresh
+        boxes = to_original(out["boxes"][keep].float().cpu(), target)
+        labels = out["labels"][keep].cpu()
+        scores = out["scores"][keep].float().cpu()
+        original = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+        drawn = draw_detections(original, boxes, labels, scores, names, score_thresh=score_thresh)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        save_png(drawn, os.path.join(out_dir, f"{stem}.png"))
+        records.append({"image": os.fspath(path), "height": h0, "width": w0, "detections": [
+            {"box": [round(float(v), 2) for v in b], "label": int(lab),
+             "class": names[int(lab) - 1] if 1 <= int(lab) <= len(names) else str(int(lab)), "score": float(s)}
+            for b, lab, s in zip(boxes.tolist(), labels.tolist(), scores.tolist())]})
+    with open(os.path.join(out_dir, "predictions.json"), "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=2)
+    return records
