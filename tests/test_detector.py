@@ -105,3 +105,11 @@ def test_pooler_casts_rois_to_feature_dtype():
     assert out.dtype == torch.float64 and out.shape == (1, 8, 7, 7)
     pool = C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=7)
     assert pool(feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])]).shape == (1, 8, 7, 7)
+
+
+def test_weights_meta_builds_for_a_checkpoint_without_weights():
+    model = build_detector(backbone="resnet18", num_classes=3, weights_meta=dict(MSRA_META))
+    assert model.weights_meta["style"] == "msra"  # the style is taken from the meta
+    assert model.backbone.bn1.eps == 0.0 and model.transform.bgr
+    with pytest.raises(ValueError, match="'msra'-style"):
+        build_detector(backbone="resnet18", num_classes=3, weights_meta=dict(MSRA_META), style="pytorch")

@@ -23,7 +23,7 @@ from .resnet import ARCHS as _RESNET_ARCHS, SHORTCUTS, STYLES, ResNet, ResNetC4H
 from .spec import FeatureSpec
 from .vgg import VGG16, VGG16C4, VGG16Classifier, VGG16FCHead
 from .weights import (MSRA_META, TORCHVISION_META, default_meta, load_state, read_weights,
-                      resolve_style)
+                      resolve_style, validate_meta)
 
 __all__ = [
     "FeatureSpec", "list_backbones", "build_backbone", "build_c4", "build_classifier", "read_weights",
@@ -56,8 +56,13 @@ def _entry(name: str) -> _Entry:
     return BACKBONES[name]
 
 
-def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str):
-    """Read weights (if any) and settle style, BN eps and the preprocessing meta."""
+def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str,
+             weights_meta: dict[str, Any] | None = None):
+    """Read weights (if any) and settle style, BN eps and the preprocessing meta.
+
+    `weights_meta` stands in for a weights file's meta when the weights come later (e.g. a detector
+    checkpoint loaded after building): the network is then built for that style, eps and input.
+    """
     entry = _entry(name)
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose from {list(NORMS)}")
@@ -65,6 +70,9 @@ def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str):
         raise ValueError(f"unknown shortcut {shortcut!r}; choose from {list(SHORTCUTS)}")
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
+    if weights is None and weights_meta is not None:
+        meta = validate_meta(weights_meta, "weights_meta")
+        return entry, None, meta, resolve_style(meta, style, "weights_meta")
     if weights is None:
         style = style or "pytorch"
         return entry, None, default_meta(style), style
@@ -123,6 +131,7 @@ def build_c4(
     norm: str = "frozen_bn",
     freeze_at: int = 2,
     shortcut: str = "B",
+    weights_meta: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """The paper's Faster R-CNN split of one network (Appendix A) -> (trunk, head).
 
@@ -130,8 +139,10 @@ def build_c4(
     head: ResNets take RoI features [R, C4, 14, 14] and run the whole conv5 stage (first block stride
     2) plus global average pooling -> [R, 2048] (512 for ResNet-18/34); VGG-16 takes [R, 512, 7, 7]
     and runs flatten, fc6, fc7 -> [R, 4096]. One checkpoint fills both (loaded before the split).
+    weights_meta: without `weights`, build for this preprocessing/style/BN eps (a detector checkpoint
+    that will be loaded afterwards carries it).
     """
-    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut)
+    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, weights_meta)
     if entry.family == "resnet":
         net = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style, shortcut=shortcut,
                      out_features=("res4", "res5"))

@@ -129,6 +129,7 @@ def build_detector(
     detections_per_img: int = 100,
     min_size: int | Sequence[int] | None = None,
     max_size: int = 1000,
+    weights_meta: dict[str, Any] | None = None,
 ) -> FasterRCNN:
     """A C4 Faster R-CNN, returned as torchvision's `FasterRCNN` class.
 
@@ -140,6 +141,8 @@ def build_detector(
     pooler_resolution: None gives the paper's 14 (ResNet, before conv5) or 7 (VGG-16, before fc6).
     min_size: None means images arrive already resized (detres's data pipeline does it); an int (or
     a tuple, for random choice in training) makes the model resize like torchvision's detectors.
+    weights_meta: with no `weights`, the preprocessing/style/BN eps to build for; pass a detector
+    checkpoint's "meta" here before loading its state dict, so the two cannot disagree.
 
     Input: list of float RGB images [3, H, W] in [0, 1]. Training: model(images, targets) -> dict of
     losses (`loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`); eval:
@@ -155,7 +158,7 @@ def build_detector(
     if backbone == "vgg16" and resolution != 7:
         raise ValueError(f"vgg16's fc6 takes 7x7 RoI features; pooler_resolution={resolution} cannot be used")
     trunk, head = build_c4(backbone, weights=weights, style=style, norm=norm, freeze_at=freeze_at,
-                           shortcut=shortcut)
+                           shortcut=shortcut, weights_meta=weights_meta)
     feature = c4_feature_name(backbone)
     spec = trunk.feature_specs[feature]
     anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
