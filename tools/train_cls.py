@@ -41,13 +41,18 @@ def main(argv: list[str] | None = None) -> int:
             result = time_train_step(cfg, batch_size=args.batch, device=args.device or "cpu")
             print(json.dumps({"config": args.config, **result}))
             return 0
+        from detres.engine import distributed as du
         from detres.engine.classification import run_classification
 
-        result = run_classification(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+        try:
+            result = run_classification(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+            main_process = du.is_main_process()
+        finally:
+            du.destroy_distributed()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if result.get("eval"):
+    if result.get("eval") and main_process:
         print(json.dumps(result["eval"], indent=2, sort_keys=True))
     return 0
 
