@@ -6,7 +6,6 @@ import os
 from typing import Sequence
 
 import torch
-from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes
 
 __all__ = ["draw_detections", "save_png", "to_uint8", "visualize_dataset"]
@@ -55,7 +54,8 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> str:
     """Write a uint8 (or [0,1] float) CHW image as PNG; creates the folder."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_png(to_uint8(image), path)
+    from PIL import Image  # torchvision.io's PNG encoder is deprecated since 0.29
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).contiguous().numpy()).save(path, format="PNG")
     return path
 
 
