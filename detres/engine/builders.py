@@ -67,8 +67,11 @@ def num_classes_for(cfg: DetConfig) -> int:
     return (len(names) if names is not None else COCO_NUM_CLASSES) + 1
 
 
-def build_model(cfg: DetConfig, *, weights: str | None | object = ...) -> nn.Module:
+def build_model(cfg: DetConfig, *, weights: str | None | object = ..., weights_meta: dict | None = None) -> nn.Module:
     """The C4 Faster R-CNN of ``cfg.model`` (``weights`` overrides ``model.backbone.weights``).
+
+    ``weights_meta``: with ``weights=None``, the preprocessing/style/BN eps to build for (from a detector
+    checkpoint's "meta"), so that its state dict is loaded into a matching network.
 
     Training norm "syncbn" builds SyncBatchNorm, which syncs only when torch.distributed is running.
     """
@@ -85,7 +88,7 @@ def build_model(cfg: DetConfig, *, weights: str | None | object = ...) -> nn.Mod
         rpn_post_nms_top_n_test=m.rpn.post_nms_top_n_test, rpn_batch_size_per_image=m.rpn.batch_size_per_image,
         box_batch_size_per_image=m.roi.batch_size_per_image, box_score_thresh=m.roi.score_thresh,
         box_nms_thresh=m.roi.nms_thresh, detections_per_img=m.roi.detections_per_img,
-        min_size=None, max_size=cfg.data.max_size)
+        min_size=None, max_size=cfg.data.max_size, **({"weights_meta": weights_meta} if weights_meta else {}))
 
 
 def build_test_transforms(cfg: DetConfig):
@@ -314,13 +317,8 @@ def load_model_from_checkpoint(cfg: DetConfig, checkpoint: str, *, device: str |
     (a trainer checkpoint / ``model_final.pth``); eval mode. CheckpointError names a bad file."""
     from detres.engine.checkpoint import CheckpointError, load_checkpoint
     state = load_checkpoint(checkpoint)
-    model = build_model(cfg, weights=None)
-    meta = state.get("meta") or {}
-    if meta and getattr(model, "weights_meta", None) is not None and meta != model.weights_meta:
-        # the checkpoint's normalisation (e.g. MSRA BGR/255) must be used, not the default one
-        from detres.modeling.detector import InputTransform
-        model.transform = InputTransform(meta, min_size=None, max_size=cfg.data.max_size)
-        model.weights_meta = dict(meta)
+    # the checkpoint's style, BN eps and normalisation (e.g. MSRA BGR/255), not the default ones
+    model = build_model(cfg, weights=None, weights_meta=state.get("meta") or None)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {checkpoint}: does not match the config's model "
