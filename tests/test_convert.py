@@ -298,6 +298,10 @@ def test_detectron2_r50_c4_converts_into_build_detector(tmp_path):
     model = build_converted_detector(dst)  # strict: every key of build_detector's model is filled
     assert set(model.state_dict()) == set(sd)
     assert model.transform.bgr and model.transform.image_mean == pytest.approx([103.53, 116.28, 123.675])
+    assert model.transform.resize_images and model.transform.min_size == (800,)  # detectron2 resizes to 800
+    assert model.backbone.bn1.eps == 1e-5  # detectron2's FrozenBatchNorm2d
+    assert model.roi_heads.box_roi_pool.aligned and model.roi_heads.box_roi_pool.output_size == 14
+    assert model.backbone.layer2[0].conv1.stride == (2, 2)  # msra: stride in the 1x1
 
     # Background: last in detectron2, first in torchvision; the foreground classes keep their order.
     cls_b = model.roi_heads.box_predictor.cls_score.bias.detach()

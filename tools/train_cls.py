@@ -10,7 +10,7 @@ config.yaml, log.txt, metrics.jsonl, TensorBoard events, checkpoints, model_fina
 (top-1/top-5 error, centre crop and 10-crop). ``model_final.pth`` works as
 ``model.backbone.weights=...`` in every detection config.
 
-    python tools/train_cls.py configs/imagenet_r50.yaml --time-step [--batch 2]
+    python tools/train_cls.py configs/imagenet_r50.yaml --time-step [--batch 2] [--steps 3]
 
 prints the seconds of one training step (synthetic data) instead of training.
 """
@@ -32,13 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     parser.add_argument("--time-step", action="store_true", help="time one training step on synthetic data and exit")
     parser.add_argument("--batch", type=int, default=2, help="batch size for --time-step")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps for --time-step (after one warm-up step)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides, schema=ClsConfig)
         if args.time_step:
             from detres.engine.classification import time_train_step
 
-            result = time_train_step(cfg, batch_size=args.batch, device=args.device or "cpu")
+            result = time_train_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")
             print(json.dumps({"config": args.config, **result}))
             return 0
         from detres.engine import distributed as du

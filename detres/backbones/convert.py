@@ -563,12 +563,12 @@ def convert_detectron2_c4(
 def build_converted_detector(path: str | os.PathLike, **overrides: Any) -> torch.nn.Module:
     """Build the detector a converted detectron2 file describes and load it (strict keys).
 
-    ``build_detector(**meta["detector"], **overrides)``; the input normalisation is then taken from the
-    file's meta (BGR, 0..255, detectron2's pixel mean). ``build_detector``'s ``weights=`` takes ImageNet
-    backbones only, which is why a whole detector goes through here.
+    ``build_detector(**meta["detector"], **overrides, weights_meta=<the file's preprocessing>)``: BGR,
+    0..255, detectron2's pixel mean, msra style, FrozenBN eps 1e-5. ``build_detector``'s ``weights=``
+    takes ImageNet backbones only, which is why a whole detector goes through here.
     """
     from detres.backbones.weights import read_weights
-    from detres.modeling import InputTransform, build_detector
+    from detres.modeling import build_detector
 
     state, meta = read_weights(path)
     settings = meta.get("detector")
@@ -576,14 +576,12 @@ def build_converted_detector(path: str | os.PathLike, **overrides: Any) -> torch
         raise ValueError(f"{path}: no meta['detector']: not a converted detector (convert it with tools/convert_weights.py)")
     kwargs = dict(settings)
     kwargs.update(overrides)
-    model = build_detector(**kwargs)
+    norm_meta = {k: meta[k] for k in ("style", "channel_order", "input_range", "mean", "std", "bn_eps", "arch")}
+    model = build_detector(**kwargs, weights_meta=norm_meta)  # preprocessing, style and BN eps of the file
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{path}: does not fit build_detector({kwargs}): missing {result.missing_keys[:10]}, "
                          f"unexpected {result.unexpected_keys[:10]}")
-    norm_meta = {k: meta[k] for k in ("style", "channel_order", "input_range", "mean", "std", "bn_eps", "arch")}
-    model.transform = InputTransform(norm_meta, min_size=kwargs.get("min_size"), max_size=kwargs.get("max_size", 1000))
-    model.weights_meta = dict(norm_meta)
     return model
 
 
