@@ -82,6 +82,17 @@ def get_aspect_ratios(dataset: Dataset) -> list[float]:
     return ratios
 
 
+def _worker_context(num_workers: int):
+    """Worker processes start from a fresh interpreter (forkserver, or spawn where it is missing):
+    a plain fork copies OpenCV's thread pool without its threads, and ``cv2.setNumThreads`` in the
+    child then waits forever on the dead pool."""
+    if num_workers <= 0:
+        return None
+    import multiprocessing as mp
+
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
 def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -179,6 +190,7 @@ def build_train_loader(dataset: Dataset, *, images_per_batch: int, num_workers: 
         num_workers=num_workers,
         collate_fn=collate,
         worker_init_fn=worker_init if num_workers > 0 else None,
+        multiprocessing_context=_worker_context(num_workers),
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
         pin_memory=False,
     )
@@ -205,4 +217,6 @@ def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int
         num_workers=num_workers,
         collate_fn=collate,
         worker_init_fn=worker_init if num_workers > 0 else None,
+        multiprocessing_context=_worker_context(num_workers),
+        persistent_workers=num_workers > 0,  # evaluated again and again during training: start workers once
     )

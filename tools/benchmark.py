@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Benchmarks: ``python tools/benchmark.py <name> [options]``; prints the figures as JSON.
+
+  voc-eval   VOC07-test-sized evaluation (4,952 images, ~12,000 objects, 120,000 detections)
+  data       data pipeline images/s (JPEG decode + resize to 600/1000 + flip, to a tensor) per worker count
+
+The table of benchmarks is ``detres.benchmarks.BENCHMARKS``; add one with ``@register``.
+Run it on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detres.benchmarks import BENCHMARKS  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="name", required=True)
+    for b in BENCHMARKS.values():
+        b.add_arguments(sub.add_parser(b.name, help=b.help, description=b.help))
+    args = p.parse_args(argv)
+    try:
+        result = BENCHMARKS[args.name].run(args)
+    except ValueError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
