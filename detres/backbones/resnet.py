@@ -23,7 +23,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .layers import freeze
-from .spec import FeatureSpec, check_out_features
+from .spec import DeclaredFeatures, FeatureSpec, check_out_features
 
 STYLES = ("pytorch", "msra")
 SHORTCUTS = ("A", "B", "C")
@@ -119,7 +119,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(DeclaredFeatures, nn.Module):
     """A ResNet trunk that returns the requested feature maps.
 
     forward(images[N, 3, H, W]) -> OrderedDict name -> map, with names from `stem` (stride 4, after the
@@ -175,15 +175,6 @@ class ResNet(nn.Module):
             specs[name] = FeatureSpec(channels, stride)
         self._all_specs = specs
         self._init_weights()
-
-    @property
-    def feature_specs(self) -> dict[str, FeatureSpec]:
-        """name -> FeatureSpec of every map forward() returns."""
-        return {n: self._all_specs[n] for n in self._out_features}
-
-    @property
-    def out_channels(self) -> int:
-        return self._all_specs[self._out_features[-1]].channels
 
     def _init_weights(self) -> None:
         # He et al. (2015, "Delving deep into rectifiers") init, as the paper trains from it.

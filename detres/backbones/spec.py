@@ -34,3 +34,24 @@ def check_out_features(requested, available) -> tuple[str, ...]:
         if name not in available:
             raise ValueError(f"unknown feature {name!r}; this backbone produces {list(available)}")
     return tuple(n for n in available if n in requested)
+
+
+class DeclaredFeatures:
+    """Mixin for trunks: `feature_specs` and `out_channels` read from the declarations the builder made.
+
+    The class using it sets `_all_specs` (name -> FeatureSpec of every map the built layers produce)
+    and `_out_features` (the names forward() returns, in network order) while building.
+    """
+
+    _all_specs: dict[str, FeatureSpec]
+    _out_features: tuple[str, ...]
+
+    @property
+    def feature_specs(self) -> dict[str, FeatureSpec]:
+        """name -> FeatureSpec of every map forward() returns."""
+        return {n: self._all_specs[n] for n in self._out_features}
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the last returned map (torchvision's detectors read this)."""
+        return self._all_specs[self._out_features[-1]].channels

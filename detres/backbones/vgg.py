@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .layers import freeze
-from .spec import FeatureSpec, check_out_features
+from .spec import DeclaredFeatures, FeatureSpec, check_out_features
 
 # Configuration D: channels per conv, "M" for a 2x2 max-pool.
 _CFG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -58,7 +58,7 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class VGG16(nn.Module):
+class VGG16(DeclaredFeatures, nn.Module):
     """VGG-16 trunk. forward(images[N, 3, H, W]) -> OrderedDict of the requested conv stages."""
 
     def __init__(self, *, out_features: Sequence[str] = ("conv5",)):
@@ -70,14 +70,6 @@ class VGG16(nn.Module):
         self._all_specs = {name: spec for name, (spec, _) in declared.items()}
         self.style = "pytorch"
         _init_weights(self)
-
-    @property
-    def feature_specs(self) -> dict[str, FeatureSpec]:
-        return {n: self._all_specs[n] for n in self._out_features}
-
-    @property
-    def out_channels(self) -> int:
-        return self._all_specs[self._out_features[-1]].channels
 
     def freeze(self, freeze_at: int) -> None:
         """Freeze conv1..conv{freeze_at}. Faster R-CNN's VGG-16 keeps conv1 and conv2 fixed (freeze_at=2)."""
