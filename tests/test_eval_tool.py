@@ -139,3 +139,33 @@ def test_subprocess_exit_code_without_traceback(voc, tmp_path):
     assert "Traceback" not in p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "comp4_det_test_cat.txt:1" in errors[0]
+
+
+def test_config_checkpoint_mode_uses_the_checkpoints_meta(tmp_path, capsys):
+    """--config/--checkpoint: the detector is rebuilt for the checkpoint's own preprocessing (here
+    MSRA: BGR, 0-255), evaluated on the data set, and the metrics land in --json-out."""
+    import torch
+
+    from detres.backbones import MSRA_META
+    from detres.config import load_config
+    from detres.engine.builders import build_model, load_model_from_checkpoint
+    from tests._engine_helpers import write_tiny_config
+
+    cfg_path = write_tiny_config(tmp_path)
+    cfg = load_config(cfg_path)
+    model = build_model(cfg, weights=None, weights_meta=dict(MSRA_META))
+    ckpt = tmp_path / "model_final.pth"
+    torch.save({"model": model.state_dict(), "meta": model.weights_meta}, ckpt)
+    loaded = load_model_from_checkpoint(cfg, str(ckpt))
+    assert loaded.transform.bgr and loaded.weights_meta["style"] == "msra"
+
+    out = tmp_path / "m.json"
+    rc, stdout, err = _run(["--config", cfg_path, "--checkpoint", ckpt, "--json-out", out], capsys)
+    assert rc == 0, err
+    metrics = json.loads(out.read_text())
+    assert set(metrics["AP_11point"]) == {"circle", "square", "triangle"}
+    assert 0.0 <= metrics["mAP_11point"] <= 1.0
+
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # cut short: one line naming the file, no traceback
+    rc, _, err = _run(["--config", cfg_path, "--checkpoint", ckpt], capsys)
+    assert rc != 0 and "model_final.pth" in err and "Traceback" not in err

@@ -80,9 +80,9 @@ def eval_model(args: argparse.Namespace) -> tuple[dict, str]:
 
     from detres.config import load_config
     from detres.data.loader import build_test_loader
-    from detres.engine.builders import build_evaluator, build_test_dataset
+    from detres.engine.builders import build_evaluator, build_test_dataset, load_model_from_checkpoint
     from detres.evaluation.coco import format_coco_table
-    from detres.evaluation.inference import inference_on_dataset, load_detector_for_eval
+    from detres.evaluation.inference import inference_on_dataset
     from detres.evaluation.voc import format_voc_table
 
     if not Path(args.config).is_file():
@@ -93,7 +93,7 @@ def eval_model(args: argparse.Namespace) -> tuple[dict, str]:
     if args.data_root:
         cfg.data.root = args.data_root
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_detector_for_eval(cfg, args.checkpoint).to(device)
+    model = load_model_from_checkpoint(cfg, args.checkpoint, device=device)
     dataset = build_test_dataset(cfg, args.split)
     evaluator = build_evaluator(cfg, dataset, output_dir=args.output_dir)
     workers = cfg.data.num_workers if args.num_workers is None else args.num_workers

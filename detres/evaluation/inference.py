@@ -10,7 +10,7 @@ import torch
 
 from detres.data.transforms import to_original
 
-__all__ = ["inference_on_dataset", "load_detector_for_eval", "all_gather_objects", "broadcast_object", "is_main_process"]
+__all__ = ["inference_on_dataset", "all_gather_objects", "broadcast_object", "is_main_process"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,36 +88,3 @@ def inference_on_dataset(model: torch.nn.Module, data_loader: Iterable, evaluato
     elapsed = time.perf_counter() - start
     logger.info("inference: %d images in %.1f s (%.2f images/s)", n_images, elapsed, n_images / max(elapsed, 1e-9))
     return evaluator.evaluate()
-
-
-def load_detector_for_eval(cfg: Any, checkpoint: str) -> torch.nn.Module:
-    """Build ``cfg``'s detector and load a detres checkpoint into it (``weights_only=True`` through
-    ``detres.backbones.read_weights``). The checkpoint's weights metadata (style, channel order,
-    input range, mean/std) decides the backbone style (when the config leaves it None) and the
-    input normalisation, as it did in training. ValueError (one line) on mismatched keys/shapes."""
-    from detres.backbones import read_weights
-    from detres.engine.builders import build_model
-
-    try:
-        state, meta = read_weights(checkpoint)
-    except FileNotFoundError as exc:
-        raise ValueError(str(exc)) from None
-    if meta and getattr(cfg.model.backbone, "style", None) is None and meta.get("style"):
-        cfg.model.backbone.style = meta["style"]
-    model = build_model(cfg, weights=None)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        first = str(exc).strip().splitlines()
-        raise ValueError(f"{checkpoint}: does not match the config's detector ({first[-1].strip() if first else exc})") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{checkpoint}: does not match the config's detector ({len(result.missing_keys)} missing keys, "
-                         f"e.g. {result.missing_keys[:2]}; {len(result.unexpected_keys)} unexpected, "
-                         f"e.g. {result.unexpected_keys[:2]})")
-    if meta:
-        from detres.modeling.detector import InputTransform
-
-        old = model.transform
-        model.transform = InputTransform(meta, min_size=None, max_size=old.max_size)
-        model.weights_meta = dict(meta)
-    return model
