@@ -3,6 +3,8 @@
 
   voc-eval   VOC07-test-sized evaluation (4,952 images, ~12,000 objects, 120,000 detections)
   data       data pipeline images/s (JPEG decode + resize to 600/1000 + flip, to a tensor) per worker count
+  train-step seconds per detection training step of each paper config (synthetic 600x800 images)
+  cls-step   seconds per ImageNet training step of each imagenet_*.yaml config
 
 The table of benchmarks is ``detres.benchmarks.BENCHMARKS``; add one with ``@register``.
 Run it on an otherwise idle machine.

@@ -1,0 +1,14 @@
+"""tools/benchmark.py train-step runs a config end to end (figures are not asserted: no timed tests)."""
+import argparse
+
+from detres.benchmarks import BENCHMARKS
+from tests._engine_helpers import write_tiny_config
+
+
+def test_train_step_benchmark_runs_a_config(tmp_path):
+    cfg = write_tiny_config(tmp_path)
+    args = argparse.Namespace(configs=[str(cfg)], iters=1, device="cpu", opts=["solver.ims_per_batch=1"], batch=None)
+    out = BENCHMARKS["train-step"].run(args)
+    row = out["tiny"]
+    assert row["backbone"] == "resnet18" and row["ims_per_batch"] == 1 and row["s_per_iter"] > 0
+    assert set(BENCHMARKS) >= {"voc-eval", "data", "train-step", "cls-step"}
