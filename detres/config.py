@@ -172,6 +172,8 @@ class ClsDataConfig:
     pca_lighting: float = 0.1  # AlexNet-style PCA colour augmentation strength (paper cites Krizhevsky et al.)
     num_workers: int = 8  # DataLoader worker processes per GPU/process
     test_resize: int = 256  # shorter side before the centre/ten crops at test time
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # mean subtraction (paper Sec. 3.4): ImageNet RGB mean in [0, 1]
+    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # the paper subtracts the mean only; BN after conv1 absorbs the scale
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """The detres.backbones contract, parity with torchvision, Table 1, freezing and weight loading."""
 from __future__ import annotations
 
-import pickle
 
 import pytest
 import torch

@@ -22,7 +22,7 @@ from torch import nn
 
 from detres.backbones import build_classifier
 from detres.config import ClsConfig, load_config, save_config, config_to_dict
-from detres.data.imagenet import (PAPER_MEAN, PAPER_STD, ImageNetFolder, build_test_loader, build_test_transform,
+from detres.data.imagenet import (ImageNetFolder, build_test_loader, build_test_transform,
                                   build_train_loader_factory, build_train_transform)
 from detres.engine import distributed as du
 from detres.engine.logging import setup_logger
@@ -48,10 +48,10 @@ def classification_loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Te
 
 
 def cls_mean_std(cfg: ClsConfig) -> tuple[list[float], list[float]]:
-    """Normalisation of the training inputs (RGB, [0, 1]); ``cfg.data.mean/std`` when the schema has them."""
-    mean = list(getattr(cfg.data, "mean", PAPER_MEAN))
-    std = list(getattr(cfg.data, "std", PAPER_STD))
-    return [float(m) for m in mean], [float(s) for s in std]
+    """Normalisation of the training inputs (RGB, [0, 1]): ``cfg.data.mean`` / ``cfg.data.std``."""
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
+        raise ValueError(f"data.mean and data.std need 3 values (std > 0), got {cfg.data.mean} / {cfg.data.std}")
+    return [float(m) for m in cfg.data.mean], [float(s) for s in cfg.data.std]
 
 
 def cls_meta(cfg: ClsConfig) -> dict[str, Any]:

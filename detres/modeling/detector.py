@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
