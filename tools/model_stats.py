@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown backbones {unknown}; choose from {list_backbones()}", file=sys.stderr)
         return 2
-    torch.set_grad_enabled(False)
     rows = [classifier_stats(b, s) for b in args.backbones for s in _styles_for(b, args.styles)]
     print("Classifiers at 224x224 (GFLOPs = multiply-adds x 1e-9; paper = He et al. 2015, Table 1)")
     print(f"{'backbone':<10} {'style':<8} {'params(M)':>10} {'GFLOPs':>8} {'paper':>7} {'diff':>8}")
