@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -226,7 +225,7 @@ def time_train_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_si
     Images are ``image_size`` (H, W), default (min_size, max_size-capped 4:3) as the paper's 600x800;
     each carries 3 random boxes. Returns ``{"s_per_iter", "iters", "image_size", "ims_per_batch", "backbone"}``.
     """
-    from detres.engine.trainer import autocast_context
+    from detres.engine.trainer import time_sgd_steps
     device = torch.device(device)
     torch.manual_seed(0)
     model = build_model(cfg, weights=None).to(device).train()
@@ -244,21 +243,8 @@ def time_train_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_si
                          "labels": torch.randint(1, k + 1, (3,), device=device)})
         return imgs, tgts
 
-    times = []
-    for i in range(warmup + iters):
-        imgs, tgts = batch()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast_context(cfg.solver.amp, device):
-            loss = sum(model(imgs, tgts).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    times = time_sgd_steps(lambda b: sum(model(*b).values()), batch, opt, iters=iters, warmup=warmup,
+                           device=device, amp=cfg.solver.amp)
     return {"s_per_iter": sum(times) / len(times), "iters": iters, "image_size": [h, w],
             "ims_per_batch": cfg.solver.ims_per_batch, "backbone": cfg.model.backbone.name}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -27,7 +26,7 @@ from detres.data.imagenet import (ImageNetFolder, build_test_loader, build_test_
 from detres.engine import distributed as du
 from detres.engine.logging import setup_logger
 from detres.engine.solver import build_sgd, build_warmup_multistep, scale_lr
-from detres.engine.trainer import autocast_context, seed_all, train
+from detres.engine.trainer import seed_all, time_sgd_steps, train
 from detres.evaluation.classification import evaluate_classifier
 
 __all__ = [
@@ -187,19 +186,7 @@ def time_train_step(config: str | ClsConfig, *, overrides: Sequence[str] = (), b
     crop = cfg.data.crop
     images = torch.randn(batch_size, 3, crop, crop, device=dev)
     labels = torch.randint(0, cfg.model.num_classes, (batch_size,), device=dev)
-    times = []
-    for i in range(warmup + steps):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast_context(amp, dev):
-            loss = classification_loss_fn(model, (images, labels))["loss_cls"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    times = time_sgd_steps(lambda b: classification_loss_fn(model, b)["loss_cls"], lambda: (images, labels), optimizer,
+                           iters=steps, warmup=warmup, device=dev, amp=amp)
     return {"median_s": statistics.median(times), "min_s": min(times), "batch_size": batch_size, "crop": crop,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}

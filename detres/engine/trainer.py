@@ -40,6 +40,31 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def time_sgd_steps(loss_of_batch: Callable[[Any], torch.Tensor], make_batch: Callable[[], Any],
+                   optimizer: torch.optim.Optimizer, *, iters: int, warmup: int, device: torch.device,
+                   amp: str | None = None) -> list[float]:
+    """Seconds of each of `iters` timed SGD steps (forward, backward, update) after `warmup` untimed ones.
+
+    Batch creation is not timed; CUDA is synchronised around each step. Used by the speed benchmarks.
+    """
+    times = []
+    for i in range(warmup + iters):
+        batch = make_batch()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with autocast_context(amp, device):
+            loss = loss_of_batch(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def autocast_context(amp: str | None, device: torch.device):
     """``torch.autocast`` for "bf16"/"fp16" (fp16 needs CUDA; bf16 also works on CPU), else a no-op."""
     if amp is None:
