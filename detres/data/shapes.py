@@ -25,12 +25,11 @@ __all__ = ["SHAPES_CLASSES", "generate_shapes_voc"]
 SHAPES_CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
 
 _MANIFEST = "shapes_manifest.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Low-frequency colour blobs plus stripes plus pixel noise, uint8 HxWx3."""
-    base = rng.uniform(40, 215, size=3)
+def _background(rng: np.random.Generator, h: int, w: int, base: np.ndarray) -> np.ndarray:
+    """Low-frequency colour blobs around `base` plus stripes plus pixel noise, uint8 HxWx3."""
     coarse = rng.normal(0, 35, size=(max(2, h // 16), max(2, w // 16), 3)).astype(np.float32)
     img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) + base.astype(np.float32)
     period = rng.uniform(6, 24)
@@ -54,7 +53,8 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
 
 def _draw_image(rng: np.random.Generator, h: int, w: int, n_objects: int, difficult_prob: float):
     """Return (BGR image, objects) with objects = [(class_name, (x1, y1, x2, y2) 0-based inclusive, difficult)]."""
-    img = _background(rng, h, w)
+    base = rng.uniform(40, 215, size=3)
+    img = _background(rng, h, w, base)
     objects = []
     short = min(h, w)
     for _ in range(n_objects):
@@ -64,11 +64,17 @@ def _draw_image(rng: np.random.Generator, h: int, w: int, n_objects: int, diffic
             x0 = int(rng.integers(0, w - size + 1))
             y0 = int(rng.integers(0, h - size + 1))
             box = (x0, y0, x0 + size - 1, y0 + size - 1)
-            if all(_iou(box, o[1]) < 0.3 for o in objects):
+            if all(_iou(box, o[1]) == 0.0 for o in objects):  # no occlusion: every shape is whole
                 break
         else:
             continue
-        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        # A colour that stands out from the background (mean channel distance >= 70): the classes
+        # differ by outline only, so an outline lost in the background would make labels noise.
+        for _c in range(50):
+            colour = rng.integers(0, 256, size=3)
+            if np.abs(colour - base).mean() >= 70:
+                break
+        colour = tuple(int(c) for c in colour)
         mask = np.zeros((h, w), np.uint8)
         name = SHAPES_CLASSES[cls]
         if name == "circle":
@@ -129,7 +135,8 @@ def generate_shapes_voc(
     (the ``dataset_dir`` for :class:`~detres.data.voc.VOCDetection`, classes :data:`SHAPES_CLASSES`).
 
     ``image_size`` is ``(H, W)`` or one int for square images. Each image has between
-    ``min_objects`` and ``max_objects`` non-overlapping-ish (IoU < 0.3) shapes; with
+    ``min_objects`` and ``max_objects`` non-overlapping shapes in colours that contrast with the
+    background; with
     ``difficult_prob > 0`` that fraction of the objects is marked ``<difficult>1``. Train ids come
     first (``000000``...), then test ids. Idempotent: when ``root`` already holds a complete tree
     written with the same parameters (``shapes_manifest.json``), nothing is written.
