@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from detres.backbones import build_c4, build_classifier, read_weights
-from detres.backbones.convert import (build_converted_detector, convert_weights, safe_load_pickle)
+from detres.backbones.convert import convert_weights, safe_load_pickle
+from detres.modeling.convert import build_converted_detector
 from detres.backbones.weights import MSRA_META, TORCHVISION_META
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ SRC may be
   * an MSRA ResNet-50/101/152 from Detectron (R-50.pkl, R-101.pkl, R-152.pkl; Caffe2 names): renamed to
     torchvision's names, BN folded into FrozenBN, meta = "msra" style, BGR, 0..255, Detectron pixel means;
   * a detectron2 R50-C4 / R101-C4 Faster R-CNN (model_final_*.pkl or .pth): a whole detres C4 detector;
-    load it with detres.backbones.convert.build_converted_detector(DST), which applies detectron2's
+    load it with detres.modeling.convert.build_converted_detector(DST), which applies detectron2's
     settings recorded in meta["detector"].
 
 Pickles are read by a restricted unpickler (numpy arrays, numbers, strings and containers only); a file

@@ -26,7 +26,6 @@ containers and never calls anything else named in the file.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from detres.utils.io import SafeUnpickler, UnsafePickleError, atomic_write, safe_load_pickle
 
 __all__ = [
     "UnsafePickleError",
@@ -46,70 +47,10 @@ __all__ = [
     "convert_caffe2_resnet",
     "convert_detectron2_c4",
     "convert_weights",
-    "build_converted_detector",
     "DETECTRON2_PIXEL_MEAN",
     "DETECTRON2_C4_SETTINGS",
     "D2_BOX_HEAD_PREFIX",
 ]
-
-# ----------------------------------------------------------------------------------------------
-# Safe unpickling
-# ----------------------------------------------------------------------------------------------
-
-#: (module, name) pairs a weights pickle may reference. numpy moved its internals from
-#: ``numpy.core`` to ``numpy._core`` in 2.0; pickles written by either spelling must load.
-_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    [(mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")]
-    + [(mod, "_frombuffer") for mod in ("numpy.core.numeric", "numpy._core.numeric")]
-    + [
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("collections", "OrderedDict"),
-        # Protocol-2 pickles written by Python 3 store ``bytes`` as _codecs.encode(str, "latin1").
-        ("_codecs", "encode"),
-    ]
-)
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle names a global that a weights file has no business calling."""
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """A :class:`pickle.Unpickler` that resolves only numpy-array, number, string and container globals.
-
-    Anything else (``os.system``, ``builtins.eval``, a class with a ``__reduce__`` ...) raises
-    :class:`UnsafePickleError` before it is ever called: :meth:`find_class` is the only way a pickle
-    can reach a callable, so refusing there means no code from the file runs.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - documented on the class
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise UnsafePickleError(
-            f"refusing to load global '{module}.{name}': a weights pickle may only hold numpy arrays, "
-            "numbers, strings and dicts/lists"
-        )
-
-
-def safe_load_pickle(path: str | os.PathLike) -> Any:
-    """Unpickle ``path`` with :class:`SafeUnpickler`.
-
-    Python-2 era pickles (the Detectron ``R-50.pkl`` files) hold byte strings for numpy buffers;
-    ``encoding="latin1"`` turns them back into the bytes numpy expects.
-
-    Raises:
-        ValueError: naming the file, when it is not a pickle or names a disallowed global.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return SafeUnpickler(f, encoding="latin1").load()
-    except UnsafePickleError as e:
-        raise ValueError(f"{path}: unsafe pickle: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise ValueError(f"{path}: not a readable weights pickle ({type(e).__name__}: {e})") from None
-
 
 def load_source(path: str | os.PathLike) -> Any:
     """Read a weights file of any supported kind without running code from it.
@@ -271,11 +212,9 @@ def convert_torchvision(
     out_meta = dict(meta) if meta else dict(TORCHVISION_META)
     out_meta["arch"] = arch
     if check:
-        norm = "bn"
-        if arch == "vgg16" and not any(k.endswith("running_var") for k in sd):
-            norm = "bn"  # VGG-16 has no norm layers; build_classifier ignores it
+        # norm "bn": torchvision checkpoints carry running statistics (VGG-16 has no norm layers at all)
         _check_loads_into_classifier(
-            sd, arch=arch, style=str(out_meta.get("style", "pytorch")), norm=norm, what="torchvision checkpoint"
+            sd, arch=arch, style=str(out_meta.get("style", "pytorch")), norm="bn", what="torchvision checkpoint"
         )
     return sd, out_meta
 
@@ -410,7 +349,7 @@ D2_TRUNK_PREFIX = "backbone."
 #: torchvision RPNHead names.
 D2_RPN_PREFIX = "rpn.head."
 
-_D2_BN = {"weight": "weight", "bias": "bias", "running_mean": "running_mean", "running_var": "running_var"}
+_D2_BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
 def _d2_resnet_name(rest: str, *, key: str) -> str:
@@ -466,7 +405,7 @@ def convert_detectron2_c4(
         (state_dict, meta): meta = MSRA style, BGR, 255, detectron2 means (or the file's), std 1,
         bn_eps 1e-5 (detectron2's FrozenBatchNorm2d), ``arch``, and ``meta["detector"]`` =
         :data:`DETECTRON2_C4_SETTINGS` plus ``backbone``, ``style`` and ``num_classes`` (K + 1): the
-        ``build_detector`` keyword arguments of the matching detector (see :func:`build_converted_detector`).
+        ``build_detector`` keyword arguments of the matching detector (see :func:`detres.modeling.convert.build_converted_detector`).
     """
     from detres.backbones.weights import MSRA_META
 
@@ -492,7 +431,7 @@ def convert_detectron2_c4(
             rest = key[len("backbone.stem.conv1."):]
             if rest == "weight":
                 sd[D2_TRUNK_PREFIX + "conv1.weight"] = t
-            elif rest.startswith("norm.") and rest[5:] in _D2_BN:
+            elif rest.startswith("norm.") and rest[5:] in _D2_BN_PARAMS:
                 sd[D2_TRUNK_PREFIX + "bn1." + rest[5:]] = t
             else:
                 raise ValueError(f"key '{key}': unexpected stem parameter")
@@ -560,31 +499,6 @@ def convert_detectron2_c4(
     return sd, meta
 
 
-def build_converted_detector(path: str | os.PathLike, **overrides: Any) -> torch.nn.Module:
-    """Build the detector a converted detectron2 file describes and load it (strict keys).
-
-    ``build_detector(**meta["detector"], **overrides, weights_meta=<the file's preprocessing>)``: BGR,
-    0..255, detectron2's pixel mean, msra style, FrozenBN eps 1e-5. ``build_detector``'s ``weights=``
-    takes ImageNet backbones only, which is why a whole detector goes through here.
-    """
-    from detres.backbones.weights import read_weights
-    from detres.modeling import build_detector
-
-    state, meta = read_weights(path)
-    settings = meta.get("detector")
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path}: no meta['detector']: not a converted detector (convert it with tools/convert_weights.py)")
-    kwargs = dict(settings)
-    kwargs.update(overrides)
-    norm_meta = {k: meta[k] for k in ("style", "channel_order", "input_range", "mean", "std", "bn_eps", "arch")}
-    model = build_detector(**kwargs, weights_meta=norm_meta)  # preprocessing, style and BN eps of the file
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path}: does not fit build_detector({kwargs}): missing {result.missing_keys[:10]}, "
-                         f"unexpected {result.unexpected_keys[:10]}")
-    return model
-
-
 # ----------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------
@@ -622,9 +536,5 @@ def convert_weights(
     except ValueError as e:
         raise ValueError(f"{src}: {e}") from None
     if dst is not None:
-        dst = Path(dst)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".tmp")
-        torch.save({"model": sd, "meta": meta}, tmp)
-        os.replace(tmp, dst)
+        atomic_write(dst, lambda f: torch.save({"model": sd, "meta": meta}, f), binary=True)
     return sd, meta, fmt

@@ -1,0 +1,157 @@
+"""torch.distributed helpers: init from torchrun's environment, rank queries, reductions, gathers, DDP.
+
+Launch with ``torchrun --nproc_per_node=N ...``: NCCL is used on GPUs, gloo on the CPU. Without
+torchrun's variables everything runs as one process (rank 0, world size 1) and every helper here is a
+cheap no-op, so the same code serves both cases.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["init_distributed", "destroy_distributed", "is_distributed", "get_rank", "get_world_size",
+           "get_local_rank", "is_main_process", "resolve_rank_world", "barrier", "reduce_dict", "all_reduce_flag",
+           "all_reduce_sum", "all_gather_objects", "broadcast_object", "wrap_model", "unwrap_model",
+           "convert_sync_bn"]
+
+
+def is_distributed() -> bool:
+    """True when a process group is up (torchrun with more than one process)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_local_rank() -> int:
+    """This process's GPU index on its node (torchrun's ``LOCAL_RANK``)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    """Rank 0: the process that logs and writes files."""
+    return get_rank() == 0
+
+
+def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: the given values, else torch.distributed's, else ``(0, 1)``."""
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+def init_distributed(*, device: str | None = None, timeout_s: int = 1800) -> torch.device:
+    """Start the process group when launched by torchrun (``WORLD_SIZE`` > 1); return this rank's device.
+
+    ``device``: "cuda" | "cpu" | None (CUDA when available). Backend: NCCL for CUDA, gloo for the CPU.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if device.startswith("cuda"):
+        torch.cuda.set_device(get_local_rank())
+        dev = torch.device("cuda", get_local_rank())
+    else:
+        dev = torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
+    return dev
+
+
+def destroy_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    """Where tensors must live for a collective: the current GPU under NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def reduce_dict(values: dict[str, torch.Tensor], *, average: bool = True) -> dict[str, torch.Tensor]:
+    """All-reduce a dict of scalar tensors (same keys on every rank); detached copies come back."""
+    if not values:
+        return {}
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    if is_distributed():
+        stacked = stacked.to(_collective_device())
+        dist.all_reduce(stacked)
+        if average:
+            stacked /= get_world_size()
+    return dict(zip(keys, stacked))
+
+
+def all_reduce_flag(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any rank."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``t`` over all ranks, on ``t``'s device (``t`` itself when alone)."""
+    if not is_distributed():
+        return t
+    out = t.to(_collective_device())
+    dist.all_reduce(out)
+    return out.to(t.device)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """Trainable BatchNorm -> SyncBatchNorm (statistics over all processes); FrozenBN is left alone."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def wrap_model(model: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
+    """DistributedDataParallel when the process group is up; otherwise ``model`` itself."""
+    if not is_distributed():
+        return model
+    ids = dict(device_ids=[device.index], output_device=device.index) if device.type == "cuda" else {}
+    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused_parameters, **ids)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or ``model`` itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -1,0 +1,128 @@
+"""Files: atomic writes, the data root, and reading pickles without running code.
+
+Atomic writes go to a temporary file in the target's folder, are flushed and fsync'ed, then renamed
+over the target (``os.replace`` is atomic on POSIX). A killed process therefore leaves either the old
+file or the new one, never half of one; the temporary file is removed when the write fails.
+
+Pickles from outside (Detectron's ``R-50.pkl``, CIFAR-10's ``data_batch_*``) are read by
+:class:`SafeUnpickler`, which resolves only an allow-list of numpy/container globals: the only way a
+pickle can call code is through a global it names, so refusing unknown globals means no code from the
+file ever runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import IO, Any, Callable
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "sha256_file", "data_root",
+           "UnsafePickleError", "SafeUnpickler", "safe_load_pickle"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary: bool = False) -> str:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it to ``path``.
+
+    Creates the folder. On any error the temporary file is removed and the old ``path`` (if any) is
+    left untouched. Returns ``path`` as a string.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> str:
+    """Write ``obj`` as JSON (sorted keys) to ``path`` atomically."""
+    return atomic_write(path, lambda f: json.dump(obj, f, indent=indent, sort_keys=True))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``root`` when given (non-empty), else ``$DETRES_DATA``, else ``./data``."""
+    return Path(root or os.environ.get("DETRES_DATA") or "data")
+
+
+# --------------------------------------------------------------------------------------------------
+# Safe unpickling
+# --------------------------------------------------------------------------------------------------
+
+#: (module, name) pairs a data or weights pickle may reference. numpy moved its internals from
+#: ``numpy.core`` to ``numpy._core`` in 2.0; pickles written with either spelling must load.
+_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    [(mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")]
+    + [(mod, "_frombuffer") for mod in ("numpy.core.numeric", "numpy._core.numeric")]
+    + [
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        # Protocol-2 pickles written by Python 3 store ``bytes`` as _codecs.encode(str, "latin1").
+        ("_codecs", "encode"),
+    ]
+)
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle names a global that a weights or data file has no business calling."""
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """A :class:`pickle.Unpickler` that resolves only numpy-array, number, string and container globals.
+
+    Anything else (``os.system``, ``builtins.eval``, a class with a ``__reduce__`` ...) raises
+    :class:`UnsafePickleError` before it is called: :meth:`find_class` is the only way a pickle can reach
+    a callable, so refusing there means no code from the file runs.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - documented on the class
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"refusing to load global '{module}.{name}': the file may only hold numpy arrays, "
+            "numbers, strings and dicts/lists"
+        )
+
+
+def safe_load_pickle(path: str | os.PathLike, *, encoding: str = "latin1") -> Any:
+    """Unpickle ``path`` with :class:`SafeUnpickler`.
+
+    ``encoding="latin1"`` lets Python-2 era pickles (Detectron's ``R-50.pkl``, CIFAR-10's batches) give
+    numpy the raw bytes it expects. Raises ValueError naming the file when it is not a readable pickle
+    or names a disallowed global (the message then says "unsafe pickle").
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return SafeUnpickler(f, encoding=encoding).load()
+    except UnsafePickleError as e:
+        raise ValueError(f"{path}: unsafe pickle: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
