@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from detres.data.imagenet import (CENTER_VIEW, PCA_EIGVAL, PCA_EIGVEC, ImageNetFolder, Lighting, RandomShorterSide,
-                                  TrainBatchSampler, build_test_transform, build_train_transform)
+                                  build_test_transform, build_train_transform)
+from detres.data.samplers import InfiniteBatchSampler as TrainBatchSampler
 
 
 def make_folder(root, classes=("n01", "n02", "n03"), per_class=3, size=(40, 52)):

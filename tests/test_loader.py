@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from detres.data.loader import (GroupedInfiniteBatchSampler, build_test_loader, build_train_loader, collate,
-                                shard_range)
+from detres.data.loader import build_test_loader, build_train_loader, collate
+from detres.data.samplers import GroupedInfiniteBatchSampler, shard_range
 
 
 class _Fake(Dataset):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detres.data.voc import VOC_CLASSES, VOCConcatDataset, VOCDetection, build_voc, find_voc_dir, parse_voc_xml
+from detres.data.dataset import ConcatDetection as VOCConcatDataset
+from detres.data.voc import VOC_CLASSES, VOCDetection, build_voc, find_voc_dir, parse_voc_xml
 from tests._data_helpers import write_voc_tree
 
 

@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from detres.data.dataset import DetectionDataset
 from detres.data.transforms import read_image_rgb
 
 __all__ = ["COCODetection", "load_coco", "find_coco_files"]
@@ -59,7 +59,7 @@ def _boxes_from_anns(anns: list[dict], width: float, height: float, cat_id_to_la
     return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64))
 
 
-class COCODetection(Dataset):
+class COCODetection(DetectionDataset):
     """Items ``(image, target)`` with ``target = {"boxes" float32 [N,4] xyxy 0-based, "labels" int64
     [N] in 1..K, "image_id": int (the COCO id)}``.
 
@@ -112,7 +112,8 @@ class COCODetection(Dataset):
                                          info.get("height", 0), self.cat_id_to_label)
         return {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "image_id": int(img_id)}
 
-    def __getitem__(self, index: int) -> tuple[Any, dict]:
+    def load(self, index: int) -> tuple[np.ndarray, dict]:
+        """The image (HWC uint8 RGB) and its target (crowd regions and degenerate boxes left out)."""
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]
         path = self.image_dir / info["file_name"]
@@ -120,10 +121,7 @@ class COCODetection(Dataset):
         w, h = info.get("width", 0), info.get("height", 0)
         if w and h and image.shape[:2] != (h, w):
             raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but {self.ann_file} says {w}x{h}")
-        target = self.get_target(index)
-        if self.transforms is not None:
-            return self.transforms(image, target)
-        return image, target
+        return image, self.get_target(index)
 
     def __repr__(self) -> str:
         return f"COCODetection({str(self.ann_file)!r}, train={self.train}, images={len(self)})"

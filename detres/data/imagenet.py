@@ -25,19 +25,22 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from detres.data.loader import worker_init
+from detres.data.samplers import InfiniteBatchSampler, shard_range
 
 __all__ = [
     "IMAGE_EXTENSIONS", "PAPER_MEAN", "PAPER_STD", "PCA_EIGVAL", "PCA_EIGVEC", "CENTER_VIEW",
     "ImageNetFolder", "Lighting", "RandomShorterSide", "TenCrop", "CenterCropView",
-    "build_train_transform", "build_test_transform", "TrainBatchSampler", "ShardSampler",
-    "build_train_loader_factory", "build_test_loader", "read_image",
+    "build_train_transform", "build_test_transform", "build_train_loader_factory", "build_test_loader",
+    "read_image",
 ]
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
@@ -204,81 +207,25 @@ def build_test_transform(*, resize: int = 256, crop: int = 224, ten_crop: bool =
     ])
 
 
-class TrainBatchSampler(Sampler[list[int]]):
-    """Infinite, resumable batches of indices for one rank.
-
-    Global iteration ``it`` takes positions ``[p * G, (p + 1) * G)`` of the permutation of epoch
-    ``it // P`` (seeded by ``seed + epoch``), where ``G = batch_size * world_size`` and ``P = n // G``
-    (the incomplete last batch of an epoch is dropped); this rank takes its ``batch_size`` slice.
-    Starting at ``start_iter`` therefore reproduces the data order of an uninterrupted run without
-    reading any skipped image.
-    """
-
-    def __init__(self, num_samples: int, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_iter: int = 0):
-        if batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
-        global_batch = batch_size * world_size
-        if num_samples < global_batch:
-            raise ValueError(f"{num_samples} training images cannot fill one batch of {global_batch} "
-                             f"({batch_size} per process x {world_size})")
-        self.n, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world_size, self.start_iter = rank, world_size, start_iter
-        self.per_epoch = num_samples // global_batch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        it = self.start_iter
-        epoch, perm = -1, None
-        g = self.batch_size * self.world_size
-        while True:
-            e, p = divmod(it, self.per_epoch)
-            if e != epoch:
-                gen = torch.Generator().manual_seed(self.seed + e)
-                perm, epoch = torch.randperm(self.n, generator=gen), e
-            start = p * g + self.rank * self.batch_size
-            yield perm[start:start + self.batch_size].tolist()
-            it += 1
-
-    def __len__(self) -> int:  # infinite; DataLoader only needs this for len(loader)
-        return 2 ** 62
-
-
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...`` in order: each test image on exactly one rank, no padding."""
-
-    def __init__(self, num_samples: int, *, rank: int = 0, world_size: int = 1):
-        self.indices = list(range(rank, num_samples, world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _worker_seed(worker_id: int) -> None:
-    # Python's `random` (RandomShorterSide, v2's parameters come from torch) per worker.
-    random.seed(torch.initial_seed() % 2 ** 32)
-
-
 def build_train_loader_factory(dataset: Dataset, *, batch_size: int, num_workers: int = 4, seed: int = 0,
                                rank: int = 0, world_size: int = 1, pin_memory: bool = False
                                ) -> Callable[[int], DataLoader]:
     """``f(start_iter)`` -> an infinite DataLoader of ``(images [B,3,crop,crop], labels [B])`` batches."""
 
     def factory(start_iter: int) -> DataLoader:
-        sampler = TrainBatchSampler(len(dataset), batch_size=batch_size, seed=seed, rank=rank,
-                                    world_size=world_size, start_iter=start_iter)
+        sampler = InfiniteBatchSampler(len(dataset), batch_size=batch_size, seed=seed, rank=rank,
+                                       world_size=world_size, start_iter=start_iter)
         return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                          worker_init_fn=_worker_seed, persistent_workers=False)
+                          worker_init_fn=worker_init if num_workers > 0 else None, persistent_workers=False)
 
     return factory
 
 
 def build_test_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 4, rank: int = 0,
                       world_size: int = 1, pin_memory: bool = False) -> DataLoader:
-    """Batches ``(views [B, V, 3, crop, crop], labels [B])``; this rank's share of the images, in order."""
-    sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=False)
+    """Batches ``(views [B, V, 3, crop, crop], labels [B])``; this rank's :func:`shard_range` slice, in order."""
+    indices = list(shard_range(len(dataset), rank, world_size))
+    return DataLoader(dataset, batch_sampler=BatchSampler(indices, batch_size, drop_last=False),
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      worker_init_fn=worker_init if num_workers > 0 else None)
 

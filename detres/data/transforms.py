@@ -4,8 +4,9 @@ This is the ONLY place where images are resized; the detector is built with ``mi
 does not resize again. Boxes are xyxy, 0-based continuous pixels (``[0, W]`` covers a full row),
 before and after.
 
-Call contract: ``transform(image, target) -> (image_tensor, target)`` where ``image`` is a numpy
-HWC uint8 RGB array and ``image_tensor`` a float32 CHW tensor in [0, 1]. The returned target gains
+Call contract: ``transform(image, target, seed=None) -> (image_tensor, target)`` where ``image`` is a
+numpy HWC uint8 RGB array and ``image_tensor`` a float32 CHW tensor in [0, 1]; ``seed`` (an int) makes
+the random choices (flip, jitter) a function of the seed alone. The returned target gains
 
 - ``orig_size``: LongTensor ``[h0, w0]`` (before), ``size``: LongTensor ``[h, w]`` (after);
 - ``flipped``: bool, whether the horizontal flip was applied;
@@ -28,21 +29,10 @@ import numpy as np
 import torch
 from albumentations.augmentations.geometric.resize import SmallestMaxSize
 
-__all__ = ["read_image_rgb", "ShortSideResize", "DetectionTransform", "build_transforms", "to_original",
-           "set_sample_seed"]
+__all__ = ["read_image_rgb", "ShortSideResize", "DetectionTransform", "build_transforms", "to_original"]
 
 #: Minimum box side (pixels) below which a box counts as degenerate.
 MIN_BOX_SIDE = 1e-3
-
-_SAMPLE_SEED: int | None = None
-
-
-def set_sample_seed(seed: int | None) -> None:
-    """Seed the augmentation of the next item read in this process (used by the train loader so that
-    augmentations depend on the sample's position in the stream, not on worker scheduling)."""
-    global _SAMPLE_SEED
-    _SAMPLE_SEED = seed
-
 
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to HWC uint8 RGB. EXIF orientation is ignored (raw pixel order, as the
@@ -97,11 +87,9 @@ class DetectionTransform:
     def set_seed(self, seed: int | None) -> None:
         self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
-    def __call__(self, image: np.ndarray, target: dict) -> tuple[torch.Tensor, dict]:
-        global _SAMPLE_SEED
-        if _SAMPLE_SEED is not None:
-            self.set_seed(_SAMPLE_SEED)
-            _SAMPLE_SEED = None
+    def __call__(self, image: np.ndarray, target: dict, *, seed: int | None = None) -> tuple[torch.Tensor, dict]:
+        if seed is not None:
+            self.set_seed(seed)
         if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
             raise ValueError(f"image {target.get('image_id')!r}: expected HWC uint8 RGB numpy array, "
                              f"got {type(image).__name__} {getattr(image, 'shape', '')}")

@@ -21,15 +21,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
+from detres.data.dataset import ConcatDetection, DetectionDataset
 from detres.data.transforms import read_image_rgb
 
 __all__ = [
     "VOC_CLASSES",
     "VOCAnnotation",
     "VOCDetection",
-    "VOCConcatDataset",
     "parse_voc_xml",
     "find_voc_dir",
     "build_voc",
@@ -158,7 +158,7 @@ def _line_of(path: Path, image_id: str) -> int:
     return 0
 
 
-class VOCDetection(Dataset):
+class VOCDetection(DetectionDataset):
     """A VOC-layout detection data set: items are ``(image, target)``.
 
     Without ``transforms`` ``image`` is a numpy HWC uint8 RGB array; with the standard transforms
@@ -195,7 +195,6 @@ class VOCDetection(Dataset):
                 lineno = _line_of(set_file, image_id)
                 raise ValueError(f"{set_file}:{lineno}: id {image_id!r} has no annotation file {xml}")
             self._annotations.append(parse_voc_xml(xml, self.class_names, image_id=image_id))
-        self._index = {image_id: i for i, image_id in enumerate(self.ids)}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -204,9 +203,6 @@ class VOCDetection(Dataset):
         """The parsed XML of item ``index`` (all boxes, difficult ones included, original pixels)."""
         return self._annotations[index]
 
-    def annotation_by_id(self, image_id: str) -> VOCAnnotation:
-        return self._annotations[self._index[str(image_id)]]
-
     def image_path(self, index: int) -> Path:
         return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
 
@@ -214,7 +210,8 @@ class VOCDetection(Dataset):
         """``width / height`` per item from the XML ``<size>`` (1.0 where the size is missing)."""
         return [a.width / a.height if a.width > 0 and a.height > 0 else 1.0 for a in self._annotations]
 
-    def __getitem__(self, index: int) -> tuple[Any, dict]:
+    def load(self, index: int) -> tuple[np.ndarray, dict]:
+        """The image (HWC uint8 RGB) and its target (difficult boxes left out unless ``keep_difficult``)."""
         ann = self._annotations[index]
         path = self.image_path(index)
         image = read_image_rgb(path)
@@ -229,33 +226,10 @@ class VOCDetection(Dataset):
             "difficult": torch.from_numpy(ann.difficult[keep].copy()),
             "image_id": ann.image_id,
         }
-        if self.transforms is not None:
-            return self.transforms(image, target)
         return image, target
 
     def __repr__(self) -> str:
         return f"VOCDetection({str(self.root)!r}, split={self.split!r}, images={len(self)})"
-
-
-class VOCConcatDataset(ConcatDataset):
-    """Several VOC data sets as one (e.g. 07+12 trainval); all must share ``class_names``."""
-
-    def __init__(self, datasets: Iterable[VOCDetection]) -> None:
-        datasets = list(datasets)
-        super().__init__(datasets)
-        names = {tuple(d.class_names) for d in datasets}
-        if len(names) != 1:
-            raise ValueError("VOCConcatDataset: the parts have different class_names")
-        self.class_names = tuple(datasets[0].class_names)
-        self.ids = [i for d in datasets for i in d.ids]
-
-    def aspect_ratios(self) -> list[float]:
-        return [r for d in self.datasets for r in d.aspect_ratios()]
-
-    def get_annotation(self, index: int) -> VOCAnnotation:
-        part = int(np.searchsorted(self.cumulative_sizes, index, side="right"))
-        start = 0 if part == 0 else self.cumulative_sizes[part - 1]
-        return self.datasets[part].get_annotation(index - start)
 
 
 def find_voc_dir(data_root: str | os.PathLike, year: str | int) -> Path:
@@ -276,7 +250,7 @@ def build_voc(
     class_names: Sequence[str] = VOC_CLASSES,
 ) -> Dataset:
     """Build VOC data sets named ``"<year>_<split>"`` (e.g. ``("2007_trainval", "2012_trainval")``
-    for 07+12). One name gives a :class:`VOCDetection`, several a :class:`VOCConcatDataset`."""
+    for 07+12). One name gives a :class:`VOCDetection`, several a :class:`ConcatDetection`."""
     if isinstance(names, str):
         names = (names,)
     if not names:
@@ -292,4 +266,4 @@ def build_voc(
                 keep_difficult=keep_difficult, transforms=transforms,
             )
         )
-    return parts[0] if len(parts) == 1 else VOCConcatDataset(parts)
+    return parts[0] if len(parts) == 1 else ConcatDetection(parts)
