@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from detres.data.imagenet import CENTER_VIEW
+from detres.utils.amp import autocast
+from detres.utils.comm import all_reduce_sum, is_distributed
 
 __all__ = ["ten_crop", "ClassificationEvaluator", "evaluate_classifier", "topk_correct"]
 
@@ -72,14 +74,10 @@ class ClassificationEvaluator:
     def evaluate(self) -> dict[str, Any]:
         counts = torch.tensor([self._n] + [self._center[k] for k in self.topk] + [self._avg[k] for k in self.topk],
                               dtype=torch.float64)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else "cpu"
-            counts = counts.to(device)
-            torch.distributed.all_reduce(counts)
-            counts = counts.cpu()
-            multi = torch.tensor([int(self._multi_view)], device=device)
-            torch.distributed.all_reduce(multi, op=torch.distributed.ReduceOp.MIN)
-            self._multi_view = bool(multi.item())
+        if is_distributed():
+            counts = all_reduce_sum(counts)
+            # multi-view only if every rank saw several views: the sum of "single-view" flags is 0
+            self._multi_view = not bool(all_reduce_sum(torch.tensor([0.0 if self._multi_view else 1.0])).item())
         n = int(counts[0])
         if n == 0:
             raise ValueError("no images were evaluated")
@@ -97,24 +95,20 @@ def evaluate_classifier(model: nn.Module, data_loader: Iterable, *, device: torc
                         amp: str | None = None) -> dict[str, Any]:
     """Run ``model`` (eval mode) over ``(views [N, V, 3, h, w], labels [N])`` batches; return the errors.
 
-    The V views of each image go through the network as one batch of N * V crops; ``amp`` is
-    "bf16"/"fp16" autocast (CUDA) or None.
+    The V views of each image go through the network as one batch of N * V crops; ``amp`` follows
+    :mod:`detres.utils.amp` (autocast on CUDA, fp32 on the CPU).
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     evaluator = ClassificationEvaluator()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
     try:
         for views, labels in data_loader:
             if views.dim() == 4:
                 views = views[:, None]
             n, v = views.shape[:2]
             x = views.reshape(n * v, *views.shape[2:]).to(device, non_blocking=True)
-            if dtype is not None:
-                with torch.autocast(device_type=device.type, dtype=dtype):
-                    logits = model(x)
-            else:
+            with autocast(amp, device):
                 logits = model(x)
             evaluator.process(torch.as_tensor(labels), logits.reshape(n, v, -1))
     finally:

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from detres.evaluation.inference import all_gather_objects, broadcast_object, is_main_process
+from detres.utils.comm import all_gather_objects, broadcast_object, is_main_process
+from detres.utils.io import atomic_write_text
 
 __all__ = ["COCO_STAT_NAMES", "COCOEvaluator", "evaluate_coco_results", "load_coco_results", "format_coco_table"]
 
@@ -157,11 +158,7 @@ class COCOEvaluator:
             img_ids = [i for p in parts for i in p[0]]
             results = [r for p in parts for r in p[1]]
             if self.output_dir is not None:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
-                path = self.output_dir / "coco_instances_results.json"
-                tmp = path.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(results))
-                os.replace(tmp, path)
+                atomic_write_text(self.output_dir / "coco_instances_results.json", json.dumps(results))
             metrics = evaluate_coco_results(self.coco_gt, results, img_ids=img_ids)
         return broadcast_object(metrics)
 

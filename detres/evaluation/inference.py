@@ -1,53 +1,41 @@
-"""Run a detector over a test loader and feed an evaluator; gather helpers for distributed runs."""
+"""Run a detector over a test loader and feed an evaluator; map detections back to original pixels.
+
+The data pipeline resizes every image once (:mod:`detres.data.transforms`); the detector answers in the
+resized image's pixels. :func:`predict_original` is the one place where detections are mapped back to
+the ORIGINAL image (0-based xyxy pixels), used by evaluation, ``tools/predict.py`` and the pictures.
+"""
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from typing import Any, Iterable
+from typing import Iterable, Sequence
 
 import torch
 
 from detres.data.transforms import to_original
+from detres.utils.amp import autocast
 
-__all__ = ["inference_on_dataset", "all_gather_objects", "broadcast_object", "is_main_process"]
+__all__ = ["predict_original", "inference_on_dataset"]
 
 logger = logging.getLogger(__name__)
 
 
-def _dist_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+@torch.no_grad()
+def predict_original(model: torch.nn.Module, images: Sequence[torch.Tensor], targets: Sequence[dict], *,
+                     device: str | torch.device = "cpu", amp: str | None = None) -> list[dict]:
+    """Detections of ``model`` (eval mode) in the ORIGINAL images' pixels.
 
-
-def is_main_process() -> bool:
-    return not _dist_ready() or torch.distributed.get_rank() == 0
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed)."""
-    if not _dist_ready():
-        return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when not distributed)."""
-    if not _dist_ready():
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def _autocast(device: torch.device, amp: str | None):
-    if amp is None:
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes:
-        raise ValueError(f"amp must be 'bf16', 'fp16' or None, got {amp!r}")
-    return torch.autocast(device_type=device.type, dtype=dtypes[amp])
+    ``images``: transformed float RGB [3, h, w] in [0, 1]; ``targets``: their transform targets (with
+    ``size``, ``orig_size`` and ``flipped``, see :func:`~detres.data.transforms.to_original`). Returns one
+    ``{"boxes": float32 [D, 4] xyxy 0-based original pixels, "labels": int64 [D] 1..K, "scores": float32 [D]}``
+    per image, on the CPU.
+    """
+    device = torch.device(device)
+    with autocast(amp, device):
+        outputs = model([img.to(device, non_blocking=True) for img in images])
+    return [{"boxes": to_original(out["boxes"].detach().float().cpu(), target),
+             "labels": out["labels"].detach().cpu(),
+             "scores": out["scores"].detach().float().cpu()} for out, target in zip(outputs, targets)]
 
 
 @torch.no_grad()
@@ -56,13 +44,10 @@ def inference_on_dataset(model: torch.nn.Module, data_loader: Iterable, evaluato
     """Evaluate ``model`` on ``data_loader`` (batches ``(images, targets)`` from
     :func:`detres.data.loader.build_test_loader`).
 
-    The model runs in eval mode (its training flag is restored afterwards); its outputs
-    ``{"boxes" [N,4] xyxy in input-image pixels, "labels", "scores"}`` are mapped back to the
-    original image with :func:`detres.data.transforms.to_original`, moved to the CPU in float32 and
-    passed to ``evaluator.process(targets, outputs)``. Returns ``evaluator.evaluate()`` (the same
-    dict on every rank in distributed runs).
+    The model runs in eval mode (its training flag is restored afterwards); :func:`predict_original`
+    maps its outputs to the original images for ``evaluator.process(targets, outputs)``. Returns
+    ``evaluator.evaluate()`` (the same dict on every rank in distributed runs).
     """
-    device = torch.device(device)
     evaluator.reset()
     was_training = model.training
     model.eval()
@@ -70,15 +55,7 @@ def inference_on_dataset(model: torch.nn.Module, data_loader: Iterable, evaluato
     try:
         total = len(data_loader) if hasattr(data_loader, "__len__") else None
         for it, (images, targets) in enumerate(data_loader):
-            images = [img.to(device, non_blocking=True) for img in images]
-            with _autocast(device, amp):
-                outputs = model(images)
-            cpu_outputs = []
-            for out, target in zip(outputs, targets):
-                boxes = to_original(out["boxes"].detach().float().cpu(), target)
-                cpu_outputs.append({"boxes": boxes, "labels": out["labels"].detach().cpu(),
-                                    "scores": out["scores"].detach().float().cpu()})
-            evaluator.process(targets, cpu_outputs)
+            evaluator.process(targets, predict_original(model, images, targets, device=device, amp=amp))
             n_images += len(images)
             if log_period and (it + 1) % log_period == 0:
                 rate = n_images / max(time.perf_counter() - start, 1e-9)

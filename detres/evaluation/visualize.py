@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 from torchvision.utils import draw_bounding_boxes
 
+from detres.evaluation.inference import predict_original
+
 __all__ = ["draw_detections", "save_png", "to_uint8", "visualize_dataset"]
 
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe",
@@ -62,16 +64,24 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> str:
 @torch.no_grad()
 def visualize_dataset(model: torch.nn.Module, dataset, out_dir: str | os.PathLike, *, class_names: Sequence[str],
                       num_images: int = 4, device: str | torch.device = "cpu", score_thresh: float = 0.5) -> list[str]:
-    """Run ``model`` on the first ``num_images`` items of ``dataset`` (test transforms) and save
-    ``out_dir/<image_id>.png`` with the detections drawn on the (resized) input image; returns the paths."""
+    """Draw ``model``'s detections on the first ``num_images`` ORIGINAL images of ``dataset`` and save
+    ``out_dir/<image_id>.png``; returns the paths.
+
+    ``dataset[i]`` gives the transformed input and ``dataset.load(i)`` the original image (see
+    :class:`detres.data.dataset.DetectionDataset`); the boxes come from
+    :func:`~detres.evaluation.inference.predict_original`, so the pictures use the same pixels as the
+    evaluation and ``tools/predict.py``.
+    """
     was_training = model.training
     model.eval()
     paths = []
     try:
         for i in range(min(num_images, len(dataset))):
             image, target = dataset[i]
-            out = model([image.to(device)])[0]
-            drawn = draw_detections(image, out["boxes"], out["labels"], out["scores"], class_names,
+            original, _ = dataset.load(i)
+            det = predict_original(model, [image], [target], device=device)[0]
+            canvas = torch.from_numpy(original).permute(2, 0, 1).contiguous()
+            drawn = draw_detections(canvas, det["boxes"], det["labels"], det["scores"], class_names,
                                     score_thresh=score_thresh)
             name = str(target.get("image_id", i))
             paths.append(save_png(drawn, os.path.join(os.fspath(out_dir), f"{name}.png")))

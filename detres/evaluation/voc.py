@@ -39,7 +39,8 @@ import torch
 from torch.utils.data import ConcatDataset, Subset
 
 from detres.data.transforms import to_original
-from detres.evaluation.inference import all_gather_objects, is_main_process
+from detres.utils.comm import all_gather_objects, is_main_process
+from detres.utils.io import atomic_write_text
 
 __all__ = [
     "ClassDetections",
@@ -269,9 +270,7 @@ def write_voc_results(detections: Mapping[str, ClassDetections], out_dir: str | 
             for image_id, s, b in zip(dets.image_ids, np.asarray(dets.scores).tolist(), np.asarray(dets.boxes).tolist())
         ]
         path = out_dir / f"{prefix}{name}.txt"
-        tmp = path.with_suffix(".txt.tmp")
-        tmp.write_text("".join(lines))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(lines))
         paths.append(path)
     return paths
 
@@ -338,7 +337,7 @@ def read_voc_results(results_dir: str | os.PathLike, class_names: Sequence[str],
 
 def ground_truth_from(source: Any) -> dict[str, GroundTruth]:
     """Ground truth in ORIGINAL pixels (0-based), image id -> :class:`GroundTruth`, from:
-    a :class:`~detres.data.voc.VOCDetection` / ``VOCConcatDataset`` (anything with ``ids`` and
+    a :class:`~detres.data.voc.VOCDetection` / ``ConcatDetection`` (anything with ``ids`` and
     ``get_annotation(i)``), a ``Subset`` or ``ConcatDataset`` of those, or a mapping image id ->
     object/dict with ``boxes``, ``labels``, ``difficult``."""
     if isinstance(source, Mapping):
