@@ -29,6 +29,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from detres.utils.io import atomic_write
+
 __all__ = [
     "BackboneConfig", "PoolerConfig", "ShapesConfig", "RPNConfig", "RoIConfig", "ModelConfig", "DataConfig",
     "SolverConfig", "TestConfig", "DetConfig",
@@ -67,12 +69,15 @@ class RPNConfig:
     post_nms_top_n_train: int = 2000  # py-faster-rcnn RPN_POST_NMS_TOP_N (train)
     pre_nms_top_n_test: int = 6000  # py-faster-rcnn RPN_PRE_NMS_TOP_N (test)
     post_nms_top_n_test: int = 300  # Faster R-CNN Sec. 4: 300 proposals at test time
-    batch_size_per_image: int = 256  # Faster R-CNN Sec. 3.1.3: 256 sampled anchors per image, up to 1:1 pos:neg
+    nms_thresh: float = 0.7  # Faster R-CNN Sec. 3.3: NMS of proposals at IoU 0.7 (py-faster-rcnn RPN_NMS_THRESH)
+    batch_size_per_image: int = 256  # Faster R-CNN Sec. 3.1.3: 256 sampled anchors per image ...
+    positive_fraction: float = 0.5  # ... with up to 1:1 positives to negatives (Sec. 3.1.3)
 
 
 @dataclass
 class RoIConfig:
-    batch_size_per_image: int = 128  # RoIs per image (ResNet paper / py-faster-rcnn BATCH_SIZE 128), 25% foreground
+    batch_size_per_image: int = 128  # RoIs per image (py-faster-rcnn TRAIN.BATCH_SIZE 128) ...
+    positive_fraction: float = 0.25  # ... 25% of them foreground (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_FRACTION)
     score_thresh: float = 0.05  # drop detections scoring below this at test time
     nms_thresh: float = 0.3  # per-class NMS at test time (py-faster-rcnn TEST.NMS 0.3)
     detections_per_img: int = 100  # keep at most this many detections per image
@@ -246,14 +251,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return None
         if isinstance(value, str) and value in ("None", "null", "~") and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _convert(value, a, key)
-            except ValueError as e:
-                errors.append(str(e))
+            except ValueError:
+                pass
         raise ValueError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if isinstance(value, tuple):
@@ -412,9 +416,4 @@ def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = (), s
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the full config as YAML (atomically); ``load_config(path)`` gives an equal object back."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None))

@@ -38,9 +38,12 @@ def test_table1_within_two_percent(tool, capsys):
     assert rows[("resnet50", "msra")][0] == pytest.approx(25.6, abs=0.1)  # torchvision's ResNet-50: 25.6M
 
 
-def test_pytorch_style_costs_more_and_detector_counts_its_rois(tool):
-    msra = tool.classifier_stats("resnet50", "msra", size=64)
-    pytorch = tool.classifier_stats("resnet50", "pytorch", size=64)
+def test_pytorch_style_costs_more_and_detector_counts_its_rois():
+    from detres.backbones.stats import classifier_stats
+    from detres.modeling.stats import detector_stats
+
+    msra = classifier_stats("resnet50", "msra", size=64)
+    pytorch = classifier_stats("resnet50", "pytorch", size=64)
     assert pytorch["gflops"] > msra["gflops"] and msra["paper_gflops"] is None
-    det = tool.detector_stats("resnet18", "msra", height=64, width=96, proposals=20)
+    det = detector_stats("resnet18", "msra", height=64, width=96, proposals=20)
     assert det["rois"] == 20 and det["gflops"] > 0

@@ -6,13 +6,13 @@
     python tools/model_stats.py --json stats.json
 
 Classifier rows: ``build_classifier(name, style=...)`` at 1x3x224x224; GFLOPs = multiply-adds / 1e9 of
-the conv and fc layers as torch.utils.flop_counter counts them (``detres.backbones.stats.count_gflops``);
+the conv and fc layers as torch.utils.flop_counter counts them (``detres.backbones.stats``);
 parameters include the BN affines and the 1000-way fc. The paper's Table 1 counts the original (msra)
 networks: the "pytorch" style moves the stride into the 3x3 conv, so its first 1x1 of a down-sampling
 block runs at the higher resolution (ResNet-50: 4.1 instead of 3.8).
 
-Detector rows: ``build_detector(backbone=name, style=..., num_classes=21, rpn_post_nms_top_n_test=300)``
-in eval mode on one 600x1000 image (padded to 608x1024 by the size-divisible-by-32 batching). Counted:
+Detector rows (``detres.modeling.stats.detector_stats``): ``build_detector(backbone=name, style=...,
+num_classes=21, rpn_post_nms_top_n_test=300)`` in eval mode on one 600x1000 image (padded to 608x1024 by the size-divisible-by-32 batching). Counted:
 the trunk (conv1..conv4), the RPN head (3x3 conv + sibling 1x1s) on the stride-16 map, and the RoI
 head (conv5 + pooling, or fc6/fc7 for VGG-16) and predictor on exactly 300 RoIs. The RPN's NMS
 threshold is set to 1.0 for the count so that 300 proposals always survive, whatever the random
@@ -25,57 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
 
-import torch
-
-from detres.backbones import build_classifier, list_backbones
-from detres.backbones.stats import PAPER_TABLE1_GFLOPS, count_gflops, count_params
+from detres.backbones import list_backbones
+from detres.backbones.stats import classifier_stats
+from detres.modeling.stats import detector_stats
 
 STYLES = ("msra", "pytorch")
-
-
-def classifier_stats(name: str, style: str, *, size: int = 224) -> dict[str, Any]:
-    """``{"backbone", "style", "params_m", "gflops", "paper_gflops", "diff_pct"}`` of one classifier."""
-    model = build_classifier(name, style=style).eval()
-    gflops = count_gflops(model, input_shape=(1, 3, size, size))
-    paper = PAPER_TABLE1_GFLOPS.get(name) if size == 224 else None
-    return {
-        "backbone": name, "style": style, "params_m": count_params(model) / 1e6, "gflops": gflops,
-        "paper_gflops": paper, "diff_pct": None if paper is None else 100.0 * (gflops - paper) / paper,
-    }
-
-
-def detector_stats(name: str, style: str, *, height: int = 600, width: int = 1000, proposals: int = 300,
-                   num_classes: int = 21) -> dict[str, Any]:
-    """``{"backbone", "style", "params_m", "gflops", "rois"}`` of the C4 detector on one image."""
-    from detres.modeling import build_detector
-
-    model = build_detector(backbone=name, style=style, num_classes=num_classes, rpn_post_nms_top_n_test=proposals,
-                           rpn_nms_thresh=1.0, max_size=max(1000, height, width)).eval()
-    _tame_random_weights(model)
-    seen: list[int] = []
-    handle = model.roi_heads.box_head.register_forward_hook(lambda m, inp, out: seen.append(int(inp[0].shape[0])))
-    try:
-        gflops = count_gflops(model, [torch.rand(3, height, width)])
-    finally:
-        handle.remove()
-    return {"backbone": name, "style": style, "params_m": count_params(model) / 1e6, "gflops": gflops,
-            "rois": seen[0] if seen else 0, "image": f"{height}x{width}"}
-
-
-@torch.no_grad()
-def _tame_random_weights(model: torch.nn.Module) -> None:
-    """Zero the last norm scale of every residual branch (its block becomes its shortcut).
-
-    With random weights and frozen BN (mean 0, var 1) activations grow through the blocks to inf/NaN,
-    and NaN scores leave the RPN without proposals. Multiply-adds depend on shapes only, so this
-    changes the values, not the count.
-    """
-    for m in model.modules():
-        last = getattr(m, "bn3", None) if hasattr(m, "conv3") else getattr(m, "bn2", None) if hasattr(m, "downsample") else None
-        if last is not None and hasattr(last, "weight"):
-            last.weight.zero_()
 
 
 def _styles_for(name: str, styles: Sequence[str]) -> list[str]:

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from detres.config import BackboneConfig, ClsModelConfig
+
 from .layers import NORMS, norm_factory
 from .resnet import ARCHS as _RESNET_ARCHS, SHORTCUTS, STYLES, ResNet, ResNetC4Head, ResNetClassifier
 from .spec import FeatureSpec
@@ -86,22 +88,29 @@ def _finish(module: nn.Module, meta: dict[str, Any], name: str, style: str) -> n
     return module
 
 
+#: Detection fine-tuning defaults (frozen BN, freeze_at 2, option B) and ImageNet training defaults,
+#: read from the config dataclasses so that each value is written once.
+_DET = BackboneConfig()
+_CLS = ClsModelConfig()
+
+
 def build_backbone(
     name: str,
     *,
     weights: str | os.PathLike | None = None,
-    style: str = "pytorch",
-    norm: str = "frozen_bn",
-    freeze_at: int = 2,
+    style: str | None = _DET.style,
+    norm: str = _DET.norm,
+    freeze_at: int = _DET.freeze_at,
     out_features: Sequence[str] = ("res4",),
-    shortcut: str = "B",
+    shortcut: str = _DET.shortcut,
 ) -> nn.Module:
     """A feature trunk: forward(images[N,3,H,W]) -> OrderedDict name -> map.
 
     ResNets produce `stem`, `res2`..`res5`; VGG-16 produces `conv1`..`conv5` (for VGG the default
     `("res4",)` means its stride-16 map, `conv5`). Stages after the last requested map are not built.
     weights: a torchvision or detres file; `fc`/`classifier` and unbuilt stages are dropped, any other
-    mismatch is an error. style: "pytorch" (torchvision v1.5) or "msra" (the paper's Caffe model).
+    mismatch is an error. style: "pytorch" (torchvision v1.5) or "msra" (the paper's Caffe model);
+    None takes the weights' style ("pytorch" without weights), and a style the weights contradict is an error.
     norm: "frozen_bn", "bn", "syncbn" or "gn" (VGG-16 has no norm layers). freeze_at: 0..5, as detectron2.
     """
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut)
@@ -127,10 +136,10 @@ def build_c4(
     name: str,
     *,
     weights: str | os.PathLike | None = None,
-    style: str = "pytorch",
-    norm: str = "frozen_bn",
-    freeze_at: int = 2,
-    shortcut: str = "B",
+    style: str | None = _DET.style,
+    norm: str = _DET.norm,
+    freeze_at: int = _DET.freeze_at,
+    shortcut: str = _DET.shortcut,
     weights_meta: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """The paper's Faster R-CNN split of one network (Appendix A) -> (trunk, head).
@@ -162,15 +171,16 @@ def build_c4(
 def build_classifier(
     name: str,
     *,
-    num_classes: int = 1000,
-    style: str = "pytorch",
-    norm: str = "bn",
-    shortcut: str = "B",
+    num_classes: int = _CLS.num_classes,
+    style: str | None = None,
+    norm: str = _CLS.norm,
+    shortcut: str = _CLS.shortcut,
     weights: str | os.PathLike | None = None,
 ) -> nn.Module:
     """The ImageNet classifier: forward(images[N,3,224,224]) -> logits[N, num_classes].
 
     Its state_dict keys are exactly torchvision's, so torchvision checkpoints load with no conversion.
+    style: as build_backbone (None: the weights' style, else "pytorch").
     """
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut)
     if entry.family == "resnet":

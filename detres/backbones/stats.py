@@ -11,6 +11,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from detres.backbones import build_classifier
+
+__all__ = ["PAPER_TABLE1_GFLOPS", "count_params", "count_gflops", "classifier_stats"]
+
 # Table 1 of He et al. (2015): multiply-adds (x10^9) at 224x224, for the original (msra) models.
 PAPER_TABLE1_GFLOPS: dict[str, float] = {
     "resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6, "resnet152": 11.3,
@@ -42,3 +46,14 @@ def count_gflops(module: nn.Module, inputs: Any = None, *, input_shape: Sequence
     finally:
         module.train(was_training)
     return counter.get_total_flops() / 2 / 1e9 / batch
+
+
+def classifier_stats(name: str, style: str, *, size: int = 224) -> dict[str, Any]:
+    """``{"backbone", "style", "params_m", "gflops", "paper_gflops", "diff_pct"}`` of one classifier."""
+    model = build_classifier(name, style=style).eval()
+    gflops = count_gflops(model, input_shape=(1, 3, size, size))
+    paper = PAPER_TABLE1_GFLOPS.get(name) if size == 224 else None
+    return {
+        "backbone": name, "style": style, "params_m": count_params(model) / 1e6, "gflops": gflops,
+        "paper_gflops": paper, "diff_pct": None if paper is None else 100.0 * (gflops - paper) / paper,
+    }

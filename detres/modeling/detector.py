@@ -24,9 +24,13 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import roi_align, roi_pool
 
-from ..backbones import build_c4, c4_feature_name, default_pool_size
+from detres.backbones import build_c4, c4_feature_name, default_pool_size
+from detres.config import DataConfig, ModelConfig
 
 POOLERS = ("roi_align", "roi_pool")
+
+#: The paper's detector settings; the defaults of build_detector are read from here, not written twice.
+_PAPER = ModelConfig()
 
 
 class InputTransform(GeneralizedRCNNTransform):
@@ -101,39 +105,40 @@ class C4RoIPooler(nn.Module):
 
 def build_detector(
     *,
-    backbone: str = "resnet50",
+    backbone: str = _PAPER.backbone.name,
     num_classes: int,
-    weights: str | os.PathLike | None = None,
-    style: str | None = None,
-    norm: str = "frozen_bn",
-    freeze_at: int = 2,
-    shortcut: str = "B",
-    pooler: str = "roi_align",
-    pooler_resolution: int | None = None,
-    pooler_sampling_ratio: int = 0,
-    pooler_aligned: bool = False,
-    anchor_sizes: Sequence[float] = (128, 256, 512),
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    rpn_pre_nms_top_n_train: int = 12000,
-    rpn_pre_nms_top_n_test: int = 6000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 300,
-    rpn_nms_thresh: float = 0.7,
-    rpn_batch_size_per_image: int = 256,
-    rpn_positive_fraction: float = 0.5,
-    box_batch_size_per_image: int = 128,
-    box_positive_fraction: float = 0.25,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.3,
-    detections_per_img: int = 100,
+    weights: str | os.PathLike | None = _PAPER.backbone.weights,
+    style: str | None = _PAPER.backbone.style,
+    norm: str = _PAPER.backbone.norm,
+    freeze_at: int = _PAPER.backbone.freeze_at,
+    shortcut: str = _PAPER.backbone.shortcut,
+    pooler: str = _PAPER.pooler.type,
+    pooler_resolution: int | None = _PAPER.pooler.resolution,
+    pooler_sampling_ratio: int = _PAPER.pooler.sampling_ratio,
+    pooler_aligned: bool = _PAPER.pooler.aligned,
+    anchor_sizes: Sequence[float] = tuple(_PAPER.rpn.anchor_sizes),
+    aspect_ratios: Sequence[float] = tuple(_PAPER.rpn.aspect_ratios),
+    rpn_pre_nms_top_n_train: int = _PAPER.rpn.pre_nms_top_n_train,
+    rpn_pre_nms_top_n_test: int = _PAPER.rpn.pre_nms_top_n_test,
+    rpn_post_nms_top_n_train: int = _PAPER.rpn.post_nms_top_n_train,
+    rpn_post_nms_top_n_test: int = _PAPER.rpn.post_nms_top_n_test,
+    rpn_nms_thresh: float = _PAPER.rpn.nms_thresh,
+    rpn_batch_size_per_image: int = _PAPER.rpn.batch_size_per_image,
+    rpn_positive_fraction: float = _PAPER.rpn.positive_fraction,
+    box_batch_size_per_image: int = _PAPER.roi.batch_size_per_image,
+    box_positive_fraction: float = _PAPER.roi.positive_fraction,
+    box_score_thresh: float = _PAPER.roi.score_thresh,
+    box_nms_thresh: float = _PAPER.roi.nms_thresh,
+    detections_per_img: int = _PAPER.roi.detections_per_img,
     min_size: int | Sequence[int] | None = None,
-    max_size: int = 1000,
+    max_size: int = DataConfig().max_size,
     weights_meta: dict[str, Any] | None = None,
 ) -> FasterRCNN:
     """A C4 Faster R-CNN, returned as torchvision's `FasterRCNN` class.
 
     num_classes counts the background (K object classes -> K + 1; label 0 is background).
-    Defaults follow Faster R-CNN (Ren et al.) as the paper uses it: anchors 128/256/512 x 0.5/1/2,
+    The defaults are the paper's settings, read from :class:`detres.config.ModelConfig` (where each
+    one's source is cited): Faster R-CNN as the ResNet paper uses it, anchors 128/256/512 x 0.5/1/2,
     RPN NMS 0.7 with 12000/2000 proposals before/after NMS in training and 6000/300 at test, 256
     anchors and 128 RoIs (25% foreground) per image, test NMS 0.3.
     style: None takes the weights' style ("pytorch" without weights); a conflicting request is an error.
