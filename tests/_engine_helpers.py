@@ -82,7 +82,7 @@ def ddp_model_and_batch(config_path: str):
     """(model, images, targets) for the DDP test: frozen BN, deterministic samplers, 2 fixed images."""
     import torch
     from detres.config import load_config
-    from detres.engine.builders import build_model, build_train_dataset
+    from detres.tasks.detection import build_model, build_train_dataset
     cfg = load_config(config_path)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -100,14 +100,14 @@ def _ddp_worker(rank: int, world: int, port: int, config_path: str, out_file: st
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from detres.engine import distributed as du
-    from detres.engine.trainer import detection_loss_fn
+    from detres.tasks.detection import detection_loss
+    from detres.utils import comm as du
     dev = du.init_distributed(device="cpu")
     assert du.get_world_size() == world and torch.distributed.get_backend() == "gloo"
     model, images, targets = ddp_model_and_batch(config_path)
     ddp = du.wrap_model(model, dev)
     model.train()
-    losses = detection_loss_fn(ddp, ([images[rank]], [targets[rank]]))  # one image per rank
+    losses = detection_loss(ddp, ([images[rank]], [targets[rank]]))  # one image per rank
     sum(losses.values()).backward()
     if du.is_main_process():
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from detres.engine.checkpoint import (CheckpointError, checkpoint_name, find_last_checkpoint, get_rng_state,
-                                      load_checkpoint, save_checkpoint, set_rng_state)
+from detres.engine.checkpoint import (CheckpointError, checkpoint_name, find_last_checkpoint, load_checkpoint,
+                                      save_checkpoint)
+from detres.utils.rng import get_rng_state, set_rng_state
 from detres.engine.solver import WarmupMultiStep, build_warmup_multistep, scale_lr
 
 

@@ -26,7 +26,7 @@ def test_config_loads_and_builds(path):
         build_classifier(m.name, num_classes=m.num_classes, style=m.style, norm=m.norm, shortcut=m.shortcut)
         return
     assert isinstance(cfg, DetConfig)
-    from detres.engine.builders import build_model, num_classes_for
+    from detres.tasks.detection import build_model, num_classes_for
     model = build_model(cfg, weights=None)
     assert model.roi_heads.box_predictor.cls_score.out_features == num_classes_for(cfg)
     if path.stem.startswith(("voc", "coco")):  # the paper's settings

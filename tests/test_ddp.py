@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from _engine_helpers import ddp_model_and_batch, write_tiny_config
-from detres.engine.trainer import detection_loss_fn
+from detres.tasks.detection import detection_loss
 
 HELPER = Path(__file__).with_name("_engine_helpers.py")
 
@@ -30,7 +30,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     # the single-process reference also generates the data set before the workers read it
     model, images, targets = ddp_model_and_batch(str(cfg))
     model.train()
-    losses = detection_loss_fn(model, (images, targets))
+    losses = detection_loss(model, (images, targets))
     sum(losses.values()).backward()
     ref = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -52,6 +52,6 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     assert worst < 1e-3, f"largest relative gradient difference {worst}"
     # and a different batch split (image 0 twice) would NOT match: guards against a trivially equal setup
     model.zero_grad()
-    sum(detection_loss_fn(model, ([images[0]] * 2, [targets[0]] * 2)).values()).backward()
+    sum(detection_loss(model, ([images[0]] * 2, [targets[0]] * 2)).values()).backward()
     other = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert max(float((other[n] - got[n]).abs().max()) for n in ref) > 1e-4

@@ -148,7 +148,7 @@ def test_config_checkpoint_mode_uses_the_checkpoints_meta(tmp_path, capsys):
 
     from detres.backbones import MSRA_META
     from detres.config import load_config
-    from detres.engine.builders import build_model, load_model_from_checkpoint
+    from detres.tasks.detection import build_model, load_model_from_checkpoint
     from tests._engine_helpers import write_tiny_config
 
     cfg_path = write_tiny_config(tmp_path)

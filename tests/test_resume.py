@@ -4,9 +4,8 @@ import torch
 
 from _engine_helpers import write_tiny_config
 from detres.config import load_config
-from detres.engine.builders import run_train_det
+from detres.tasks.detection import detection_loss, run_train
 from detres.engine.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint
-from detres.engine.trainer import detection_loss_fn
 
 
 class Killed(Exception):
@@ -24,20 +23,20 @@ def _cfg(tmp_path, name):
 def test_killed_then_resumed_equals_uninterrupted(tmp_path):
     torch.use_deterministic_algorithms(True)
     try:
-        ref = run_train_det(_cfg(tmp_path, "full"), progress=False)
+        ref = run_train(_cfg(tmp_path, "full"), progress=False)
         calls = {"n": 0}
 
         def dies_in_iteration_4(model, batch):
             calls["n"] += 1
             if calls["n"] == 4:
                 raise Killed()
-            return detection_loss_fn(model, batch)
+            return detection_loss(model, batch)
 
         cfg = _cfg(tmp_path, "killed")
         with pytest.raises(Killed):
-            run_train_det(cfg, loss_fn=dies_in_iteration_4, progress=False)
+            run_train(cfg, loss_fn=dies_in_iteration_4, progress=False)
         assert find_last_checkpoint(cfg.output_dir).endswith("model_0000003.pth")
-        resumed = run_train_det(cfg, resume=True, progress=False)
+        resumed = run_train(cfg, resume=True, progress=False)
     finally:
         torch.use_deterministic_algorithms(False)
     a = load_checkpoint(str(tmp_path / "full" / "model_final.pth"))
@@ -55,7 +54,7 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path):
 def test_truncated_checkpoint_is_refused(tmp_path):
     cfg = load_config(write_tiny_config(tmp_path), ["solver.max_iter=2", "solver.checkpoint_period=1",
                                                     "test.eval_period=0", "test.num_vis_images=0"])
-    run_train_det(cfg, progress=False)
+    run_train(cfg, progress=False)
     ck = tmp_path / "out" / "model_0000001.pth"
     data = ck.read_bytes()
     ck.write_bytes(data[: len(data) // 2])
@@ -68,4 +67,4 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     # --resume from a cut last checkpoint fails loudly rather than starting over or loading garbage
     (tmp_path / "out" / "last_checkpoint").write_text("model_0000001.pth\n")
     with pytest.raises(CheckpointError, match="model_0000001.pth"):
-        run_train_det(cfg, resume=True, progress=False)
+        run_train(cfg, resume=True, progress=False)

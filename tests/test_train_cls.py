@@ -12,7 +12,8 @@ from PIL import Image
 
 from detres.backbones import build_c4, read_weights
 from detres.config import ClsConfig, load_config
-from detres.engine.classification import cls_meta, time_train_step
+from detres.benchmarks.train import time_cls_step
+from detres.tasks.classification import cls_meta
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ("n0001", "n0002", "n0003")
@@ -105,12 +106,12 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
 
 def test_msra_style_classifier_hands_over_with_its_style(tmp_path):
     data = make_imagenet(tmp_path / "imagenet", per_class=2)
-    from detres.engine.classification import run_classification
+    from detres.tasks.classification import run_train
 
     cfg = load_config(ROOT / "configs" / "imagenet_r50.yaml",
                       tiny_overrides(data, tmp_path / "run", name="resnet50", style="msra", max_iter=1) + ["test.ten_crop=false"])
     cfg.solver.ims_per_batch = cfg.solver.reference_batch = 2
-    result = run_classification(cfg, device="cpu", progress=False)
+    result = run_train(cfg, device="cpu", progress=False)
     assert "top1_error_10crop" not in result["eval"]
     trunk, _ = build_c4("resnet50", weights=tmp_path / "run" / "model_final.pth", style="msra")
     assert trunk.layer2[0].conv1.stride == (2, 2)  # stride in the 1x1, as trained
@@ -122,7 +123,7 @@ def test_bad_config_and_step_timing(tmp_path, capsys):
     tool = _tool("train_cls")
     assert tool.main([str(ROOT / "configs" / "imagenet_r50.yaml"), "solver.base_lrr=1"]) == 2
     assert "base_lr" in capsys.readouterr().err
-    timing = time_train_step(str(ROOT / "configs" / "imagenet_r50.yaml"),
+    timing = time_cls_step(str(ROOT / "configs" / "imagenet_r50.yaml"),
                              overrides=["model.name=resnet18", "model.num_classes=10", "data.crop=32"],
                              batch_size=2, steps=1, warmup=0)
     assert timing["median_s"] > 0 and timing["batch_size"] == 2
@@ -132,7 +133,7 @@ def test_checkpoint_fits_every_resnet_detection_config(trained):
     """Each shipped detection config, pointed at the classifier checkpoint, builds its detector."""
     import yaml
 
-    from detres.engine.builders import build_model
+    from detres.tasks.detection import build_model
 
     _, out, _ = trained
     ckpt = out / "model_final.pth"

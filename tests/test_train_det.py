@@ -11,9 +11,9 @@ import torch
 
 from _engine_helpers import write_tiny_config
 from detres.config import load_config
-from detres.engine.builders import run_train_det, scaled_lr
+from detres.tasks.common import scaled_lr
+from detres.tasks.detection import detection_loss, run_train
 from detres.engine.checkpoint import load_checkpoint
-from detres.engine.trainer import detection_loss_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     calls = {"n": 0}
 
     def bad_loss(model, batch):
-        losses = detection_loss_fn(model, batch)
+        losses = detection_loss(model, batch)
         calls["n"] += 1
         if calls["n"] == 4:  # the 4th iteration (index 3) goes non-finite
             losses["loss_classifier"] = losses["loss_classifier"] * float("nan")
@@ -71,7 +71,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     out = tmp_path / "out"
     with pytest.raises(FloatingPointError, match=r"non-finite loss at iteration 3.*model_0000002\.pth"):
-        run_train_det(cfg, loss_fn=bad_loss, progress=False)
+        run_train(cfg, loss_fn=bad_loss, progress=False)
     good = load_checkpoint(str(out / "model_0000002.pth"))
     assert good["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())

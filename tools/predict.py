@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detres.config import load_config  # noqa: E402
-from detres.engine.builders import run_predict  # noqa: E402
+from detres.tasks.detection import run_predict  # noqa: E402
 from detres.engine.checkpoint import CheckpointError  # noqa: E402
 
 

@@ -20,7 +20,10 @@ import argparse
 import json
 import sys
 
+from detres.benchmarks.train import time_cls_step
 from detres.config import ClsConfig, load_config
+from detres.tasks.classification import run_train
+from detres.utils import comm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,19 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, schema=ClsConfig)
         if args.time_step:
-            from detres.engine.classification import time_train_step
-
-            result = time_train_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")
+            result = time_cls_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")
             print(json.dumps({"config": args.config, **result}))
             return 0
-        from detres.engine import distributed as du
-        from detres.engine.classification import run_classification
-
         try:
-            result = run_classification(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
-            main_process = du.is_main_process()
+            result = run_train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+            main_process = comm.is_main_process()
         finally:
-            du.destroy_distributed()
+            comm.destroy_distributed()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

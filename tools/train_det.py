@@ -17,7 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detres.config import load_config  # noqa: E402
-from detres.engine.builders import run_train_det  # noqa: E402
+from detres.tasks.detection import run_train  # noqa: E402
+from detres.utils import comm  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ValueError as e:
         p.error(str(e))
-    result = run_train_det(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+    try:
+        result = run_train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+    finally:
+        comm.destroy_distributed()
     ev = result.get("eval") or {}
     if ev:
         print({k: v for k, v in ev.items() if isinstance(v, float)})

@@ -6,12 +6,99 @@ pipeline has its own ``data`` benchmark). On CUDA they honour the config's ``sol
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
+
+import torch
 
 from detres.benchmarks import register
+from detres.config import ClsConfig, DetConfig, load_config
+from detres.engine.solver import build_sgd
+from detres.tasks import classification as cls_task
+from detres.tasks import detection as det_task
+from detres.utils.amp import autocast
+
+__all__ = ["time_sgd_steps", "time_det_step", "time_cls_step"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def time_sgd_steps(loss_of_batch: Callable[[Any], torch.Tensor], make_batch: Callable[[], Any],
+                   optimizer: torch.optim.Optimizer, *, iters: int, warmup: int, device: torch.device,
+                   amp: str | None = None) -> list[float]:
+    """Seconds of each of ``iters`` timed SGD steps (forward, backward, update) after ``warmup`` untimed ones.
+
+    Batch creation is not timed; CUDA is synchronised around each step.
+    """
+    times = []
+    for i in range(warmup + iters):
+        batch = make_batch()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with autocast(amp, device):
+            loss = loss_of_batch(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_det_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_size: tuple[int, int] | None = None,
+                  device: str | torch.device = "cpu") -> dict:
+    """Seconds per training iteration of ``cfg``'s detector on random images (no data, no weights).
+
+    Images are ``image_size`` (H, W), default (min_size, max_size-capped 4:3) as the paper's 600x800;
+    each carries 3 random boxes. Returns ``{"s_per_iter", "iters", "image_size", "ims_per_batch", "backbone"}``.
+    """
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = det_task.build_model(cfg, weights=None).to(device).train()
+    opt = build_sgd(model, lr=1e-4, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay)
+    h, w = image_size or (cfg.data.min_size, min(cfg.data.max_size, round(cfg.data.min_size * 4 / 3)))
+    k = det_task.num_classes_for(cfg) - 1
+
+    def batch():
+        imgs, tgts = [], []
+        for _ in range(cfg.solver.ims_per_batch):
+            imgs.append(torch.rand(3, h, w, device=device))
+            xy = torch.rand(3, 2) * torch.tensor([w * 0.6, h * 0.6])
+            wh = torch.rand(3, 2) * torch.tensor([w * 0.3, h * 0.3]) + 16
+            tgts.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
+                         "labels": torch.randint(1, k + 1, (3,), device=device)})
+        return imgs, tgts
+
+    times = time_sgd_steps(lambda b: sum(model(*b).values()), batch, opt, iters=iters, warmup=warmup,
+                           device=device, amp=cfg.solver.amp)
+    return {"s_per_iter": sum(times) / len(times), "iters": iters, "image_size": [h, w],
+            "ims_per_batch": cfg.solver.ims_per_batch, "backbone": cfg.model.backbone.name}
+
+
+def time_cls_step(config: str | os.PathLike | ClsConfig, *, overrides: Sequence[str] = (), batch_size: int = 2,
+                  steps: int = 3, warmup: int = 1, device: str = "cpu") -> dict[str, float]:
+    """Seconds per training iteration (forward, backward, SGD step) of a config's classifier.
+
+    Synthetic inputs ``[batch_size, 3, crop, crop]`` and random labels stand in for data, so only the
+    model is timed. Returns ``{"median_s", "min_s", "batch_size", "crop", "params_m"}``.
+    """
+    cfg = load_config(config, list(overrides)) if isinstance(config, (str, os.PathLike)) else config
+    dev = torch.device(device)
+    model = cls_task.build_model(cfg).to(dev).train()
+    optimizer = build_sgd(model, lr=1e-4, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay)
+    crop = cfg.data.crop
+    images = torch.randn(batch_size, 3, crop, crop, device=dev)
+    labels = torch.randint(0, cfg.model.num_classes, (batch_size,), device=dev)
+    times = time_sgd_steps(lambda b: cls_task.classification_loss(model, b)["loss_cls"], lambda: (images, labels), optimizer,
+                           iters=steps, warmup=warmup, device=dev, amp=cfg.solver.amp)
+    return {"median_s": statistics.median(times), "min_s": min(times), "batch_size": batch_size, "crop": crop,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
 def _configs(args: argparse.Namespace, prefix_ok) -> list[Path]:
@@ -38,20 +125,14 @@ def _det_args(p: argparse.ArgumentParser) -> None:
 
 @register("train-step", "seconds per detection training step of each paper config (600x800 images)", _det_args)
 def bench_train_step(args: argparse.Namespace) -> dict[str, Any]:
-    from detres.config import load_config
-    from detres.engine.builders import time_train_step
-
     out = {}
     for path in _configs(args, lambda n: not n.startswith(("imagenet_", "demo_"))):
         overrides = list(args.opts or []) + ([f"solver.ims_per_batch={args.batch}"] if args.batch else [])
-        cfg = load_config(path, overrides)
-        out[path.stem] = time_train_step(cfg, iters=args.iters, device=args.device)
+        out[path.stem] = time_det_step(load_config(path, overrides), iters=args.iters, device=args.device)
     return out
 
 
 @register("cls-step", "seconds per ImageNet training step of each imagenet_*.yaml config", _common)
 def bench_cls_step(args: argparse.Namespace) -> dict[str, Any]:
-    from detres.engine.classification import time_train_step
-
-    return {path.stem: time_train_step(str(path), overrides=list(args.opts or []), steps=args.iters, device=args.device)
+    return {path.stem: time_cls_step(str(path), overrides=list(args.opts or []), steps=args.iters, device=args.device)
             for path in _configs(args, lambda n: n.startswith("imagenet_"))}

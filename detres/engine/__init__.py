@@ -1,12 +1,11 @@
-"""detres.engine: the task-agnostic training machinery and the config-to-objects builders.
+"""detres.engine: the task-agnostic training machinery. It reads no config.
 
-- ``trainer.train(...)``: the one iteration-based loop (detection and classification), AMP, clipping,
-  periodic checkpoints/evaluation, resume, non-finite-loss stop.
-- ``checkpoint``: atomic checkpoint files with sha256 sidecars, RNG state, ``find_last_checkpoint``.
-- ``distributed``: torchrun/DDP helpers (NCCL on GPUs, gloo on CPU).
+- ``trainer``: :class:`~detres.engine.trainer.Trainer`, the one iteration loop (detection and
+  classification): AMP, gradient clipping, non-finite-loss stop, exact resume from its state dict.
+- ``hooks``: what a run does around the loop: checkpoints, evaluation, metrics and progress.
+- ``checkpoint``: atomic checkpoint files with sha256 sidecars, ``find_last_checkpoint``.
 - ``logging``: metrics.jsonl + TensorBoard + tqdm progress on rank 0.
-- ``solver``: SGD, linear-scaling rule, warmup + multi-step LR.
-- ``builders``: the only code that reads a ``DetConfig``: ``build_model``, ``build_train_dataset``,
-  ``build_test_dataset``, ``build_evaluator``, ``build_optimizer``, ``build_scheduler``, ``run_train_det``.
-- ``visualize``: detections drawn with torchvision.utils.draw_bounding_boxes.
+- ``solver``: SGD, the linear scaling rule, warmup + multi-step LR.
+
+The tasks (:mod:`detres.tasks`) build the model, data and evaluation from a config and hand them here.
 """

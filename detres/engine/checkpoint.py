@@ -7,24 +7,24 @@ Because it has "model" and "meta", it is also usable as ``model.backbone.weights
 
 Writes go to a temporary file in the same folder, are fsync'ed and then renamed over the final name
 (``os.replace`` is atomic on POSIX), so a killed process leaves either the old file or the new one.
-A ``<file>.sha256`` sidecar is written next to each checkpoint; :func:`load_checkpoint` checks it and also
+A ``<file>.sha256`` sidecar is written next to each checkpoint (after the checkpoint itself, so a
+sidecar never vouches for a file that is not there yet); :func:`load_checkpoint` checks it and also
 turns torch's zip-reader errors into a one-line :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
-import random
 import re
 from typing import Any
 
-import numpy as np
 import torch
 
+from detres.utils.io import atomic_write, atomic_write_text, sha256_file
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "find_last_checkpoint",
-           "checkpoint_name", "get_rng_state", "set_rng_state", "LAST_CHECKPOINT_FILE"]
+           "checkpoint_name", "LAST_CHECKPOINT_FILE"]
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"
 _NAME_RE = re.compile(r"^model_(\d+)\.pth$")
@@ -39,41 +39,13 @@ def checkpoint_name(iteration: int) -> str:
     return f"model_{iteration:07d}.pth"
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(state: dict[str, Any], path: str, *, update_last: bool = True) -> str:
     """Atomically write ``state`` to ``path`` (+ ``path.sha256``); record it in ``last_checkpoint``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = _sha256(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _atomic_write_text(path + ".sha256", f"{digest}  {os.path.basename(path)}\n")
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
+    atomic_write_text(path + ".sha256", f"{sha256_file(path)}  {os.path.basename(path)}\n")
     if update_last:
-        _atomic_write_text(os.path.join(folder, LAST_CHECKPOINT_FILE), os.path.basename(path) + "\n")
+        folder = os.path.dirname(os.path.abspath(path))
+        atomic_write_text(os.path.join(folder, LAST_CHECKPOINT_FILE), os.path.basename(path) + "\n")
     return path
 
 
@@ -90,7 +62,7 @@ def load_checkpoint(path: str, *, map_location: str | torch.device = "cpu", veri
         with open(side, encoding="utf-8") as f:
             parts = f.read().split()
             expected = parts[0] if parts else ""
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if expected != actual:
             raise CheckpointError(
                 f"checkpoint {path}: sha256 mismatch with {os.path.basename(side)} (file truncated or corrupt; "
@@ -123,35 +95,3 @@ def find_last_checkpoint(output_dir: str) -> str | None:
         if m and int(m.group(1)) > best_it:
             best, best_it = p, int(m.group(1))
     return best
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and CUDA generator states, in a form ``weights_only`` loading accepts."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by :func:`get_rng_state`."""
-    if "python" in state:
-        py = state["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
-    if "numpy" in state:
-        n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                             n["cached_gaussian"]))
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except Exception:  # different number of GPUs: leave CUDA generators seeded as they are
-            pass

@@ -47,7 +47,8 @@ def format_seconds(s: float) -> str:
 class MetricsWriter:
     """Rank-0 sink for scalars: appends to ``metrics.jsonl``, writes TensorBoard, drives the progress bar.
 
-    ``enabled=False`` (other ranks) makes every method a no-op.
+    ``enabled=False`` (other ranks) makes every method a no-op. A context manager: leaving it closes the
+    files and the bar.
     """
 
     def __init__(self, output_dir: str, *, max_iter: int, start_iter: int = 0, enabled: bool = True,
@@ -95,6 +96,12 @@ class MetricsWriter:
             self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
                                   refresh=False)
         self._bar.update(n)
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._bar is not None:

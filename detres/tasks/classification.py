@@ -1,0 +1,130 @@
+"""ImageNet pretraining: the only code that reads a :class:`~detres.config.ClsConfig`.
+
+The classifier, the ImageNet loaders, the cross-entropy loss, the centre-crop / 10-crop evaluation and
+the weights meta are wired here; the loop, checkpoints, logging, AMP and torchrun support are the
+engine's, the same as for detection (:func:`detres.tasks.common.run_training`).
+
+The checkpoints are ``{"model": classifier state dict (torchvision keys), "meta": cls_meta(cfg), ...}``,
+so ``model_final.pth`` is directly a ``model.backbone.weights`` for detection: the meta says the network
+saw RGB in [0, 1] normalised by the mean/std used here, and its style.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detres.backbones import build_classifier
+from detres.config import ClsConfig
+from detres.data.imagenet import (ImageNetFolder, build_test_loader, build_test_transform, build_train_loader_factory,
+                                  build_train_transform)
+from detres.evaluation.classification import evaluate_classifier
+from detres.tasks.common import run_training, start_run
+from detres.utils import comm
+from detres.utils.io import data_root
+from detres.utils.rng import seed_all
+
+__all__ = ["classification_loss", "cls_mean_std", "cls_meta", "imagenet_root", "build_model", "build_datasets",
+           "build_eval_fn", "run_train"]
+
+logger = logging.getLogger("detres")
+
+
+def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cross-entropy of ``model(images [N,3,H,W]) -> logits [N,C]`` against ``labels [N]`` (int64)."""
+    images, labels = batch
+    device = next(model.parameters()).device
+    logits = model(images.to(device, non_blocking=True))
+    return {"loss_cls": F.cross_entropy(logits.float(), torch.as_tensor(labels).to(device, non_blocking=True))}
+
+
+def cls_mean_std(cfg: ClsConfig) -> tuple[list[float], list[float]]:
+    """Normalisation of the training inputs (RGB, [0, 1]): ``data.mean`` / ``data.std``."""
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
+        raise ValueError(f"data.mean and data.std need 3 values (std > 0), got {cfg.data.mean} / {cfg.data.std}")
+    return [float(m) for m in cfg.data.mean], [float(s) for s in cfg.data.std]
+
+
+def cls_meta(cfg: ClsConfig) -> dict[str, Any]:
+    """The weights meta of a classifier trained with ``cfg``: what detection must feed it."""
+    mean, std = cls_mean_std(cfg)
+    return {
+        "style": cfg.model.style if cfg.model.name != "vgg16" else "pytorch",
+        "channel_order": "RGB",
+        "input_range": 1.0,
+        "mean": mean,
+        "std": std,
+        "bn_eps": 1e-5,  # nn.BatchNorm2d's default, which build_classifier uses when training from scratch
+        "arch": cfg.model.name,
+        "source": "detres-imagenet",
+    }
+
+
+def imagenet_root(cfg: ClsConfig) -> Path:
+    """``data.root``, else ``$DETRES_DATA/imagenet``, else ``./data/imagenet``."""
+    return Path(cfg.data.root) if cfg.data.root else data_root() / "imagenet"
+
+
+def build_model(cfg: ClsConfig) -> nn.Module:
+    """``build_classifier`` from ``cfg.model`` (randomly initialised, BN trained)."""
+    m = cfg.model
+    return build_classifier(m.name, num_classes=m.num_classes, style=m.style, norm=m.norm, shortcut=m.shortcut)
+
+
+def build_datasets(cfg: ClsConfig, *, train: bool = True, test: bool = True
+                   ) -> tuple[ImageNetFolder | None, ImageNetFolder | None]:
+    """(train set with the paper's augmentation, val set with 10-crop or centre-crop views)."""
+    root = imagenet_root(cfg)
+    d = cfg.data
+    mean, std = cls_mean_std(cfg)
+    train_dir = root / d.train_dir
+    train_set = val_set = None
+    classes = None
+    if train:
+        train_set = ImageNetFolder(train_dir, transform=build_train_transform(
+            min_scale=d.min_scale, max_scale=d.max_scale, crop=d.crop, lighting=d.pca_lighting, mean=mean, std=std))
+        classes = train_set.classes
+        if len(classes) != cfg.model.num_classes:
+            raise ValueError(f"{train_dir}: {len(classes)} class folders but model.num_classes={cfg.model.num_classes}")
+    if test:
+        if classes is None and train_dir.is_dir():
+            classes = sorted(e.name for e in train_dir.iterdir() if e.is_dir())
+        val_set = ImageNetFolder(root / d.val_dir, classes=classes, transform=build_test_transform(
+            resize=d.test_resize, crop=d.crop, ten_crop=cfg.test.ten_crop, mean=mean, std=std))
+    return train_set, val_set
+
+
+def build_eval_fn(cfg: ClsConfig, val_set: ImageNetFolder, *, device: torch.device) -> Callable[[nn.Module], dict]:
+    """``f(model) -> {"top1_error_center", "top5_error_center", "top1_error_10crop", ..., "num_images"}``."""
+    loader = build_test_loader(val_set, batch_size=cfg.test.ims_per_batch, num_workers=cfg.data.num_workers,
+                               rank=comm.get_rank(), world_size=comm.get_world_size(), pin_memory=device.type == "cuda")
+    return lambda model: evaluate_classifier(model, loader, device=device, amp=cfg.solver.amp)
+
+
+def run_train(cfg: ClsConfig, *, resume: bool = False, device: str | None = None, progress: bool = True) -> dict:
+    """Train ``cfg`` (torchrun-aware) and evaluate; returns ``{"iteration", "losses", "eval"}``.
+
+    Writes to ``output_dir``: config.yaml, log.txt, metrics.jsonl, TensorBoard events, checkpoints,
+    model_final.pth (a valid detection ``weights=``) and eval.json.
+    """
+    if cfg.task != "classification":
+        raise ValueError(f"config task is {cfg.task!r}; tools/train_cls.py needs task: classification")
+    dev = start_run(cfg, device=device)
+    seed_all(cfg.seed + comm.get_rank())
+    train_set, val_set = build_datasets(cfg)
+    model = build_model(cfg).to(dev)
+    if comm.is_distributed() and cfg.model.norm == "syncbn":
+        model = comm.convert_sync_bn(model)
+    logger.info("classification: %s (%s), %d train / %d val images, %d classes, batch %d x %d",
+                cfg.model.name, cfg.model.style, len(train_set), len(val_set), len(train_set.classes),
+                cfg.solver.ims_per_batch, comm.get_world_size())
+    factory = build_train_loader_factory(train_set, batch_size=cfg.solver.ims_per_batch,
+                                         num_workers=cfg.data.num_workers, seed=cfg.seed, rank=comm.get_rank(),
+                                         world_size=comm.get_world_size(), pin_memory=dev.type == "cuda")
+    return run_training(cfg, model=comm.wrap_model(model, dev), loss_fn=classification_loss, loader_factory=factory,
+                        eval_fn=build_eval_fn(cfg, val_set, device=dev), meta=cls_meta(cfg), device=dev,
+                        resume=resume, progress=progress)

@@ -1,0 +1,330 @@
+"""Detection: the only code that reads a :class:`~detres.config.DetConfig`.
+
+The path of one training image::
+
+    build_train_dataset(cfg)          VOC / COCO / shapes file -> (HWC uint8 image, target), resized and
+                                      flipped by detres.data.transforms (the only resize)
+    build_train_loader_factory(cfg)   aspect-ratio groups, per-item augmentation seed, resumable
+    detection_loss(model, batch)      build_model(cfg)(images, targets) -> the four Faster R-CNN losses
+    run_train(cfg)                    detres.engine.Trainer + hooks (metrics, checkpoints, evaluation)
+
+and of one test image: ``build_test_dataset`` -> ``build_test_loader`` ->
+:func:`~detres.evaluation.inference.inference_on_dataset` (detections mapped back to the original image
+by :func:`~detres.evaluation.inference.predict_original`) -> ``build_evaluator`` (VOC devkit AP or COCOeval).
+
+Class count: ``model.num_classes`` counts the background; when it is None (the default) it is derived
+from the data set's classes: VOC 20 + 1, COCO 80 + 1, shapes 3 + 1.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from detres.config import DetConfig
+from detres.data.coco import COCODetection, find_coco_files
+from detres.data.dataset import ConcatDetection
+from detres.data.loader import build_test_loader as _test_loader
+from detres.data.loader import build_train_loader
+from detres.data.shapes import SHAPES_CLASSES, generate_shapes_voc
+from detres.data.transforms import build_transforms, read_image_rgb
+from detres.data.voc import VOC_CLASSES, VOCDetection, build_voc
+from detres.engine.checkpoint import CheckpointError, load_checkpoint
+from detres.data.coco import load_coco
+from detres.data.voc import find_voc_dir
+from detres.evaluation.coco import COCOEvaluator, evaluate_coco_results, format_coco_table, load_coco_results
+from detres.evaluation.inference import inference_on_dataset, predict_original
+from detres.evaluation.visualize import draw_detections, save_png, visualize_dataset
+from detres.evaluation.voc import VOCEvaluator, evaluate_voc_results_dir, format_voc_table
+from detres.modeling import build_detector
+from detres.tasks.common import run_training, start_run
+from detres.utils import comm
+from detres.utils.io import atomic_write_json, data_root
+from detres.utils.rng import seed_all
+
+__all__ = ["DATASETS", "class_names_for", "num_classes_for", "detector_kwargs", "build_model", "build_train_dataset",
+           "build_test_dataset", "build_evaluator", "build_train_loader_factory", "build_test_loader",
+           "detection_loss", "make_eval_fn", "load_model_from_checkpoint", "run_train", "run_eval",
+           "run_eval_results", "format_metrics", "run_predict", "BENCHMARK_SPLITS"]
+
+logger = logging.getLogger("detres")
+
+COCO_NUM_CLASSES = 80
+DATASETS = ("voc", "coco", "shapes")
+
+
+def _dataset_kind(cfg: DetConfig) -> str:
+    if cfg.data.dataset not in DATASETS:
+        raise ValueError(f"data.dataset must be one of {DATASETS}, got {cfg.data.dataset!r}")
+    return cfg.data.dataset
+
+
+def class_names_for(cfg: DetConfig) -> tuple[str, ...] | None:
+    """Object class names (background excluded) of the configured data set, without reading files.
+    COCO's names come from the annotation file, so None is returned for it."""
+    kind = _dataset_kind(cfg)
+    return {"voc": tuple(VOC_CLASSES), "shapes": tuple(SHAPES_CLASSES)}.get(kind)
+
+
+def num_classes_for(cfg: DetConfig) -> int:
+    """Classes including the background: ``model.num_classes`` or derived from the data set."""
+    if cfg.model.num_classes is not None:
+        if cfg.model.num_classes < 2:
+            raise ValueError(f"model.num_classes counts the background and must be >= 2, got {cfg.model.num_classes}")
+        return cfg.model.num_classes
+    names = class_names_for(cfg)
+    return (len(names) if names is not None else COCO_NUM_CLASSES) + 1
+
+
+# --------------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------------
+def detector_kwargs(cfg: DetConfig) -> dict[str, Any]:
+    """``cfg.model`` as the keyword arguments of :func:`detres.modeling.build_detector`: the one place
+    where config keys are translated into constructor arguments."""
+    m = cfg.model
+    b, p, rpn, roi = m.backbone, m.pooler, m.rpn, m.roi
+    return dict(
+        backbone=b.name, num_classes=num_classes_for(cfg), weights=b.weights, style=b.style, norm=b.norm,
+        freeze_at=b.freeze_at, shortcut=b.shortcut,
+        pooler=p.type, pooler_resolution=p.resolution, pooler_sampling_ratio=p.sampling_ratio,
+        pooler_aligned=p.aligned,
+        anchor_sizes=tuple(rpn.anchor_sizes), aspect_ratios=tuple(rpn.aspect_ratios),
+        rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train, rpn_pre_nms_top_n_test=rpn.pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=rpn.post_nms_top_n_train, rpn_post_nms_top_n_test=rpn.post_nms_top_n_test,
+        rpn_nms_thresh=rpn.nms_thresh, rpn_batch_size_per_image=rpn.batch_size_per_image,
+        rpn_positive_fraction=rpn.positive_fraction,
+        box_batch_size_per_image=roi.batch_size_per_image, box_positive_fraction=roi.positive_fraction,
+        box_score_thresh=roi.score_thresh, box_nms_thresh=roi.nms_thresh, detections_per_img=roi.detections_per_img,
+        min_size=None,  # images arrive resized by the data pipeline
+        max_size=cfg.data.max_size,
+    )
+
+
+def build_model(cfg: DetConfig, *, weights: str | None | object = ..., weights_meta: dict | None = None) -> nn.Module:
+    """The C4 Faster R-CNN of ``cfg.model`` (``weights`` overrides ``model.backbone.weights``).
+
+    ``weights_meta``: with ``weights=None``, the preprocessing/style/BN eps to build for (a detector
+    checkpoint's "meta"), so that its state dict is loaded into a matching network. Norm "syncbn" builds
+    SyncBatchNorm, which synchronises only when torch.distributed is running.
+    """
+    kwargs = detector_kwargs(cfg)
+    if weights is not ...:
+        kwargs["weights"] = weights
+    if weights_meta:
+        kwargs["weights_meta"] = weights_meta
+    return build_detector(**kwargs)
+
+
+def load_model_from_checkpoint(cfg: DetConfig, checkpoint: str, *, device: str | torch.device = "cpu") -> nn.Module:
+    """``build_model(cfg)`` without ImageNet weights, then the detector weights of ``checkpoint``
+    (a trainer checkpoint / ``model_final.pth``); eval mode. CheckpointError names a bad file."""
+    state = load_checkpoint(checkpoint)
+    # the checkpoint's style, BN eps and normalisation (e.g. MSRA BGR/255), not the default ones
+    model = build_model(cfg, weights=None, weights_meta=state.get("meta") or None)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {checkpoint}: does not match the config's model "
+                              f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
+    return model.to(device).eval()
+
+
+def detection_loss(model: nn.Module, batch: tuple[list[torch.Tensor], list[dict]]) -> dict[str, torch.Tensor]:
+    """``model(images, targets)`` with the batch moved to the model's device: the four Faster R-CNN losses."""
+    images, targets = batch
+    device = next(model.parameters()).device
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    return model(images, targets)
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+def _shapes_dir(cfg: DetConfig):
+    """The synthetic set under ``<root>/shapes``, generated on rank 0 if absent (idempotent)."""
+    s = cfg.data.shapes
+    out = data_root(cfg.data.root) / "shapes"
+    if comm.is_main_process():
+        generate_shapes_voc(out, num_train=s.num_train, num_test=s.num_test, image_size=s.image_size,
+                            min_objects=s.min_objects, max_objects=s.max_objects, seed=s.seed)
+    comm.barrier()
+    return out
+
+
+def _build_split(cfg: DetConfig, names: Sequence[str], *, train: bool, transforms) -> Any:
+    kind = _dataset_kind(cfg)
+    root = data_root(cfg.data.root)
+    keep_difficult = cfg.data.keep_difficult_train if train else True
+    if kind == "voc":
+        return build_voc(root, names, transforms=transforms, keep_difficult=keep_difficult)
+    if kind == "shapes":
+        d = _shapes_dir(cfg)
+        parts = [VOCDetection(d, split=n, class_names=SHAPES_CLASSES, keep_difficult=keep_difficult,
+                              transforms=transforms) for n in names]
+    else:
+        parts = []
+        for n in names:
+            image_dir, ann = find_coco_files(root, n)
+            parts.append(COCODetection(image_dir, ann, train=train, transforms=transforms))
+    return parts[0] if len(parts) == 1 else ConcatDetection(parts)
+
+
+def build_train_dataset(cfg: DetConfig) -> Any:
+    """The training set(s) of ``cfg.data.train`` with the training transforms (resize, flip, jitter)."""
+    d = cfg.data
+    if not d.train:
+        raise ValueError("data.train is empty")
+    tf = build_transforms(train=True, min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob,
+                          color_jitter=d.color_jitter)
+    return _build_split(cfg, list(d.train), train=True, transforms=tf)
+
+
+def build_test_dataset(cfg: DetConfig, split: str | None = None) -> Any:
+    """The evaluation set (``split`` or ``cfg.data.test``) with the test transforms (resize only)."""
+    tf = build_transforms(train=False, min_size=cfg.data.min_size, max_size=cfg.data.max_size)
+    return _build_split(cfg, [split or cfg.data.test], train=False, transforms=tf)
+
+
+def build_train_loader_factory(cfg: DetConfig, dataset: Any) -> Callable[[int], Iterator]:
+    """``f(start_iter)`` -> infinite iterator of ``(images, targets)``, resumable at ``start_iter``."""
+    def factory(start_iter: int) -> Iterator:
+        return build_train_loader(dataset, images_per_batch=cfg.solver.ims_per_batch,
+                                  num_workers=cfg.data.num_workers, seed=cfg.seed, start_iter=start_iter,
+                                  aspect_ratio_grouping=cfg.data.aspect_ratio_grouping)
+    return factory
+
+
+def build_test_loader(cfg: DetConfig, dataset: Any, *, num_workers: int | None = None):
+    """This rank's ordered slice of ``dataset`` in batches of ``test.ims_per_batch``."""
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    return _test_loader(dataset, batch_size=cfg.test.ims_per_batch, num_workers=workers)
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------------
+def build_evaluator(cfg: DetConfig, dataset: Any, output_dir: str | None = None) -> Any:
+    """VOC07 11-point/area AP (voc, shapes; ground truth from ``dataset``'s XML) or COCOeval (coco).
+    ``output_dir``: where the results files go (VOC comp4 txt / COCO json); None = nowhere."""
+    if _dataset_kind(cfg) == "coco":
+        return COCOEvaluator(dataset, output_dir=output_dir)
+    names = getattr(dataset, "class_names", None) or class_names_for(cfg)
+    return VOCEvaluator(names, gt_source=dataset, output_dir=output_dir)
+
+
+def make_eval_fn(cfg: DetConfig, dataset: Any, *, device: torch.device, output_dir: str | None = None,
+                 num_workers: int | None = None) -> Callable[[nn.Module], dict]:
+    """``f(model) -> evaluator results`` over ``dataset`` (every rank runs its shard)."""
+    evaluator = build_evaluator(cfg, dataset, output_dir=output_dir)
+    loader = build_test_loader(cfg, dataset, num_workers=num_workers)
+    return lambda model: inference_on_dataset(model, loader, evaluator, device=device, amp=cfg.solver.amp)
+
+
+# --------------------------------------------------------------------------------------------------
+# the jobs of the tools
+# --------------------------------------------------------------------------------------------------
+def run_train(cfg: DetConfig, *, resume: bool = False, device: str | None = None,
+              loss_fn: Callable | None = None, progress: bool = True) -> dict:
+    """The whole job of ``tools/train_det.py`` (also under torchrun).
+
+    Writes config.yaml, log.txt, metrics.jsonl, TensorBoard events, checkpoints, model_final.pth and
+    eval.json (see :func:`detres.tasks.common.run_training`), then ``vis/<image_id>.png`` for
+    ``test.num_vis_images`` test images. ``loss_fn`` replaces :func:`detection_loss` (tests use it).
+    """
+    dev = start_run(cfg, device=device)
+    seed_all(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg).to(dev)
+    seed_all(cfg.seed + comm.get_rank())  # different sampling per rank
+    train_set, test_set = build_train_dataset(cfg), build_test_dataset(cfg)
+    logger.info("train: %s (%d images), test: %s (%d images)", cfg.data.train, len(train_set), cfg.data.test,
+                len(test_set))
+    result = run_training(
+        cfg, model=comm.wrap_model(model, dev), loss_fn=loss_fn or detection_loss,
+        loader_factory=build_train_loader_factory(cfg, train_set),
+        eval_fn=make_eval_fn(cfg, test_set, device=dev, output_dir=os.path.join(cfg.output_dir, "results")),
+        meta=model.weights_meta, device=dev, resume=resume, progress=progress)
+    if comm.is_main_process() and cfg.test.num_vis_images > 0:
+        names = getattr(test_set, "class_names", None) or class_names_for(cfg) or ()
+        out = os.path.join(cfg.output_dir, "vis")
+        paths = visualize_dataset(model, test_set, out, class_names=names, num_images=cfg.test.num_vis_images,
+                                  device=dev)
+        logger.info("drew detections on %d test images in %s", len(paths), out)
+    comm.barrier()
+    return result
+
+
+def run_eval(cfg: DetConfig, checkpoint: str, *, split: str | None = None, device: str | None = None,
+             output_dir: str | None = None, num_workers: int | None = None) -> dict:
+    """Evaluate ``checkpoint`` on ``split`` (default ``data.test``); returns the evaluator's metrics and, with
+    ``output_dir``, writes the results files there (VOC comp4 txt / COCO json)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model_from_checkpoint(cfg, checkpoint, device=dev)
+    eval_fn = make_eval_fn(cfg, build_test_dataset(cfg, split), device=dev, output_dir=output_dir,
+                           num_workers=num_workers)
+    return eval_fn(model)
+
+
+#: Benchmarks of ``tools/eval.py --results``: VOC (year, default image set) or COCO.
+BENCHMARK_SPLITS = {"voc07": ("2007", "test"), "voc12": ("2012", "val"), "coco": (None, "val2017")}
+
+
+def run_eval_results(benchmark: str, results: str, *, root: str | None = None, split: str | None = None,
+                     ann_file: str | None = None) -> dict:
+    """Evaluate existing results files: VOC ``comp4_det_test_<class>.txt`` in the folder ``results``
+    against ``<root>/VOC<year>`` (or ``VOCdevkit/VOC<year>``), or a COCO results JSON against
+    ``ann_file`` (default ``<root>/coco/annotations/instances_<split>.json``). ValueError names a bad file."""
+    if benchmark not in BENCHMARK_SPLITS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {list(BENCHMARK_SPLITS)}")
+    if not os.path.exists(results):
+        raise ValueError(f"{results}: results path not found")
+    year, default_split = BENCHMARK_SPLITS[benchmark]
+    split = split or default_split
+    if benchmark == "coco":
+        ann = ann_file or data_root(root) / "coco" / "annotations" / f"instances_{split}.json"
+        coco_gt = load_coco(ann)
+        return evaluate_coco_results(coco_gt, load_coco_results(results, coco_gt))
+    dataset = VOCDetection(find_voc_dir(data_root(root), year), split=split, keep_difficult=True)
+    return evaluate_voc_results_dir(results, dataset)
+
+
+def format_metrics(metrics: dict) -> str:
+    """The per-class table of a VOC or COCO metrics dict (whichever schema it has)."""
+    return format_coco_table(metrics) if "AP50" in metrics else format_voc_table(metrics)
+
+
+@torch.no_grad()
+def run_predict(cfg: DetConfig, checkpoint: str, images: Sequence[str], out_dir: str, *, score_thresh: float = 0.5,
+                device: str | torch.device = "cpu") -> list[dict]:
+    """Detect objects in image files; write ``out_dir/<stem>.png`` (boxes, class names and scores drawn on
+    the original image) and ``out_dir/predictions.json``; return the JSON records.
+
+    Each record: ``{"image": path, "height", "width", "detections": [{"box": [x1, y1, x2, y2] (original
+    pixels, 0-based xyxy), "label": 1..K, "class": name, "score"}]}`` for detections >= ``score_thresh``.
+    """
+    model = load_model_from_checkpoint(cfg, checkpoint, device=device)
+    names = class_names_for(cfg)
+    if names is None:  # COCO: names from the test annotation file
+        names = tuple(getattr(build_test_dataset(cfg), "class_names"))
+    tf = build_transforms(train=False, min_size=cfg.data.min_size, max_size=cfg.data.max_size)
+    records = []
+    for path in images:
+        img = read_image_rgb(path)
+        tensor, target = tf(img, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                                  "image_id": os.path.basename(path)})
+        det = predict_original(model, [tensor], [target], device=device)[0]
+        keep = det["scores"] >= score_thresh
+        boxes, labels, scores = det["boxes"][keep], det["labels"][keep], det["scores"][keep]
+        drawn = draw_detections(torch.from_numpy(img).permute(2, 0, 1).contiguous(), boxes, labels, scores, names,
+                                score_thresh=score_thresh)
+        save_png(drawn, os.path.join(out_dir, f"{os.path.splitext(os.path.basename(path))[0]}.png"))
+        records.append({"image": os.fspath(path), "height": img.shape[0], "width": img.shape[1], "detections": [
+            {"box": [round(float(v), 2) for v in b], "label": int(lab),
+             "class": names[int(lab) - 1] if 1 <= int(lab) <= len(names) else str(int(lab)), "score": float(s)}
+            for b, lab, s in zip(boxes.tolist(), labels.tolist(), scores.tolist())]})
+    atomic_write_json(os.path.join(out_dir, "predictions.json"), records)
+    return records
