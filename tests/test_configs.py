@@ -21,9 +21,14 @@ def test_config_loads_and_builds(path):
     cfg = load_config(path)
     if path.stem.startswith("imagenet_"):
         assert isinstance(cfg, ClsConfig)
-        from detres.backbones import build_classifier
-        m = cfg.model
-        build_classifier(m.name, num_classes=m.num_classes, style=m.style, norm=m.norm, shortcut=m.shortcut)
+        from detres.tasks.classification import build_model as build_cls_model
+        model = build_cls_model(cfg)
+        head = model.fc if hasattr(model, "fc") else model.classifier[-1]
+        assert head.out_features == cfg.model.num_classes == 1000
+        if cfg.model.name.startswith("resnet"):  # the stride sits where the config's style says
+            block = model.layer2[0]
+            strided = block.conv1 if cfg.model.style == "msra" else block.conv2
+            assert strided.stride == (2, 2), path.name
         return
     assert isinstance(cfg, DetConfig)
     from detres.tasks.detection import build_model, num_classes_for

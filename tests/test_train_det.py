@@ -12,7 +12,7 @@ import torch
 from _engine_helpers import write_tiny_config
 from detres.config import load_config
 from detres.tasks.common import scaled_lr
-from detres.tasks.detection import detection_loss, run_train
+from detres.tasks.detection import detection_loss, run_eval, run_train
 from detres.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,26 @@ def test_four_iterations_write_every_artefact(tmp_path):
     assert final["meta"]["mean"]  # usable as weights= (read_weights takes model + meta)
     ev = json.loads((out / "eval.json").read_text())
     assert {"mAP_11point", "mAP_area", "AP_11point", "AP_area"} <= set(ev)
-    assert 0.0 <= ev["mAP_11point"] <= 1.0
+    # eval.json is the final model's score: evaluating model_final.pth again gives the same APs
+    again = run_eval(load_config(out / "config.yaml"), str(out / "model_final.pth"), device="cpu", num_workers=0,
+                     output_dir=str(tmp_path / "again"))
+    assert again["AP_11point"] == pytest.approx(ev["AP_11point"], abs=1e-6)
+    assert again["mAP_area"] == pytest.approx(ev["mAP_area"], abs=1e-6)
+    # ... from the same detections (written as comp4 files by both evaluations), and there are some
+    files = sorted((out / "results").glob("comp4_det_test_*.txt"))
+    assert files and [f.name for f in files] == sorted(f.name for f in (tmp_path / "again").glob("*.txt"))
+
+    def rows(path):  # comp4 lines: image id, score, x1, y1, x2, y2
+        return [(ln.split()[0], [float(v) for v in ln.split()[1:]]) for ln in path.read_text().splitlines()]
+
+    total = 0
+    for f in files:
+        first, second = rows(f), rows(tmp_path / "again" / f.name)
+        assert [i for i, _ in first] == [i for i, _ in second], f.name
+        for (_, a), (_, b) in zip(first, second):
+            assert a == pytest.approx(b, abs=1e-4), f.name
+        total += len(first)
+    assert total > 0
     pngs = list((out / "vis").glob("*.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp.*"))  # atomic writes leave no temporaries
