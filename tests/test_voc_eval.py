@@ -20,6 +20,34 @@ B = [20, 20, 30, 30]
 FAR = [100, 100, 110, 110]
 
 
+def test_11_point_thresholds_are_the_devkits_floats():
+    """Recall reaches exactly 3/10, 6/10 and 7/10. The devkit's thresholds 0:0.1:1 are the floats
+    0.30000000000000004, 0.6000000000000001 and 0.7000000000000001, so those recalls do NOT count for
+    t = 0.3, 0.6, 0.7 (py-faster-rcnn's numpy.arange gives the same). 10 images, one box each;
+    ranked detections: TP TP TP FP TP TP TP FP TP FP."""
+    gt_image = np.arange(10)
+    gt_boxes = np.tile(A, (10, 1)).astype(float)
+    pattern = "TTTFTTTFTF"
+    det_image, det_boxes, nxt = [], [], 0
+    for c in pattern:
+        if c == "T":
+            det_image.append(nxt)
+            det_boxes.append(A)
+            nxt += 1
+        else:
+            det_image.append(9)
+            det_boxes.append(FAR)
+    scores = np.linspace(1.0, 0.1, len(pattern))
+    r = voc_eval(np.array(det_image), scores, np.array(det_boxes, float), gt_image, gt_boxes, np.zeros(10, bool))
+    # precision at each TP: 1, 1, 1 (rec .1-.3), 4/5, 5/6, 6/7 (rec .4-.6), 7/9 (rec .7); nothing above .7
+    # t = 0, .1, .2 -> 1;  t = .30000000000000004 -> best over rec >= .4 = 6/7;  t = .4, .5 -> 6/7;
+    # t = .6000000000000001 -> rec >= .7: 7/9;  t = .7000000000000001 and up -> nothing: 0
+    devkit = (1 + 1 + 1 + 6 / 7 + 6 / 7 + 6 / 7 + 7 / 9) / 11
+    exact_tenths = (1 + 1 + 1 + 1 + 6 / 7 + 6 / 7 + 6 / 7 + 7 / 9) / 11  # what thresholds of exactly k/10 give
+    assert r["ap_11point"] == pytest.approx(devkit, abs=1e-15)
+    assert abs(r["ap_11point"] - exact_tenths) > 0.05
+
+
 def test_duplicates_are_false_positives():
     # ranked: d1 on A (TP), d2 on A again (duplicate -> FP), d3 on B (TP); npos = 2
     # rec = [.5, .5, 1], prec = [1, .5, 2/3]
@@ -162,7 +190,8 @@ def _reference_voc_eval(det_image, det_scores, det_boxes, gt_image, gt_boxes, gt
     tp, fp = np.cumsum(tp), np.cumsum(fp)
     rec = tp / npos
     prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-    ap11 = sum((prec[rec >= t / 10].max() if (rec >= t / 10).any() else 0.0) for t in range(11)) / 11
+    # the devkit's thresholds: Octave's 0:0.1:1 is i * 0.1 (so the 4th is 0.30000000000000004, not 0.3)
+    ap11 = sum((prec[rec >= t * 0.1].max() if (rec >= t * 0.1).any() else 0.0) for t in range(11)) / 11
     mrec, mpre = np.r_[0, rec, 1], np.r_[0, prec, 0]
     for i in range(len(mpre) - 2, -1, -1):
         mpre[i] = max(mpre[i], mpre[i + 1])

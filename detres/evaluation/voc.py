@@ -11,9 +11,10 @@ Rules, per class:
   FP); a non-difficult box not yet matched makes it a TP (and marks the box); an already matched
   box makes it an FP (duplicate). Otherwise the detection is an FP.
 - Recall is over the non-difficult boxes (``npos``); precision is ``tp / (tp + fp)``.
-- AP is reported as the VOC2007 11-point AP (mean over t in {0, 0.1, ..., 1} of the best
-  precision at recall >= t, 0 if none) and as the VOC2010+ area AP (area under the precision
-  envelope).
+- AP is reported as the VOC2007 11-point AP (mean over the devkit's 11 thresholds ``0:0.1:1`` of
+  the best precision at recall >= t, 0 if none; the thresholds are the floating-point values the
+  devkit computes, see :data:`VOC07_RECALL_THRESHOLDS`) and as the VOC2010+ area AP (area under the
+  precision envelope).
 - No detections gives AP 0; a class with no non-difficult box gives ``None`` (left out of the
   mean, with a warning).
 
@@ -44,6 +45,7 @@ from detres.utils.io import atomic_write_text
 
 __all__ = [
     "ClassDetections",
+    "VOC07_RECALL_THRESHOLDS",
     "voc_ap_11point",
     "voc_ap_area",
     "voc_eval",
@@ -83,13 +85,22 @@ class GroundTruth(NamedTuple):
 # AP from precision/recall
 
 
+#: The devkit's recall thresholds: VOCevaldet.m's ``t=0:0.1:1`` as Octave evaluates it, which is also
+#: ``numpy.arange(0, 1.1, 0.1)`` (py-faster-rcnn's voc_eval.py): 0.30000000000000004, 0.6000000000000001
+#: and 0.7000000000000001 are NOT reached by a recall of exactly 3/10, 6/10 or 7/10. Every published
+#: VOC07 number uses these, so detres does too.
+VOC07_RECALL_THRESHOLDS: np.ndarray = np.arange(0.0, 1.1, 0.1)
+
+
 def voc_ap_11point(rec: np.ndarray, prec: np.ndarray) -> float:
-    """VOC2007 11-point AP. The thresholds are exactly k/10 (so a recall of exactly 0.3 counts
-    for t = 0.3); an empty ``prec[rec >= t]`` contributes 0."""
+    """VOC2007 11-point AP: ``sum over t of max(prec[rec >= t]), divided by 11``, for t in
+    :data:`VOC07_RECALL_THRESHOLDS` (an empty selection contributes 0). The devkit adds ``p / 11`` term by
+    term; summing first differs by a few units in the last place at most and gives a perfect detector
+    exactly 1.0."""
     rec, prec = np.asarray(rec, np.float64), np.asarray(prec, np.float64)
     total = 0.0
-    for k in range(11):
-        sel = prec[rec >= k / 10.0]
+    for t in VOC07_RECALL_THRESHOLDS:
+        sel = prec[rec >= t]
         total += sel.max() if sel.size else 0.0
     return float(total / 11.0)
 
