@@ -70,6 +70,10 @@ class RPNConfig:
     pre_nms_top_n_test: int = 6000  # py-faster-rcnn RPN_PRE_NMS_TOP_N (test)
     post_nms_top_n_test: int = 300  # Faster R-CNN Sec. 4: 300 proposals at test time
     nms_thresh: float = 0.7  # Faster R-CNN Sec. 3.3: NMS of proposals at IoU 0.7 (py-faster-rcnn RPN_NMS_THRESH)
+    min_size: float = 0.0  # drop proposals smaller than this (px at the ORIGINAL image scale); py-faster-rcnn RPN_MIN_SIZE 16; 0 = torchvision
+    fg_iou_thresh: float = 0.7  # Faster R-CNN Sec. 3.1.2: an anchor is positive at IoU > 0.7 with a box ...
+    bg_iou_thresh: float = 0.3  # ... and negative below 0.3 with every box
+    allowed_border: float = -1.0  # training: ignore anchors crossing the border by more px than this; py-faster-rcnn 0; < 0 keeps all (torchvision)
     batch_size_per_image: int = 256  # Faster R-CNN Sec. 3.1.3: 256 sampled anchors per image ...
     positive_fraction: float = 0.5  # ... with up to 1:1 positives to negatives (Sec. 3.1.3)
 
@@ -78,6 +82,9 @@ class RPNConfig:
 class RoIConfig:
     batch_size_per_image: int = 128  # RoIs per image (py-faster-rcnn TRAIN.BATCH_SIZE 128) ...
     positive_fraction: float = 0.25  # ... 25% of them foreground (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_FRACTION)
+    fg_iou_thresh: float = 0.5  # foreground RoIs: IoU >= 0.5 with a box (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_THRESH)
+    bg_iou_thresh_hi: float = 0.5  # background RoIs: best IoU in [lo, hi) (py-faster-rcnn BG_THRESH_HI 0.5) ...
+    bg_iou_thresh_lo: float = 0.0  # ... lo: 0.1 in py-faster-rcnn (VOC), 0 in Faster R-CNN Sec. 4.2 (COCO) and torchvision
     score_thresh: float = 0.05  # drop detections scoring below this at test time
     nms_thresh: float = 0.3  # per-class NMS at test time (py-faster-rcnn TEST.NMS 0.3)
     detections_per_img: int = 100  # keep at most this many detections per image
@@ -123,12 +130,15 @@ class SolverConfig:
     max_iter: int = 70000  # total iterations (py-faster-rcnn VGG16 VOC07 end-to-end: 70k)
     base_lr: float = 0.001  # learning rate at reference_batch images (py-faster-rcnn VOC07: 0.001)
     momentum: float = 0.9  # SGD momentum (paper)
-    weight_decay: float = 0.0001  # ResNet paper 1e-4; py-faster-rcnn used 5e-4 for VGG16
-    ims_per_batch: int = 1  # images per GPU/process; the total batch is this x world size
-    reference_batch: int = 1  # total batch that base_lr was tuned for; lr is scaled linearly to the actual batch
+    weight_decay: float = 0.0001  # L2 weight decay of the weights (Faster R-CNN Sec. 3.1.3 uses 5e-4)
+    bias_lr_factor: float = 1.0  # biases learn at this multiple of the lr (py-faster-rcnn prototxts: lr_mult 2)
+    weight_decay_bias: Optional[float] = None  # weight decay of biases; None = weight_decay (py-faster-rcnn: decay_mult 0)
+    ims_per_batch: int = 1  # images per GPU/process and forward pass
+    iter_size: int = 1  # forward/backward passes accumulated per update (Caffe iter_size; py-faster-rcnn VOC: 2)
+    reference_batch: int = 1  # total batch (processes x ims_per_batch x iter_size) base_lr was tuned for; lr scales linearly
     steps: list[int] = field(default_factory=lambda: [50000])  # iterations where lr is multiplied by gamma
     gamma: float = 0.1  # lr decay factor at each step (paper: divide by 10)
-    warmup_iters: int = 0  # linear warmup length in iterations (0 = none; the paper used none for detection)
+    warmup_iters: Optional[int] = None  # linear warmup length; None = auto: a warmup only when the linear scaling rule raises lr above base_lr; 0 = none
     warmup_factor: float = 0.001  # lr multiplier at iteration 0 of the warmup
     checkpoint_period: int = 5000  # save a checkpoint every this many iterations
     clip_grad_norm: Optional[float] = None  # clip the global gradient L2 norm to this value; None = off

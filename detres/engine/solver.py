@@ -23,12 +23,28 @@ def scale_lr(base_lr: float, *, total_batch: int, reference_batch: int) -> float
     return base_lr * total_batch / reference_batch
 
 
-def build_sgd(model: nn.Module, *, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.SGD:
-    """SGD over the trainable parameters (``requires_grad``) of ``model``; frozen ones are left out."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def build_sgd(model: nn.Module, *, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
+              bias_lr_factor: float = 1.0, weight_decay_bias: float | None = None) -> torch.optim.SGD:
+    """SGD over the trainable parameters (``requires_grad``) of ``model``; frozen ones are left out.
+
+    Parameters named ``bias`` form a second group with the rate ``lr * bias_lr_factor`` and the weight
+    decay ``weight_decay_bias`` (None: ``weight_decay``), as Caffe's ``lr_mult``/``decay_mult`` (py-faster-rcnn
+    trains biases at twice the rate and without decay). The weights are group 0.
+    """
+    if lr < 0 or bias_lr_factor < 0 or weight_decay < 0 or (weight_decay_bias is not None and weight_decay_bias < 0):
+        raise ValueError(f"learning rates and weight decays must be >= 0, got lr={lr}, bias_lr_factor={bias_lr_factor}, "
+                         f"weight_decay={weight_decay}, weight_decay_bias={weight_decay_bias}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    is_bias = [n.rsplit(".", 1)[-1] == "bias" for n, _ in named]
+    weights = [p for (_, p), b in zip(named, is_bias) if not b]
+    biases = [p for (_, p), b in zip(named, is_bias) if b]
+    groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}] if weights else []
+    if biases:
+        groups.append({"params": biases, "lr": lr * bias_lr_factor,
+                       "weight_decay": weight_decay if weight_decay_bias is None else weight_decay_bias})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 class WarmupMultiStep:

@@ -14,6 +14,7 @@ under torchrun/DDP (``model`` wrapped in DDP; collectives are called on every ra
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -61,27 +62,32 @@ class Trainer:
         model: the module to train, on ``device`` and wrapped in DDP when distributed.
         loss_fn: ``loss_fn(model, batch) -> {name: scalar tensor}``; the total loss is their sum.
         optimizer, scheduler: the scheduler is stepped once per iteration.
-        loader_factory: ``f(start_iter)`` -> iterable of batches beginning at global iteration
-            ``start_iter`` (so a resumed run sees the same data order); normally infinite.
+        loader_factory: ``f(first_batch)`` -> iterable of batches beginning at batch ``first_batch`` of the
+            run's stream (so a resumed run sees the same data order); normally infinite. An iteration
+            consumes ``iter_size`` batches, so iteration ``i`` starts at batch ``i * iter_size``.
         max_iter: iterations to train.
         device: where the model lives (decides the autocast and the grad scaler).
         amp: None | "bf16" | "fp16", see :mod:`detres.utils.amp`.
         clip_grad_norm: maximum global L2 norm of the gradients, or None.
+        iter_size: batches whose gradients are accumulated (averaged) before each update (Caffe's
+            ``iter_size``): the same update as one batch ``iter_size`` times larger.
         batch_size_fn: images in a batch (this process), for images/s; default ``len(batch[0])``.
 
     ``iter`` counts the completed iterations (the 0-based index of the step being run). After each step
     the hooks can read it, ``losses`` (the step's detached loss tensors), ``lr`` (the rate it used),
-    ``grad_norm``, ``step_time`` (s) and ``step_images`` (over all processes). ``last_checkpoint`` is kept by the checkpoint hook and named
+    ``grad_norm``, ``step_time`` (s) and ``step_images`` (over all processes and accumulated batches). ``last_checkpoint`` is kept by the checkpoint hook and named
     when training stops on a non-finite loss.
     """
 
     def __init__(self, *, model: nn.Module, loss_fn: Callable[[nn.Module, Any], dict[str, torch.Tensor]],
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                  loader_factory: Callable[[int], Iterable], max_iter: int, device: torch.device | str = "cpu",
-                 amp: str | None = None, clip_grad_norm: float | None = None,
+                 amp: str | None = None, clip_grad_norm: float | None = None, iter_size: int = 1,
                  batch_size_fn: Callable[[Any], int] | None = None) -> None:
         if max_iter <= 0:
             raise ValueError(f"max_iter must be positive, got {max_iter}")
+        if iter_size < 1:
+            raise ValueError(f"iter_size must be >= 1, got {iter_size}")
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.loader_factory = loader_factory
@@ -89,6 +95,7 @@ class Trainer:
         self.device = torch.device(device)
         self.amp = check_amp(amp)
         self.clip_grad_norm = clip_grad_norm
+        self.iter_size = iter_size
         self.batch_size_fn = batch_size_fn or _default_batch_size
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(amp, self.device))
         self.hooks: list[HookBase] = []
@@ -139,7 +146,8 @@ class Trainer:
         """Run iterations ``start_iter .. max_iter - 1``; returns ``{"iteration", "losses", "eval"}``."""
         for h in self.hooks:
             h.before_train()
-        self._data = iter(self.loader_factory(self.start_iter))
+        self._batch_index = self.start_iter * self.iter_size
+        self._data = iter(self.loader_factory(self._batch_index))
         if self._rng_to_restore is not None:  # after the loader exists: starting it may draw random numbers
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
@@ -160,28 +168,40 @@ class Trainer:
 
     def _next_batch(self) -> Any:
         try:
-            return next(self._data)
-        except StopIteration:  # a finite loader: start it again at this iteration
-            self._data = iter(self.loader_factory(self.iter))
-            return next(self._data)
+            batch = next(self._data)
+        except StopIteration:  # a finite loader: start it again where it stopped
+            self._data = iter(self.loader_factory(self._batch_index))
+            batch = next(self._data)
+        self._batch_index += 1
+        return batch
 
     def run_step(self) -> None:
         """One SGD step; raises FloatingPointError (naming the last good checkpoint) on a non-finite loss."""
         t0 = time.perf_counter()
-        batch = self._next_batch()
-        with autocast(self.amp, self.device):
-            losses = self.loss_fn(self.model, batch)
-        if not isinstance(losses, dict) or not losses:
-            raise ValueError("loss_fn must return a non-empty dict of scalar tensors")
-        total = sum(v.float() for v in losses.values())
-        if comm.all_reduce_flag(not bool(torch.isfinite(total.detach()))):
-            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise FloatingPointError(
-                f"non-finite loss at iteration {self.iter} ({self.iter} iterations completed): {detail}. "
-                f"Training stopped; last good checkpoint: {self.last_checkpoint or 'none (no checkpoint written yet)'}. "
-                f"Try a lower solver.base_lr, more solver.warmup_iters or solver.clip_grad_norm.")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        summed: dict[str, torch.Tensor] = {}
+        images = 0
+        for k in range(self.iter_size):
+            batch = self._next_batch()
+            with autocast(self.amp, self.device):
+                losses = self.loss_fn(self.model, batch)
+            if not isinstance(losses, dict) or not losses:
+                raise ValueError("loss_fn must return a non-empty dict of scalar tensors")
+            total = sum(v.float() for v in losses.values())
+            if comm.all_reduce_flag(not bool(torch.isfinite(total.detach()))):
+                detail = ", ".join(f"{name}={float(v.detach()):.4g}" for name, v in losses.items())
+                raise FloatingPointError(
+                    f"non-finite loss at iteration {self.iter} ({self.iter} iterations completed): {detail}. "
+                    f"Training stopped; last good checkpoint: {self.last_checkpoint or 'none (no checkpoint written yet)'}. "
+                    f"Try a lower solver.base_lr, more solver.warmup_iters or solver.clip_grad_norm.")
+            # DDP: synchronise the gradients once, on the last accumulated batch
+            last = k == self.iter_size - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                self.scaler.scale(total / self.iter_size).backward()
+            for name, v in losses.items():
+                summed[name] = summed.get(name, 0.0) + v.detach() / self.iter_size
+            images += self.batch_size_fn(batch)
         self.grad_norm = None
         if self.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
@@ -190,6 +210,6 @@ class Trainer:
         self.scaler.update()
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        self.losses = {k: v.detach() for k, v in losses.items()}
-        self.step_images = self.batch_size_fn(batch) * comm.get_world_size()
+        self.losses = summed
+        self.step_images = images * comm.get_world_size()
         self.step_time = time.perf_counter() - t0

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import torch
 
 from detres.data.transforms import to_original
+from detres.modeling.rcnn import scale_targets
 from detres.utils.amp import autocast
 
 __all__ = ["predict_original", "inference_on_dataset"]
@@ -31,8 +32,10 @@ def predict_original(model: torch.nn.Module, images: Sequence[torch.Tensor], tar
     per image, on the CPU.
     """
     device = torch.device(device)
+    inputs = [img.to(device, non_blocking=True) for img in images]
+    scales = scale_targets(model, list(targets))  # the RPN's minimum size is given at the original scale
     with autocast(amp, device):
-        outputs = model([img.to(device, non_blocking=True) for img in images])
+        outputs = model(inputs, scales) if scales is not None else model(inputs)
     return [{"boxes": to_original(out["boxes"].detach().float().cpu(), target),
              "labels": out["labels"].detach().cpu(),
              "scores": out["scores"].detach().float().cpu()} for out, target in zip(outputs, targets)]

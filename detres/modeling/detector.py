@@ -24,6 +24,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import roi_align, roi_pool
 
+from detres.modeling.rcnn import PaperRoIHeads, PaperRPN
 from detres.backbones import build_c4, c4_feature_name, default_pool_size
 from detres.config import DataConfig, ModelConfig
 
@@ -123,10 +124,17 @@ def build_detector(
     rpn_post_nms_top_n_train: int = _PAPER.rpn.post_nms_top_n_train,
     rpn_post_nms_top_n_test: int = _PAPER.rpn.post_nms_top_n_test,
     rpn_nms_thresh: float = _PAPER.rpn.nms_thresh,
+    rpn_min_size: float = _PAPER.rpn.min_size,
+    rpn_fg_iou_thresh: float = _PAPER.rpn.fg_iou_thresh,
+    rpn_bg_iou_thresh: float = _PAPER.rpn.bg_iou_thresh,
+    rpn_allowed_border: float = _PAPER.rpn.allowed_border,
     rpn_batch_size_per_image: int = _PAPER.rpn.batch_size_per_image,
     rpn_positive_fraction: float = _PAPER.rpn.positive_fraction,
     box_batch_size_per_image: int = _PAPER.roi.batch_size_per_image,
     box_positive_fraction: float = _PAPER.roi.positive_fraction,
+    box_fg_iou_thresh: float = _PAPER.roi.fg_iou_thresh,
+    box_bg_iou_thresh_hi: float = _PAPER.roi.bg_iou_thresh_hi,
+    box_bg_iou_thresh_lo: float = _PAPER.roi.bg_iou_thresh_lo,
     box_score_thresh: float = _PAPER.roi.score_thresh,
     box_nms_thresh: float = _PAPER.roi.nms_thresh,
     detections_per_img: int = _PAPER.roi.detections_per_img,
@@ -166,35 +174,24 @@ def build_detector(
     feature = c4_feature_name(backbone)
     spec = trunk.feature_specs[feature]
     anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
-    model = FasterRCNN(
-        trunk,
-        num_classes=None,
-        min_size=800,  # replaced below by InputTransform
-        max_size=max_size,
-        rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(spec.channels, anchors.num_anchors_per_location()[0]),
-        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        rpn_nms_thresh=rpn_nms_thresh,
-        rpn_batch_size_per_image=rpn_batch_size_per_image,
-        rpn_positive_fraction=rpn_positive_fraction,
-        box_head=head,
-        box_predictor=FastRCNNPredictor(head.out_channels, num_classes),
-        box_score_thresh=box_score_thresh,
-        box_nms_thresh=box_nms_thresh,
-        box_detections_per_img=detections_per_img,
-        box_batch_size_per_image=box_batch_size_per_image,
-        box_positive_fraction=box_positive_fraction,
-    )
-    # torchvision only accepts MultiScaleRoIAlign in its constructor; the C4 pooler replaces it.
-    model.roi_heads.box_roi_pool = C4RoIPooler(
-        kind=pooler, feature=feature, stride=spec.stride,
-        output_size=resolution,
-        sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned,
-    )
-    predictor = model.roi_heads.box_predictor
+    rpn = PaperRPN(
+        anchors, RPNHead(spec.channels, anchors.num_anchors_per_location()[0]),
+        rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction,
+        dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+        dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+        rpn_nms_thresh, allowed_border=rpn_allowed_border, min_size_original=rpn_min_size)
+    predictor = FastRCNNPredictor(head.out_channels, num_classes)
+    pool = C4RoIPooler(kind=pooler, feature=feature, stride=spec.stride, output_size=resolution,
+                       sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned)
+    roi_heads = PaperRoIHeads(
+        pool, head, predictor, box_fg_iou_thresh, box_bg_iou_thresh_hi, box_batch_size_per_image,
+        box_positive_fraction, None, box_score_thresh, box_nms_thresh, detections_per_img,
+        bg_iou_thresh_lo=box_bg_iou_thresh_lo)
+    # torchvision's own FasterRCNN class; its constructor only takes its own RPN, RoIHeads (with
+    # MultiScaleRoIAlign) and transform, so the paper's versions are put in place right after.
+    model = FasterRCNN(trunk, num_classes=None, rpn_anchor_generator=anchors, rpn_head=rpn.head, box_head=head,
+                       box_predictor=predictor)
+    model.rpn, model.roi_heads = rpn, roi_heads
     # Faster R-CNN's initialisation of the two sibling layers (Gaussian std 0.01 / 0.001, zero bias).
     nn.init.normal_(predictor.cls_score.weight, std=0.01)
     nn.init.normal_(predictor.bbox_pred.weight, std=0.001)

@@ -22,17 +22,37 @@ from detres.engine.solver import build_sgd, build_warmup_multistep, scale_lr
 from detres.engine.trainer import Trainer
 from detres.utils import comm
 
-__all__ = ["scaled_lr", "build_solver", "start_run", "run_training"]
+__all__ = ["scaled_lr", "warmup_iters", "build_solver", "start_run", "run_training", "AUTO_WARMUP_ITERS"]
 
 logger = logging.getLogger("detres")
 
 
+#: Length of the automatic warmup (``solver.warmup_iters: null`` when the scaling rule raises the rate):
+#: detectron2's 1000 iterations, at most a tenth of the run.
+AUTO_WARMUP_ITERS = 1000
+
+
 def scaled_lr(cfg: Any, world_size: int | None = None) -> tuple[float, int]:
     """(``solver.base_lr`` after the linear scaling rule, the total batch): the rate is multiplied by
-    ``(processes x solver.ims_per_batch) / solver.reference_batch``."""
+    ``(processes x solver.ims_per_batch x solver.iter_size) / solver.reference_batch``."""
     s = cfg.solver
-    total = s.ims_per_batch * (comm.get_world_size() if world_size is None else world_size)
+    total = s.ims_per_batch * s.iter_size * (comm.get_world_size() if world_size is None else world_size)
     return scale_lr(s.base_lr, total_batch=total, reference_batch=s.reference_batch), total
+
+
+def warmup_iters(cfg: Any, lr: float) -> int:
+    """``solver.warmup_iters``, or, when it is None, a warmup of :data:`AUTO_WARMUP_ITERS` (at most a
+    tenth of ``max_iter``) if the linear scaling rule raised the rate above ``base_lr``, else none."""
+    s = cfg.solver
+    if s.warmup_iters is not None:
+        return s.warmup_iters
+    if lr > s.base_lr:
+        n = max(1, min(AUTO_WARMUP_ITERS, s.max_iter // 10))
+        logger.info("linear scaling raised the learning rate above solver.base_lr (%.6g -> %.6g): warming up "
+                    "linearly over %d iterations from %g x (solver.warmup_iters=null; set it to 0 to disable)",
+                    s.base_lr, lr, n, s.warmup_factor)
+        return n
+    return 0
 
 
 def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -41,15 +61,16 @@ def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, tor
     s = cfg.solver
     lr, total = scaled_lr(cfg)
     if total != s.reference_batch:
-        logger.info("linear scaling rule: total batch %d (%d process(es) x %d images) vs reference %d -> "
-                    "lr %.6g x %d/%d = %.6g", total, comm.get_world_size(), s.ims_per_batch, s.reference_batch,
-                    s.base_lr, total, s.reference_batch, lr)
+        logger.info("linear scaling rule: total batch %d (%d process(es) x %d images x iter_size %d) vs reference %d "
+                    "-> lr %.6g x %d/%d = %.6g", total, comm.get_world_size(), s.ims_per_batch, s.iter_size,
+                    s.reference_batch, s.base_lr, total, s.reference_batch, lr)
     else:
         logger.info("learning rate %.6g (total batch %d = solver.reference_batch, no scaling)", lr, total)
     if any(step > s.max_iter for step in s.steps):
         logger.warning("solver.steps %s has steps beyond solver.max_iter=%d", s.steps, s.max_iter)
-    optimizer = build_sgd(comm.unwrap_model(model), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    scheduler = build_warmup_multistep(optimizer, steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup_iters,
+    optimizer = build_sgd(comm.unwrap_model(model), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
+                          bias_lr_factor=s.bias_lr_factor, weight_decay_bias=s.weight_decay_bias)
+    scheduler = build_warmup_multistep(optimizer, steps=s.steps, gamma=s.gamma, warmup_iters=warmup_iters(cfg, lr),
                                        warmup_factor=s.warmup_factor)
     return optimizer, scheduler
 
@@ -93,7 +114,7 @@ def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, An
     s = cfg.solver
     trainer = Trainer(model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                       loader_factory=loader_factory, max_iter=s.max_iter, device=device, amp=s.amp,
-                      clip_grad_norm=s.clip_grad_norm, batch_size_fn=batch_size_fn)
+                      clip_grad_norm=s.clip_grad_norm, iter_size=s.iter_size, batch_size_fn=batch_size_fn)
     if resume:
         _resume(trainer, cfg.output_dir, device)
     with MetricsWriter(cfg.output_dir, max_iter=s.max_iter, start_iter=trainer.start_iter,
