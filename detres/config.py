@@ -151,6 +151,7 @@ class TestConfig:
     eval_period: int = 0  # evaluate every this many iterations (0 = only at the end)
     ims_per_batch: int = 1  # test images per process
     num_vis_images: int = 4  # test images drawn with their detections into the output directory
+    has_labels: bool = True  # False: the test split has no public labels (VOC 2012 test): write the server's files, no AP
 
 
 @dataclass

@@ -11,7 +11,7 @@ CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").gl
 def test_expected_configs_exist():
     names = {p.stem for p in CONFIGS}
     for n in ["demo_shapes", "voc07_vgg16", "voc07_r50", "voc07_r101", "voc0712_vgg16", "voc0712_r101",
-              "voc12_r101", "coco_vgg16", "coco_r50", "coco_r101"]:
+              "voc12_vgg16", "voc12_r101", "coco_vgg16", "coco_r50", "coco_r101"]:
         assert n in names, n
 
 
@@ -45,11 +45,44 @@ def test_config_loads_and_builds(path):
 
 def test_paper_schedules():
     root = CONFIGS[0].parent
-    voc = load_config(root / "voc07_r101.yaml")
-    assert (voc.solver.base_lr, voc.solver.steps, voc.solver.max_iter, voc.solver.reference_batch) == \
-        (0.001, [50000], 70000, 1)
-    coco = load_config(root / "coco_r101.yaml")
+    voc = load_config(root / "voc07_r101.yaml")  # py-faster-rcnn end to end: 70k, step 50k, iter_size 2
+    assert (voc.solver.base_lr, voc.solver.steps, voc.solver.max_iter, voc.solver.iter_size,
+            voc.solver.reference_batch) == (0.001, [50000], 70000, 2, 2)
+    coco = load_config(root / "coco_r101.yaml")  # ResNet App. A: lr 0.001 for 240k, 0.0001 for 80k, 8 GPUs
     assert (coco.solver.base_lr, coco.solver.steps, coco.solver.max_iter, coco.solver.reference_batch) == \
-        (0.003, [240000], 320000, 8)
+        (0.001, [240000], 320000, 16)
     assert load_config(root / "voc0712_r101.yaml").data.train == ["2007_trainval", "2012_trainval"]
-    assert load_config(root / "voc07_vgg16.yaml").solver.weight_decay == 0.0005
+    assert load_config(root / "voc12_r101.yaml").data.train == ["2007_trainval", "2007_test", "2012_trainval"]
+    for name in ("voc07_vgg16", "voc07_r101", "coco_vgg16"):
+        s = load_config(root / f"{name}.yaml").solver
+        assert (s.weight_decay, s.bias_lr_factor, s.weight_decay_bias) == (0.0005, 2.0, 0.0), name
+    voc_roi, coco_roi = load_config(root / "voc07_r101.yaml").model.roi, coco.model.roi
+    assert (voc_roi.bg_iou_thresh_lo, coco_roi.bg_iou_thresh_lo) == (0.1, 0.0)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+#: What may differ between the two arms of a paper comparison: the network and its weights (with their
+#: style) and where the run writes; the RoI size follows the backbone (pooler.resolution: null).
+ALLOWED_DIFFERENCES = {"model.backbone.name", "model.backbone.weights", "model.backbone.style", "output_dir"}
+PAIRS = [("voc07_vgg16", "voc07_r50"), ("voc07_vgg16", "voc07_r101"), ("voc0712_vgg16", "voc0712_r101"),
+         ("voc12_vgg16", "voc12_r101"), ("coco_vgg16", "coco_r50"), ("coco_vgg16", "coco_r101")]
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
+def test_paper_pairs_differ_only_in_the_network(pair):
+    from detres.config import config_to_dict
+    root = CONFIGS[0].parent
+    a, b = (_flat(config_to_dict(load_config(root / f"{n}.yaml"))) for n in pair)
+    differing = {k for k in a if a[k] != b[k]}
+    assert differing <= ALLOWED_DIFFERENCES, sorted(differing - ALLOWED_DIFFERENCES)
+    assert a["model.pooler.type"] == "roi_pool" and a["model.pooler.resolution"] is None  # the paper's RoI pooling
+    from detres.tasks.detection import build_model
+    sizes = {n: build_model(load_config(root / f"{n}.yaml", ["model.backbone.weights=null"])).roi_heads.box_roi_pool.output_size
+             for n in pair}
+    assert sizes[pair[0]] == 7 and sizes[pair[1]] == 14  # VGG-16 pools 7x7 before fc6, ResNets 14x14 before conv5
