@@ -57,3 +57,27 @@ def test_tool_compare_and_bad_run(tmp_path, capsys):
     assert tool.main(["--compare", str(a), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "eval.json" in err
+
+
+def test_settings_beyond_the_network_are_listed(tmp_path):
+    base = "data: {train: [2007_trainval, 2012_trainval], test: 2007_test}\n"
+    vgg = _run_dir(tmp_path, "vgg", {"mAP_11point": 0.73, "mAP_area": 0.75},
+                   "model: {backbone: {name: vgg16, weights: v.pth}, pooler: {type: roi_pool, resolution: 7}}\n"
+                   "solver: {weight_decay: 0.0005}\n" + base)
+    same = _run_dir(tmp_path, "r101", {"mAP_11point": 0.76, "mAP_area": 0.78},
+                    "model: {backbone: {name: resnet101, weights: r.pth}, pooler: {type: roi_pool, resolution: 14}}\n"
+                    "solver: {weight_decay: 0.0005}\n" + base)
+    other = _run_dir(tmp_path, "r101_align", {"mAP_11point": 0.77, "mAP_area": 0.79},
+                     "model: {backbone: {name: resnet101, weights: r.pth}, pooler: {type: roi_align, resolution: 14}}\n"
+                     "solver: {weight_decay: 0.0001}\n" + base)
+    fair = format_compare_text([load_run(vgg), load_run(same)])
+    assert "differ only in the network" in fair and "more than the network" not in fair
+    runs = [load_run(d) for d in (vgg, same, other)]
+    from detres.evaluation.compare import config_differences
+    assert config_differences(runs) == {"model.pooler.type": ["roi_pool", "roi_pool", "roi_align"],
+                                        "solver.weight_decay": [0.0005, 0.0005, 0.0001]}
+    text = format_compare_text(runs)
+    assert "these runs differ in more than the network:" in text
+    assert "model.pooler.type" in text and "solver.weight_decay" in text and "model.backbone.name" not in text.split(
+        "more than the network:")[1]
+    assert "| model.pooler.type |" in format_compare_markdown(runs)

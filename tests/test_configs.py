@@ -69,7 +69,7 @@ def _flat(d, prefix=""):
 
 #: What may differ between the two arms of a paper comparison: the network and its weights (with their
 #: style) and where the run writes; the RoI size follows the backbone (pooler.resolution: null).
-ALLOWED_DIFFERENCES = {"model.backbone.name", "model.backbone.weights", "model.backbone.style", "output_dir"}
+from detres.evaluation.compare import NETWORK_KEYS as ALLOWED_DIFFERENCES  # noqa: E402 (the one definition)
 PAIRS = [("voc07_vgg16", "voc07_r50"), ("voc07_vgg16", "voc07_r101"), ("voc0712_vgg16", "voc0712_r101"),
          ("voc12_vgg16", "voc12_r101"), ("coco_vgg16", "coco_r50"), ("coco_vgg16", "coco_r101")]
 

@@ -12,6 +12,11 @@ Which number is compared with which figure:
 
 The delta is ours minus the paper's figure for the same backbone (VGG-16 or ResNet-101); other
 backbones are compared with the ResNet-101 figure (marked ``vs R101``).
+
+A comparison is only the paper's when the runs differ in the network alone: :func:`config_differences`
+lists every other setting that differs (the weights' file and style, and the RoI size that follows the
+backbone, may differ), and the text and Markdown tables print it under "these runs differ in more than
+the network:".
 """
 from __future__ import annotations
 
@@ -23,7 +28,12 @@ from typing import Any, Sequence
 
 import yaml
 
-__all__ = ["PAPER", "RunSummary", "load_run", "compare_rows", "format_compare_text", "format_compare_markdown"]
+__all__ = ["PAPER", "NETWORK_KEYS", "RunSummary", "load_run", "compare_rows", "config_differences",
+           "format_differences", "format_compare_text", "format_compare_markdown"]
+
+#: Config keys that are part of "the network" in a paper comparison, plus where the run was written.
+NETWORK_KEYS = frozenset({"model.backbone.name", "model.backbone.weights", "model.backbone.style",
+                          "model.pooler.resolution", "output_dir"})
 
 #: The paper's figures (percent): benchmark -> metric -> backbone -> value.
 PAPER: dict[str, dict[str, dict[str, float]]] = {
@@ -42,7 +52,8 @@ _PAPER_BACKBONE_NAMES = {"vgg16": "VGG-16", "resnet101": "ResNet-101"}
 
 @dataclass
 class RunSummary:
-    """One run: ``benchmark`` in {voc07, voc12, coco}; ``metrics`` metric name -> percent or None."""
+    """One run: ``benchmark`` in {voc07, voc12, coco}; ``metrics`` metric name -> percent or None;
+    ``config``: its config.yaml flattened to dotted keys (None when the run has no config.yaml)."""
 
     run_dir: str
     backbone: str
@@ -50,6 +61,7 @@ class RunSummary:
     test_data: str
     benchmark: str
     metrics: dict[str, float | None]
+    config: dict[str, Any] | None = None
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -126,7 +138,56 @@ def load_run(run_dir: str | os.PathLike) -> RunSummary:
         train_label = _voc_data_label(train) or "?"
     else:
         raise ValueError(f"{ev_path}: neither a VOC (mAP_11point/mAP_area) nor a COCO (AP/AP50) eval.json")
-    return RunSummary(str(run_dir), backbone, train_label, test or "?", benchmark, metrics)
+    return RunSummary(str(run_dir), backbone, train_label, test or "?", benchmark, metrics,
+                      _flatten(cfg) if cfg_path.is_file() else None)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(runs: Sequence[RunSummary]) -> dict[str, list[Any]]:
+    """Setting -> its value in each run (in ``runs`` order, "<unset>" where a run lacks it), for every
+    setting outside :data:`NETWORK_KEYS` whose values are not all equal. Runs without a config.yaml are
+    left out (:func:`format_differences` names them)."""
+    known = [r for r in runs if r.config is not None]
+    keys = sorted({k for r in known for k in r.config} - NETWORK_KEYS)
+    out = {}
+    for k in keys:
+        values = [r.config.get(k, "<unset>") for r in known]
+        if any(v != values[0] for v in values[1:]):
+            out[k] = values
+    return out
+
+
+def format_differences(runs: Sequence[RunSummary], *, markdown: bool = False) -> str:
+    """The settings that differ beyond the network, or a line saying the runs differ only in it."""
+    known = [r for r in runs if r.config is not None]
+    lines = []
+    missing = [r.run_dir for r in runs if r.config is None]
+    if missing:
+        lines.append("no config.yaml (settings not compared): " + ", ".join(missing))
+    if len(known) < 2:
+        return "\n".join(lines)
+    diff = config_differences(runs)
+    if not diff:
+        lines.append("these runs differ only in the network (backbone, its weights and the RoI size).")
+        return "\n".join(lines)
+    lines.append("these runs differ in more than the network:")
+    names = [r.run_dir for r in known]
+    if markdown:
+        lines += ["", "| setting | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {k} | " + " | ".join(str(v) for v in vals) + " |" for k, vals in diff.items()]
+    else:
+        width = max(len(k) for k in diff)
+        lines += [f"  {k:<{width}}  " + "  ".join(f"{n}={v}" for n, v in zip(names, vals)) for k, vals in diff.items()]
+    return "\n".join(lines)
 
 
 def compare_rows(runs: Sequence[RunSummary]) -> dict[str, list[list[str]]]:
@@ -167,6 +228,9 @@ def format_compare_text(runs: Sequence[RunSummary]) -> str:
             if k == 0:
                 out.append("  ".join("-" * w for w in widths))
         out.append("")
+    diff = format_differences(runs)
+    if diff:
+        out.append(diff)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -179,4 +243,7 @@ def format_compare_markdown(runs: Sequence[RunSummary]) -> str:
         for row in rows[1:]:
             out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
         out.append("")
+    diff = format_differences(runs, markdown=True)
+    if diff:
+        out += [diff, ""]
     return "\n".join(out)
