@@ -168,6 +168,8 @@ class VOCDetection(DetectionDataset):
     ``keep_difficult=False`` (training) leaves difficult boxes out of the targets; evaluation data
     sets use ``keep_difficult=True``. The full annotation (difficult boxes included, original pixels)
     is always available from :meth:`get_annotation`, which the VOC evaluator reads.
+    ``labelled=False`` reads only the image set, for splits whose labels are not public (VOC 2012 test):
+    every target is empty and no XML is needed.
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class VOCDetection(DetectionDataset):
         class_names: Sequence[str] = VOC_CLASSES,
         keep_difficult: bool = False,
         transforms: Callable[[np.ndarray, dict], tuple[Any, dict]] | None = None,
+        labelled: bool = True,
     ) -> None:
         self.root = Path(dataset_dir)
         if not self.root.is_dir():
@@ -188,7 +191,12 @@ class VOCDetection(DetectionDataset):
         self.transforms = transforms
         set_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         self.ids: list[str] = read_image_set(set_file)
+        self.labelled = labelled
         self._annotations: list[VOCAnnotation] = []
+        if not labelled:  # e.g. VOC 2012 test: the image set lists the images, their labels are not public
+            empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+            self._annotations = [VOCAnnotation(i, *empty, width=0, height=0) for i in self.ids]
+            return
         for image_id in self.ids:
             xml = self.root / "Annotations" / f"{image_id}.xml"
             if not xml.is_file():
@@ -248,9 +256,11 @@ def build_voc(
     transforms: Callable | None = None,
     keep_difficult: bool = False,
     class_names: Sequence[str] = VOC_CLASSES,
+    labelled: bool = True,
 ) -> Dataset:
     """Build VOC data sets named ``"<year>_<split>"`` (e.g. ``("2007_trainval", "2012_trainval")``
-    for 07+12). One name gives a :class:`VOCDetection`, several a :class:`ConcatDetection`."""
+    for 07+12). One name gives a :class:`VOCDetection`, several a :class:`ConcatDetection`.
+    ``labelled=False``: the splits' labels are not public (VOC 2012 test); only the image set is read."""
     if isinstance(names, str):
         names = (names,)
     if not names:
@@ -263,7 +273,7 @@ def build_voc(
         parts.append(
             VOCDetection(
                 find_voc_dir(data_root, year), split=split, class_names=class_names,
-                keep_difficult=keep_difficult, transforms=transforms,
+                keep_difficult=keep_difficult, transforms=transforms, labelled=labelled,
             )
         )
     return parts[0] if len(parts) == 1 else ConcatDetection(parts)

@@ -127,7 +127,9 @@ def load_run(run_dir: str | os.PathLike) -> RunSummary:
     def pct(v: Any) -> float | None:
         return None if v is None else 100.0 * float(v)
 
-    if "AP50" in ev or "AP" in ev:
+    if "server_results" in ev:  # VOC 2012 test: scored by the evaluation server, not here
+        benchmark, metrics, train_label = "voc12", {"mAP": None}, _voc_data_label(train) or "?"
+    elif "AP50" in ev or "AP" in ev:
         benchmark = "coco"
         metrics = {"mAP@.5": pct(ev.get("AP50")), "mAP@[.5,.95]": pct(ev.get("AP"))}
         train_label = train or "?"

@@ -41,7 +41,7 @@ from torch.utils.data import ConcatDataset, Subset
 
 from detres.data.transforms import to_original
 from detres.utils.comm import all_gather_objects, is_main_process
-from detres.utils.io import atomic_write_text
+from detres.utils.io import atomic_write, atomic_write_text
 
 __all__ = [
     "ClassDetections",
@@ -54,6 +54,8 @@ __all__ = [
     "read_voc_results",
     "ground_truth_from",
     "VOCEvaluator",
+    "VOCServerResults",
+    "write_server_results",
     "format_voc_table",
     "evaluate_voc_results_dir",
 ]
@@ -413,17 +415,22 @@ class VOCEvaluator:
         self._gt_from_targets: dict[str, GroundTruth] = {}
         self._dets: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []  # (id, labels, scores, boxes 1-based)
 
+    def _record(self, target: dict, out: dict) -> str:
+        """Keep one image's detections (1-based VOC pixels); returns its id."""
+        image_id = str(target["image_id"])
+        self._ids.append(image_id)
+        boxes = torch.as_tensor(out["boxes"]).detach().cpu().to(torch.float64).numpy().reshape(-1, 4)
+        boxes = boxes + np.array([1.0, 1.0, 0.0, 0.0])
+        labels = torch.as_tensor(out["labels"]).detach().cpu().numpy().astype(np.int64).reshape(-1)
+        scores = torch.as_tensor(out["scores"]).detach().cpu().to(torch.float64).numpy().reshape(-1)
+        self._dets.append((image_id, labels, scores, boxes))
+        return image_id
+
     def process(self, targets: Sequence[dict], outputs: Sequence[dict]) -> None:
         if len(targets) != len(outputs):
-            raise ValueError(f"VOCEvaluator.process: {len(targets)} targets but {len(outputs)} outputs")
+            raise ValueError(f"{type(self).__name__}.process: {len(targets)} targets but {len(outputs)} outputs")
         for target, out in zip(targets, outputs):
-            image_id = str(target["image_id"])
-            self._ids.append(image_id)
-            boxes = torch.as_tensor(out["boxes"]).detach().cpu().to(torch.float64).numpy().reshape(-1, 4)
-            boxes = boxes + np.array([1.0, 1.0, 0.0, 0.0])
-            labels = torch.as_tensor(out["labels"]).detach().cpu().numpy().astype(np.int64).reshape(-1)
-            scores = torch.as_tensor(out["scores"]).detach().cpu().to(torch.float64).numpy().reshape(-1)
-            self._dets.append((image_id, labels, scores, boxes))
+            image_id = self._record(target, out)
             if self._gt is None:
                 gt_boxes = to_original(torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4), target)
                 labels_t = torch.as_tensor(target["labels"]).reshape(-1)
@@ -470,6 +477,60 @@ class VOCEvaluator:
         if self.output_dir is not None and is_main_process():
             write_voc_results(per_class, self.output_dir, class_names=self.class_names)
         return evaluate_voc(per_class, gt, self.class_names, image_ids=ids, iou_threshold=self.iou_threshold)
+
+
+def write_server_results(detections: Mapping[str, ClassDetections], out_dir: str | os.PathLike, *,
+                         class_names: Sequence[str], year: str = "2012", split: str = "test",
+                         comp: str = "comp4") -> Path:
+    """The evaluation server's submission: ``<out_dir>/VOC<year>/Main/<comp>_det_<split>_<class>.txt`` and
+    ``<out_dir>.tar.gz`` holding them as ``results/VOC<year>/Main/...``, the layout the server unpacks.
+    Returns the archive's path."""
+    import tarfile
+
+    out_dir = Path(out_dir)
+    files = write_voc_results(detections, out_dir / f"VOC{year}" / "Main", class_names=class_names,
+                              prefix=f"{comp}_det_{split}_")
+    archive = out_dir.with_name(out_dir.name + ".tar.gz")
+
+    def pack(f) -> None:
+        with tarfile.open(fileobj=f, mode="w:gz") as tar:
+            for path in files:
+                tar.add(path, arcname=f"results/VOC{year}/Main/{path.name}")
+    atomic_write(archive, pack, binary=True)
+    return archive
+
+
+class VOCServerResults(VOCEvaluator):
+    """For a split whose labels are not public (VOC 2012 test): collects the detections like
+    :class:`VOCEvaluator` and, instead of computing AP, writes the evaluation server's files with
+    :func:`write_server_results` (rank 0). :meth:`evaluate` returns ``{"server_results": archive path,
+    "results_dir", "num_images", "num_detections"}``."""
+
+    def __init__(self, class_names: Sequence[str], *, output_dir: str | os.PathLike, year: str = "2012",
+                 split: str = "test") -> None:
+        super().__init__(class_names, gt_source=None, output_dir=output_dir)
+        self.year, self.split = str(year), split
+
+    def process(self, targets: Sequence[dict], outputs: Sequence[dict]) -> None:
+        if len(targets) != len(outputs):
+            raise ValueError(f"VOCServerResults.process: {len(targets)} targets but {len(outputs)} outputs")
+        for target, out in zip(targets, outputs):
+            self._record(target, out)  # no ground truth to collect
+
+    def evaluate(self) -> dict[str, Any]:
+        parts = all_gather_objects((self._ids, self._dets))
+        ids = list(dict.fromkeys(i for p_ids, _ in parts for i in p_ids))
+        dets = [d for _, p_dets in parts for d in p_dets]
+        per_class = self._collect(dets)
+        archive = self.output_dir.with_name(self.output_dir.name + ".tar.gz")
+        if is_main_process():
+            write_server_results(per_class, self.output_dir, class_names=self.class_names, year=self.year,
+                                 split=self.split)
+            logger.info("VOC%s %s has no public labels: no AP computed. Wrote the evaluation server's files to %s "
+                        "and %s; upload the archive to the PASCAL VOC evaluation server", self.year, self.split,
+                        self.output_dir / f"VOC{self.year}" / "Main", archive)
+        return {"server_results": str(archive), "results_dir": str(self.output_dir / f"VOC{self.year}" / "Main"),
+                "num_images": len(ids), "num_detections": int(sum(len(d.scores) for d in per_class.values()))}
 
 
 def evaluate_voc_results_dir(results_dir: str | os.PathLike, dataset: Any) -> dict[str, Any]:

@@ -38,7 +38,8 @@ from detres.data.voc import find_voc_dir
 from detres.evaluation.coco import COCOEvaluator, evaluate_coco_results, format_coco_table, load_coco_results
 from detres.evaluation.inference import inference_on_dataset, predict_original
 from detres.evaluation.visualize import draw_detections, save_png, visualize_dataset
-from detres.evaluation.voc import VOCEvaluator, evaluate_voc_results_dir, format_voc_table
+from detres.evaluation.voc import (VOCEvaluator, VOCServerResults, evaluate_voc_results_dir, format_voc_table,
+                                   read_voc_results, write_server_results)
 from detres.modeling import build_detector
 from detres.tasks.common import run_training, start_run
 from detres.utils import comm
@@ -163,8 +164,11 @@ def _build_split(cfg: DetConfig, names: Sequence[str], *, train: bool, transform
     kind = _dataset_kind(cfg)
     root = data_root(cfg.data.root)
     keep_difficult = cfg.data.keep_difficult_train if train else True
+    labelled = train or cfg.test.has_labels
+    if not labelled and kind != "voc":
+        raise ValueError("test.has_labels=false (results for an evaluation server) is supported for VOC only")
     if kind == "voc":
-        return build_voc(root, names, transforms=transforms, keep_difficult=keep_difficult)
+        return build_voc(root, names, transforms=transforms, keep_difficult=keep_difficult, labelled=labelled)
     if kind == "shapes":
         d = _shapes_dir(cfg)
         parts = [VOCDetection(d, split=n, class_names=SHAPES_CLASSES, keep_difficult=keep_difficult,
@@ -213,7 +217,14 @@ def build_test_loader(cfg: DetConfig, dataset: Any, *, num_workers: int | None =
 # --------------------------------------------------------------------------------------------------
 def build_evaluator(cfg: DetConfig, dataset: Any, output_dir: str | None = None) -> Any:
     """VOC07 11-point/area AP (voc, shapes; ground truth from ``dataset``'s XML) or COCOeval (coco).
-    ``output_dir``: where the results files go (VOC comp4 txt / COCO json); None = nowhere."""
+    ``output_dir``: where the results files go (VOC comp4 txt / COCO json); None = nowhere.
+    With ``test.has_labels: false`` (VOC 2012 test) the evaluator writes the evaluation server's files into
+    ``output_dir`` (default ``<output_dir of the config>/results``) and a .tar.gz beside it instead of AP."""
+    if not cfg.test.has_labels:
+        year, _, split = cfg.data.test.partition("_")
+        names = getattr(dataset, "class_names", None) or class_names_for(cfg)
+        return VOCServerResults(names, output_dir=output_dir or os.path.join(cfg.output_dir, "results"),
+                                year=year, split=split or "test")
     if _dataset_kind(cfg) == "coco":
         return COCOEvaluator(dataset, output_dir=output_dir)
     names = getattr(dataset, "class_names", None) or class_names_for(cfg)
@@ -280,7 +291,10 @@ def run_eval_results(benchmark: str, results: str, *, root: str | None = None, s
                      ann_file: str | None = None) -> dict:
     """Evaluate existing results files: VOC ``comp4_det_test_<class>.txt`` in the folder ``results``
     against ``<root>/VOC<year>`` (or ``VOCdevkit/VOC<year>``), or a COCO results JSON against
-    ``ann_file`` (default ``<root>/coco/annotations/instances_<split>.json``). ValueError names a bad file."""
+    ``ann_file`` (default ``<root>/coco/annotations/instances_<split>.json``). ValueError names a bad file.
+
+    VOC 2012 ``test`` has no public labels: its results are checked against the image set and packed for
+    the evaluation server (``<results>_server/VOC2012/Main`` and ``<results>_server.tar.gz``) instead."""
     if benchmark not in BENCHMARK_SPLITS:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose from {list(BENCHMARK_SPLITS)}")
     if not os.path.exists(results):
@@ -291,12 +305,23 @@ def run_eval_results(benchmark: str, results: str, *, root: str | None = None, s
         ann = ann_file or data_root(root) / "coco" / "annotations" / f"instances_{split}.json"
         coco_gt = load_coco(ann)
         return evaluate_coco_results(coco_gt, load_coco_results(results, coco_gt))
+    if (benchmark, split) == ("voc12", "test"):
+        dataset = VOCDetection(find_voc_dir(data_root(root), year), split=split, labelled=False)
+        dets = read_voc_results(results, dataset.class_names, valid_ids=set(dataset.ids))
+        out = os.path.normpath(results) + "_server"
+        archive = write_server_results(dets, out, class_names=dataset.class_names, year=year, split=split)
+        return {"server_results": str(archive), "results_dir": os.path.join(out, f"VOC{year}", "Main"),
+                "num_images": len(dataset), "num_detections": int(sum(len(d.scores) for d in dets.values()))}
     dataset = VOCDetection(find_voc_dir(data_root(root), year), split=split, keep_difficult=True)
     return evaluate_voc_results_dir(results, dataset)
 
 
 def format_metrics(metrics: dict) -> str:
-    """The per-class table of a VOC or COCO metrics dict (whichever schema it has)."""
+    """The per-class table of a VOC or COCO metrics dict (whichever schema it has), or, for a split without
+    public labels, where the evaluation server's files are."""
+    if "server_results" in metrics:
+        return (f"no public labels: {metrics['num_detections']} detections on {metrics['num_images']} images written "
+                f"to {metrics['results_dir']}\nupload {metrics['server_results']} to the PASCAL VOC evaluation server")
     return format_coco_table(metrics) if "AP50" in metrics else format_voc_table(metrics)
 
 
