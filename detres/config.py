@@ -36,7 +36,7 @@ __all__ = [
     "SolverConfig", "TestConfig", "DetConfig",
     "ClsModelConfig", "ClsDataConfig", "ClsSolverConfig", "ClsTestConfig", "ClsConfig",
     "CONFIG_SCHEMAS", "load_config", "save_config", "config_to_dict", "config_from_dict",
-    "list_config_keys", "apply_overrides",
+    "list_config_keys", "apply_overrides", "validate_config",
 ]
 
 
@@ -292,6 +292,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; it is a number here
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ValueError(f"config key '{key}': expected float, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -422,9 +427,149 @@ def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = (), s
     path = os.fspath(path)
     data = load_yaml_with_base(path)
     cfg = config_from_dict(data, schema, source=path)
-    return apply_overrides(cfg, list(overrides))
+    return validate_config(apply_overrides(cfg, list(overrides)))
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the full config as YAML (atomically); ``load_config(path)`` gives an equal object back."""
     atomic_write(path, lambda f: yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None))
+
+
+# --------------------------------------------------------------------------------------------------
+# Value checks
+# --------------------------------------------------------------------------------------------------
+def _between(lo: float | None, hi: float | None, *, lo_open: bool = False, hi_open: bool = False):
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    text = f"in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+
+    def ok(v: float) -> bool:
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return hi is None or (v < hi if hi_open else v <= hi)
+    return ok, text
+
+
+_PROB = _between(0, 1)
+_NONNEG = _between(0, None)
+_POS_INT = _between(1, None)
+_IOU = _between(0, 1)
+_NMS = _between(0, 1, lo_open=True)
+
+#: key -> (check, allowed values in words, why). A key missing from a schema is skipped; None (where the
+#: type allows it) always passes.
+_RULES: dict[str, tuple] = {
+    "model.backbone.freeze_at": (*_between(0, 5), "stages frozen: 0 none .. 5 all"),
+    "model.num_classes": (*_between(2, None), "classes including the background"),
+    "model.pooler.resolution": (*_POS_INT, "the RoI feature size"),
+    "model.pooler.sampling_ratio": (*_NONNEG, "0 is adaptive"),
+    "model.rpn.pre_nms_top_n_train": (*_POS_INT, "proposals kept before NMS"),
+    "model.rpn.post_nms_top_n_train": (*_POS_INT, "proposals kept after NMS"),
+    "model.rpn.pre_nms_top_n_test": (*_POS_INT, "proposals kept before NMS"),
+    "model.rpn.post_nms_top_n_test": (*_POS_INT, "proposals kept after NMS"),
+    "model.rpn.nms_thresh": (*_NMS, "an IoU"),
+    "model.rpn.min_size": (*_NONNEG, "pixels"),
+    "model.rpn.fg_iou_thresh": (*_IOU, "an IoU"),
+    "model.rpn.bg_iou_thresh": (*_IOU, "an IoU"),
+    "model.rpn.batch_size_per_image": (*_POS_INT, "anchors sampled per image"),
+    "model.rpn.positive_fraction": (*_PROB, "a fraction"),
+    "model.roi.batch_size_per_image": (*_POS_INT, "RoIs sampled per image"),
+    "model.roi.positive_fraction": (*_PROB, "a fraction"),
+    "model.roi.fg_iou_thresh": (*_IOU, "an IoU"),
+    "model.roi.bg_iou_thresh_hi": (*_IOU, "an IoU"),
+    "model.roi.bg_iou_thresh_lo": (*_IOU, "an IoU"),
+    "model.roi.score_thresh": (*_between(0, 1, hi_open=True), "a class probability; 1 or more keeps nothing"),
+    "model.roi.nms_thresh": (*_NMS, "an IoU"),
+    "model.roi.detections_per_img": (*_POS_INT, "detections kept per image"),
+    "data.min_size": (*_POS_INT, "pixels"),
+    "data.max_size": (*_POS_INT, "pixels"),
+    "data.flip_prob": (*_PROB, "a probability"),
+    "data.num_workers": (*_NONNEG, "worker processes"),
+    "data.shapes.num_train": (*_POS_INT, "images"),
+    "data.shapes.num_test": (*_POS_INT, "images"),
+    "data.shapes.image_size": (*_between(16, None), "pixels"),
+    "data.shapes.min_objects": (*_NONNEG, "objects per image"),
+    "data.shapes.max_objects": (*_POS_INT, "objects per image"),
+    "data.min_scale": (*_POS_INT, "pixels"),
+    "data.max_scale": (*_POS_INT, "pixels"),
+    "data.crop": (*_POS_INT, "pixels"),
+    "data.test_resize": (*_POS_INT, "pixels"),
+    "data.pca_lighting": (*_NONNEG, "a noise strength"),
+    "solver.max_iter": (*_POS_INT, "iterations"),
+    "solver.base_lr": (*_NONNEG, "a learning rate"),
+    "solver.momentum": (*_between(0, 1, hi_open=True), "SGD momentum"),
+    "solver.weight_decay": (*_NONNEG, "an L2 factor"),
+    "solver.bias_lr_factor": (*_NONNEG, "a multiple of the learning rate"),
+    "solver.weight_decay_bias": (*_NONNEG, "an L2 factor"),
+    "solver.ims_per_batch": (*_POS_INT, "images per process"),
+    "solver.iter_size": (*_POS_INT, "batches per update"),
+    "solver.reference_batch": (*_POS_INT, "images"),
+    "solver.gamma": (*_between(0, 1, lo_open=True), "the learning rate is multiplied by it at each step"),
+    "solver.warmup_iters": (*_NONNEG, "iterations"),
+    "solver.warmup_factor": (*_between(0, 1, lo_open=True), "the warmup's starting fraction of the rate"),
+    "solver.checkpoint_period": (*_NONNEG, "iterations; 0 = only the final checkpoint"),
+    "solver.clip_grad_norm": (*_between(0, None, lo_open=True), "a gradient norm; null = no clipping"),
+    "solver.log_period": (*_NONNEG, "iterations"),
+    "test.eval_period": (*_NONNEG, "iterations; 0 = only at the end"),
+    "test.ims_per_batch": (*_POS_INT, "images per process"),
+    "test.num_vis_images": (*_NONNEG, "images"),
+}
+
+
+def _get(cfg: Any, key: str) -> tuple[bool, Any]:
+    obj = cfg
+    for part in key.split("."):
+        if not hasattr(obj, part):
+            return False, None
+        obj = getattr(obj, part)
+    return True, obj
+
+
+def _refuse(key: str, what: str, value: Any) -> ValueError:
+    return ValueError(f"config key '{key}': {what}, got {value!r}")
+
+
+def validate_config(cfg: Any) -> Any:
+    """Check every numeric value against its allowed range and the rules that tie values together (steps
+    increasing and below ``max_iter``, ``max_size >= min_size``, IoU ranges ordered, ...). Raises
+    ValueError naming the key, the allowed range and the value; returns ``cfg``."""
+    for key, (ok, allowed, why) in _RULES.items():
+        present, value = _get(cfg, key)
+        if present and value is not None and not ok(value):
+            raise _refuse(key, f"must be {allowed} ({why})", value)
+    s = getattr(cfg, "solver", None)
+    if s is not None:
+        steps = list(s.steps)
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise _refuse("solver.steps", "must be strictly increasing", steps)
+        if steps and (steps[0] < 1 or steps[-1] >= s.max_iter):
+            raise _refuse("solver.steps", f"must lie in [1, solver.max_iter={s.max_iter})", steps)
+        if s.amp not in (None, "bf16", "fp16"):
+            raise _refuse("solver.amp", "must be bf16, fp16 or null", s.amp)
+    m = getattr(cfg, "model", None)
+    rpn, roi = getattr(m, "rpn", None), getattr(m, "roi", None)
+    if rpn is not None:
+        if rpn.bg_iou_thresh > rpn.fg_iou_thresh:
+            raise _refuse("model.rpn.bg_iou_thresh", f"must not exceed model.rpn.fg_iou_thresh={rpn.fg_iou_thresh}",
+                          rpn.bg_iou_thresh)
+        for k in ("anchor_sizes", "aspect_ratios"):
+            v = getattr(rpn, k)
+            if not v or min(v) <= 0:
+                raise _refuse(f"model.rpn.{k}", "must be a non-empty list of positive numbers", v)
+    if roi is not None:
+        if roi.bg_iou_thresh_hi > roi.fg_iou_thresh:
+            raise _refuse("model.roi.bg_iou_thresh_hi", f"must not exceed model.roi.fg_iou_thresh={roi.fg_iou_thresh}",
+                          roi.bg_iou_thresh_hi)
+        if roi.bg_iou_thresh_lo > roi.bg_iou_thresh_hi:
+            raise _refuse("model.roi.bg_iou_thresh_lo",
+                          f"must not exceed model.roi.bg_iou_thresh_hi={roi.bg_iou_thresh_hi}", roi.bg_iou_thresh_lo)
+    d = getattr(cfg, "data", None)
+    for lo_key, hi_key in (("min_size", "max_size"), ("min_scale", "max_scale")):
+        if d is not None and hasattr(d, lo_key) and getattr(d, hi_key) < getattr(d, lo_key):
+            raise _refuse(f"data.{hi_key}", f"must be >= data.{lo_key}={getattr(d, lo_key)}", getattr(d, hi_key))
+    shapes = getattr(d, "shapes", None)
+    if shapes is not None and shapes.max_objects < shapes.min_objects:
+        raise _refuse("data.shapes.max_objects", f"must be >= data.shapes.min_objects={shapes.min_objects}",
+                      shapes.max_objects)
+    if d is not None and hasattr(d, "train") and not d.train:
+        raise _refuse("data.train", "must name at least one training split", d.train)
+    return cfg

@@ -24,11 +24,11 @@ def test_yaml_base_and_overrides(tmp_path):
     (tmp_path / "_base_").mkdir()
     _write(tmp_path / "_base_" / "b.yaml", "solver:\n  base_lr: 0.01\n  max_iter: 100\nmodel:\n  backbone:\n    name: resnet18\n")
     cfg_path = _write(tmp_path / "c.yaml", "_base_: _base_/b.yaml\nsolver:\n  max_iter: 200\n")
-    cfg = load_config(cfg_path, ["solver.steps=[6000,8000]", "model.backbone.weights=/x/w.pth", "seed=3"])
+    cfg = load_config(cfg_path, ["solver.steps=[60,80]", "model.backbone.weights=/x/w.pth", "seed=3"])
     assert cfg.solver.base_lr == 0.01  # from base
     assert cfg.solver.max_iter == 200  # file overrides base
     assert cfg.model.backbone.name == "resnet18"
-    assert cfg.solver.steps == [6000, 8000]
+    assert cfg.solver.steps == [60, 80]
     assert cfg.model.backbone.weights == "/x/w.pth"
     assert cfg.seed == 3
     assert cfg.solver.momentum == DetConfig().solver.momentum  # untouched default

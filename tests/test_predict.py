@@ -23,7 +23,7 @@ def _predict_main(argv):
 
 def test_predict_writes_png_and_json(tmp_path, capsys):
     cfg_path = write_tiny_config(tmp_path)
-    run_train(load_config(cfg_path, ["solver.max_iter=1", "test.eval_period=0", "test.num_vis_images=0"]),
+    run_train(load_config(cfg_path, ["solver.max_iter=1", "solver.steps=[]", "test.eval_period=0", "test.num_vis_images=0"]),
                   progress=False)
     # a non-square image of another size: boxes must come back in ITS pixels
     img = np.full((50, 90, 3), 128, np.uint8)

@@ -52,7 +52,7 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path):
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
-    cfg = load_config(write_tiny_config(tmp_path), ["solver.max_iter=2", "solver.checkpoint_period=1",
+    cfg = load_config(write_tiny_config(tmp_path), ["solver.max_iter=2", "solver.steps=[]", "solver.checkpoint_period=1",
                                                     "test.eval_period=0", "test.num_vis_images=0"])
     run_train(cfg, progress=False)
     ck = tmp_path / "out" / "model_0000001.pth"

@@ -41,10 +41,11 @@ def make_imagenet(root: pathlib.Path, per_class: int = 4) -> pathlib.Path:
 
 
 def tiny_overrides(data_root, out, *, name="resnet18", style="pytorch", max_iter=4):
+    steps = "[3]" if max_iter > 3 else "[]"
     return [f"data.root={data_root}", f"output_dir={out}", f"model.name={name}", f"model.style={style}",
             f"model.num_classes={len(CLASSES)}", "data.min_scale=36", "data.max_scale=44", "data.crop=32",
             "data.test_resize=36", "data.num_workers=0", "solver.ims_per_batch=4", "solver.reference_batch=4",
-            "solver.base_lr=0.01", f"solver.max_iter={max_iter}", "solver.steps=[3]", "solver.checkpoint_period=2",
+            "solver.base_lr=0.01", f"solver.max_iter={max_iter}", f"solver.steps={steps}", "solver.checkpoint_period=2",
             "solver.log_period=1", "test.eval_period=0", "test.ims_per_batch=4", "solver.amp=bf16"]
 
 

@@ -66,8 +66,6 @@ def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, tor
                     s.reference_batch, s.base_lr, total, s.reference_batch, lr)
     else:
         logger.info("learning rate %.6g (total batch %d = solver.reference_batch, no scaling)", lr, total)
-    if any(step > s.max_iter for step in s.steps):
-        logger.warning("solver.steps %s has steps beyond solver.max_iter=%d", s.steps, s.max_iter)
     optimizer = build_sgd(comm.unwrap_model(model), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
                           bias_lr_factor=s.bias_lr_factor, weight_decay_bias=s.weight_decay_bias)
     scheduler = build_warmup_multistep(optimizer, steps=s.steps, gamma=s.gamma, warmup_iters=warmup_iters(cfg, lr),

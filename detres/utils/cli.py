@@ -1,0 +1,61 @@
+"""How every tool ends: a user's mistake is one line ``error: <file or key>: <what is wrong>`` and exit 2.
+
+detres raises ``ValueError`` (and its subclasses) for anything wrong with what the user gave: a file, a
+config key, an option. Operating-system refusals of a path (missing, not a folder, no permission, disk full,
+read-only file system) are the user's too. Everything else is an internal error and keeps its traceback.
+``--debug`` (or ``DETRES_DEBUG=1``) shows the traceback of user errors as well.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import sys
+from typing import Callable
+
+__all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_tool"]
+
+#: Exception types that describe a mistake in the user's input rather than a bug.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError)
+_USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EDQUOT}
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for the errors a user can fix (see the module docstring)."""
+    if isinstance(exc, USER_ERRORS):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _USER_ERRNOS
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (a disk-full error names its file)."""
+    if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, USER_ERRORS[:1]):
+        where = f"{exc.filename}: " if exc.filename else ""
+        msg = f"{where}{exc.strerror or exc}"
+    else:
+        msg = str(exc) or type(exc).__name__
+    return " ".join(msg.split())
+
+
+def run_tool(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int | None],
+             argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with ``parser`` (adding ``--debug``), call ``run(args)`` and turn a user error into one
+    line on stderr and exit code 2 (130 on Ctrl-C). Returns the exit code."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of errors too (also: DETRES_DEBUG=1)")
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("DETRES_DEBUG", "") not in ("", "0")
+    try:
+        code = run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs right here
+        if debug or not is_user_error(exc):
+            raise
+        logging.shutdown()
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    return 0 if code is None else int(code)
