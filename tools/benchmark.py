@@ -19,21 +19,24 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detres.benchmarks import BENCHMARKS  # noqa: E402
+from detres.utils.cli import run_tool  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="name", required=True)
     for b in BENCHMARKS.values():
         b.add_arguments(sub.add_parser(b.name, help=b.help, description=b.help))
-    args = p.parse_args(argv)
-    try:
-        result = BENCHMARKS[args.name].run(args)
-    except ValueError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    print(json.dumps(BENCHMARKS[args.name].run(args), indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detres.config import load_config  # noqa: E402
 from detres.evaluation.compare import format_compare_markdown, format_compare_text, load_run  # noqa: E402
 from detres.tasks.detection import BENCHMARK_SPLITS, format_metrics, run_eval, run_eval_results  # noqa: E402
+from detres.utils.cli import run_tool  # noqa: E402
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--config", help="detector config (YAML); needs --checkpoint")
@@ -44,18 +45,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: the config's)")
     p.add_argument("opts", nargs="*", help="with --config: overrides key.sub=value")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the table (or the server files' place); write --json-out / --markdown."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.config and not args.checkpoint:
-        p.error("--config needs --checkpoint")
+        raise ValueError("--config: needs --checkpoint")
     if args.results and not args.dataset:
-        p.error("--results needs --dataset " + "|".join(BENCHMARK_SPLITS))
+        raise ValueError("--results: needs --dataset " + "|".join(BENCHMARK_SPLITS))
     if args.markdown and not args.compare:
-        p.error("--markdown goes with --compare")
-    return args
+        raise ValueError("--markdown: goes with --compare")
+    print(_text(args))
+    return 0
 
 
-def run(args: argparse.Namespace) -> str:
-    """The text to print; writes --json-out / --markdown."""
+def _text(args: argparse.Namespace) -> str:
     if args.compare:
         runs = [load_run(d) for d in args.compare]
         if args.markdown:
@@ -78,14 +84,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        print(run(args))
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

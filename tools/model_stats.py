@@ -29,6 +29,7 @@ import sys
 from detres.backbones import list_backbones
 from detres.backbones.stats import classifier_stats
 from detres.modeling.stats import detector_stats
+from detres.utils.cli import run_tool
 
 STYLES = ("msra", "pytorch")
 
@@ -37,7 +38,7 @@ def _styles_for(name: str, styles: Sequence[str]) -> list[str]:
     return ["pytorch"] if name == "vgg16" else list(styles)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", nargs="+", default=list_backbones(), help="default: all")
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES)
@@ -45,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector-size", type=int, nargs=2, default=(600, 1000), metavar=("H", "W"))
     parser.add_argument("--proposals", type=int, default=300)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
     unknown = [b for b in args.backbones if b not in list_backbones()]
     if unknown:
-        print(f"error: unknown backbones {unknown}; choose from {list_backbones()}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--backbones: unknown {unknown}; choose from {list_backbones()}")
     rows = [classifier_stats(b, s) for b in args.backbones for s in _styles_for(b, args.styles)]
     print("Classifiers at 224x224 (GFLOPs = multiply-adds x 1e-9; paper = He et al. 2015, Table 1)")
     print(f"{'backbone':<10} {'style':<8} {'params(M)':>10} {'GFLOPs':>8} {'paper':>7} {'diff':>8}")
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"classifiers": rows, "detectors": det_rows}, f, indent=2)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

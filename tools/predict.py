@@ -15,10 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detres.config import load_config  # noqa: E402
 from detres.tasks.detection import run_predict  # noqa: E402
-from detres.engine.checkpoint import CheckpointError  # noqa: E402
+from detres.utils.cli import run_tool  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="the YAML config the checkpoint was trained with (or its output_dir/config.yaml)")
     p.add_argument("checkpoint", help="model_final.pth or another trainer checkpoint")
@@ -27,20 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-thresh", type=float, default=0.5, help="drop detections below this score")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
     for path in args.images:
         if not os.path.isfile(path):
-            p.error(f"image not found: {path}")
-    try:
-        cfg = load_config(args.config, args.set)
-        records = run_predict(cfg, args.checkpoint, args.images, args.out, score_thresh=args.score_thresh,
-                              device=args.device)
-    except (ValueError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            raise ValueError(f"{path}: image not found")
+    cfg = load_config(args.config, args.set)
+    records = run_predict(cfg, args.checkpoint, args.images, args.out, score_thresh=args.score_thresh,
+                          device=args.device)
     n = sum(len(r["detections"]) for r in records)
     print(f"{n} detections in {len(records)} images -> {args.out}/ (PNGs + predictions.json)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

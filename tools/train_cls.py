@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train an ImageNet classifier with the paper's recipe (He et al. 2015, Sec. 3.4).
 
-    python tools/train_cls.py configs/imagenet_r50.yaml [key=value ...] [--resume] [--device cpu]
+    python tools/train_cls.py configs/imagenet_r50.yaml [key.sub=value ...] [--resume]
     torchrun --nproc_per_node=8 tools/train_cls.py configs/imagenet_r50.yaml
 
 The data folder has the ImageNet layout ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``
@@ -18,42 +18,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from detres.benchmarks.train import time_cls_step
-from detres.config import ClsConfig, load_config
-from detres.tasks.classification import run_train
-from detres.utils import comm
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detres.benchmarks.train import time_cls_step  # noqa: E402
+from detres.config import ClsConfig, load_config  # noqa: E402
+from detres.tasks.classification import run_train  # noqa: E402
+from detres.utils import comm  # noqa: E402
+from detres.utils.cli import run_tool  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="classification YAML (task: classification)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. solver.max_iter=1000")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    parser.add_argument("--time-step", action="store_true", help="time one training step on synthetic data and exit")
-    parser.add_argument("--batch", type=int, default=2, help="batch size for --time-step")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps for --time-step (after one warm-up step)")
-    args = parser.parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="classification YAML (task: classification)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. solver.max_iter=1000")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument("--new-solver", action="store_true",
+                   help="with --resume: apply the config's solver settings from the checkpoint's iteration")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--time-step", action="store_true", help="time one training step on synthetic data and exit")
+    p.add_argument("--batch", type=int, default=2, help="batch size for --time-step")
+    p.add_argument("--steps", type=int, default=3, help="timed steps for --time-step (after one warm-up step)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.new_solver and not args.resume:
+        raise ValueError("--new-solver: only with --resume")
+    cfg = load_config(args.config, args.overrides, schema=ClsConfig)
+    if args.time_step:
+        result = time_cls_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")
+        print(json.dumps({"config": args.config, **result}))
+        return 0
     try:
-        cfg = load_config(args.config, args.overrides, schema=ClsConfig)
-        if args.time_step:
-            result = time_cls_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")
-            print(json.dumps({"config": args.config, **result}))
-            return 0
-        try:
-            result = run_train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
-            main_process = comm.is_main_process()
-        finally:
-            comm.destroy_distributed()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        result = run_train(cfg, resume=args.resume, overwrite=args.overwrite, new_solver=args.new_solver,
+                           device=args.device, progress=not args.no_progress)
+        main_process = comm.is_main_process()
+    finally:
+        comm.destroy_distributed()
     if result.get("eval") and main_process:
         print(json.dumps(result["eval"], indent=2, sort_keys=True))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ One node, 8 GPUs: torchrun --nproc_per_node=8 tools/train_det.py configs/coco_r1
 Resume:           python tools/train_det.py configs/voc07_r101.yaml --resume
 
 Writes config.yaml, metrics.jsonl, TensorBoard events, checkpoints (model_NNNNNNN.pth, model_final.pth),
-eval.json and vis/*.png to the config's output_dir.
+eval.json and vis/*.png to the config's output_dir. A folder that already holds a run's checkpoints is
+refused unless --resume (continue it) or --overwrite (replace it) is given.
 """
 from __future__ import annotations
 
@@ -19,28 +20,40 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detres.config import load_config  # noqa: E402
 from detres.tasks.detection import run_train  # noqa: E402
 from detres.utils import comm  # noqa: E402
+from detres.utils.cli import run_tool  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. solver.steps=[6000,8000]")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument("--new-solver", action="store_true",
+                   help="with --resume: apply the config's solver settings (learning rate, schedule) from the "
+                        "checkpoint's iteration instead of the checkpoint's own")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.new_solver and not args.resume:
+        raise ValueError("--new-solver: only with --resume")
+    cfg = load_config(args.config, args.overrides)
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ValueError as e:
-        p.error(str(e))
-    try:
-        result = run_train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+        result = run_train(cfg, resume=args.resume, overwrite=args.overwrite, new_solver=args.new_solver,
+                           device=args.device, progress=not args.no_progress)
     finally:
         comm.destroy_distributed()
     ev = result.get("eval") or {}
     if ev:
-        print({k: v for k, v in ev.items() if isinstance(v, float)})
+        print({k: v for k, v in ev.items() if isinstance(v, (int, float, str))})
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from .weights import (MSRA_META, TORCHVISION_META, default_meta, load_state, rea
                       resolve_style, validate_meta)
 
 __all__ = [
-    "FeatureSpec", "list_backbones", "build_backbone", "build_c4", "build_classifier", "read_weights",
+    "FeatureSpec", "list_backbones", "build_backbone", "build_c4", "build_classifier", "read_weights", "NORMS",
+    "SHORTCUTS", "STYLES",
     "TORCHVISION_META", "MSRA_META", "BACKBONES", "ResNet", "ResNetC4Head", "VGG16", "VGG16FCHead",
 ]
 

@@ -29,8 +29,19 @@ logger = logging.getLogger("detres")
 FINAL_CHECKPOINT = "model_final.pth"
 
 
-def _params_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+#: A parameter this large means training has diverged, even while the loss is still finite.
+DIVERGED_WEIGHT = 1e6
+
+
+def _params_trouble(model: nn.Module) -> str | None:
+    """Why the parameters are not fit to save (non-finite or diverged), or None."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return f"{name} is not finite"
+        largest = float(p.detach().abs().max()) if p.numel() else 0.0
+        if largest > DIVERGED_WEIGHT:
+            return f"{name} reached |w| = {largest:.3g} (> {DIVERGED_WEIGHT:g}): training diverged"
+    return None
 
 
 class CheckpointHook(HookBase):
@@ -38,7 +49,8 @@ class CheckpointHook(HookBase):
 
     A checkpoint is the trainer's state plus ``meta`` (the weights' preprocessing, so the file also works
     as ``weights=``) and ``config`` (the merged config). The parameters are checked first: a checkpoint
-    is never written with non-finite weights, so the one named as "last good" is good.
+    is never written with non-finite or diverged weights (:data:`DIVERGED_WEIGHT`), so the one named as
+    "last good" is good.
     """
 
     def __init__(self, output_dir: str, *, period: int, meta: dict | None = None, config: dict | None = None):
@@ -47,9 +59,11 @@ class CheckpointHook(HookBase):
 
     def save(self, name: str) -> str:
         t = self.trainer
-        if comm.all_reduce_flag(not _params_finite(t.raw_model)):
-            raise FloatingPointError(f"parameters became non-finite by iteration {t.iter}; not saving {name}. "
-                                     f"Last good checkpoint: {t.last_checkpoint or 'none'}")
+        trouble = _params_trouble(t.raw_model)
+        if comm.all_reduce_flag(trouble is not None):
+            raise FloatingPointError(f"parameters went bad by iteration {t.iter} ({trouble or 'on another rank'}); "
+                                     f"not saving {name}. Last good checkpoint: {t.last_checkpoint or 'none'}. "
+                                     "Try a lower solver.base_lr, more solver.warmup_iters or solver.clip_grad_norm.")
         state = t.state_dict()  # a collective: every rank calls it
         state.update(meta=self.meta, config=self.config)
         path = os.path.join(self.output_dir, name)

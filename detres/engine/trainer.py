@@ -126,14 +126,27 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iter, "rng": comm.all_gather_objects(get_rng_state())}
 
-    def load_state_dict(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "checkpoint", keep_solver: bool = True) -> None:
         """Resume from :meth:`state_dict`'s output: weights, optimiser, scheduler, scaler, iteration; the RNG
-        states are restored when training starts (only with the same number of processes)."""
+        states are restored when training starts (only with the same number of processes).
+
+        ``keep_solver=False`` keeps the optimiser's momentum but this trainer's own learning rates, weight
+        decay and schedule, placed at the checkpoint's iteration (a changed config applied on resume)."""
         self.raw_model.load_state_dict(state["model"])
-        for key, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("scaler", self.scaler)):
-            if state.get(key) is not None:
-                obj.load_state_dict(state[key])
+        own = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.start_iter = self.iter = int(state["iteration"])
+        if keep_solver:
+            if state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            for group, settings in zip(self.optimizer.param_groups, own):
+                group.update(settings)
+            self.scheduler.last_epoch = self.start_iter - 1
+            self.scheduler.step()  # the rate of the schedule at the checkpoint's iteration
         rngs = state.get("rng") or []
         if len(rngs) == comm.get_world_size():
             self._rng_to_restore = rngs[comm.get_rank()]

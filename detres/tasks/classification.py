@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detres.backbones import build_classifier
+from detres.backbones import NORMS, SHORTCUTS, STYLES, build_classifier, list_backbones
 from detres.config import ClsConfig
 from detres.data.imagenet import (ImageNetFolder, build_test_loader, build_test_transform, build_train_loader_factory,
                                   build_train_transform)
 from detres.evaluation.classification import evaluate_classifier
-from detres.tasks.common import run_training, start_run
+from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
 from detres.utils.io import data_root
 from detres.utils.rng import seed_all
@@ -72,6 +72,10 @@ def imagenet_root(cfg: ClsConfig) -> Path:
 def build_model(cfg: ClsConfig) -> nn.Module:
     """``build_classifier`` from ``cfg.model`` (randomly initialised, BN trained)."""
     m = cfg.model
+    check_choice("model.name", m.name, list_backbones())
+    check_choice("model.norm", m.norm, NORMS)
+    check_choice("model.style", m.style, STYLES)
+    check_choice("model.shortcut", m.shortcut, SHORTCUTS)
     return build_classifier(m.name, num_classes=m.num_classes, style=m.style, norm=m.norm, shortcut=m.shortcut)
 
 
@@ -105,7 +109,8 @@ def build_eval_fn(cfg: ClsConfig, val_set: ImageNetFolder, *, device: torch.devi
     return lambda model: evaluate_classifier(model, loader, device=device, amp=cfg.solver.amp)
 
 
-def run_train(cfg: ClsConfig, *, resume: bool = False, device: str | None = None, progress: bool = True) -> dict:
+def run_train(cfg: ClsConfig, *, resume: bool = False, overwrite: bool = False, new_solver: bool = False,
+              device: str | None = None, progress: bool = True) -> dict:
     """Train ``cfg`` (torchrun-aware) and evaluate; returns ``{"iteration", "losses", "eval"}``.
 
     Writes to ``output_dir``: config.yaml, log.txt, metrics.jsonl, TensorBoard events, checkpoints,
@@ -113,7 +118,7 @@ def run_train(cfg: ClsConfig, *, resume: bool = False, device: str | None = None
     """
     if cfg.task != "classification":
         raise ValueError(f"config task is {cfg.task!r}; tools/train_cls.py needs task: classification")
-    dev = start_run(cfg, device=device)
+    dev = start_run(cfg, device=device, resume=resume, overwrite=overwrite)
     seed_all(cfg.seed + comm.get_rank())
     train_set, val_set = build_datasets(cfg)
     model = build_model(cfg).to(dev)
@@ -127,4 +132,4 @@ def run_train(cfg: ClsConfig, *, resume: bool = False, device: str | None = None
                                          world_size=comm.get_world_size(), pin_memory=dev.type == "cuda")
     return run_training(cfg, model=comm.wrap_model(model, dev), loss_fn=classification_loss, loader_factory=factory,
                         eval_fn=build_eval_fn(cfg, val_set, device=dev), meta=cls_meta(cfg), device=dev,
-                        resume=resume, progress=progress)
+                        resume=resume, new_solver=new_solver, progress=progress)

@@ -7,8 +7,11 @@ warmup_iters, warmup_factor, max_iter, checkpoint_period, log_period, clip_grad_
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -21,10 +24,19 @@ from detres.engine.logging import MetricsWriter, setup_logger
 from detres.engine.solver import build_sgd, build_warmup_multistep, scale_lr
 from detres.engine.trainer import Trainer
 from detres.utils import comm
+from detres.utils.io import atomic_write_text
 
-__all__ = ["scaled_lr", "warmup_iters", "build_solver", "start_run", "run_training", "AUTO_WARMUP_ITERS"]
+__all__ = ["check_choice", "scaled_lr", "warmup_iters", "build_solver", "start_run", "run_training", "AUTO_WARMUP_ITERS"]
 
 logger = logging.getLogger("detres")
+
+
+def check_choice(key: str, value: Any, choices) -> Any:
+    """``value`` if it is one of ``choices``; else ValueError naming the config key and the choices."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"config key '{key}': must be one of {choices}, got {value!r}")
+    return value
 
 
 #: Length of the automatic warmup (``solver.warmup_iters: null`` when the scaling rule raises the rate):
@@ -73,11 +85,51 @@ def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, tor
     return optimizer, scheduler
 
 
-def start_run(cfg: Any, *, device: str | None) -> torch.device:
-    """Join torchrun's process group (if any), log to ``output_dir/log.txt`` on rank 0 and save the merged
-    config there as ``config.yaml`` (loadable again). Returns this process's device."""
+#: What a run writes into its output_dir (all of it goes with --overwrite).
+RUN_FILES = ("model_*.pth", "model_*.pth.sha256", "last_checkpoint", "metrics.jsonl", "eval.json", "log.txt",
+             "config.yaml", "events.out.tfevents.*", "*.tmp.*", "training_curves.png")
+RUN_FOLDERS = ("results", "vis")
+
+
+def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:
+    """Protect finished work: a fresh run refuses a folder that holds checkpoints unless ``overwrite``
+    (which removes the earlier run's files first); ``resume`` removes temporary files left by a write that
+    was killed. Rank 0 only."""
+    out = Path(output_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: output_dir exists and is not a folder")
+    checkpoints = sorted(p.name for p in out.glob("model_*.pth"))
+    if resume:
+        for tmp in out.glob("*.tmp.*"):
+            logger.info("removing %s, left by a write that was interrupted", tmp)
+            tmp.unlink()
+        return
+    if checkpoints and not overwrite:
+        raise ValueError(f"{out}: holds the checkpoints of an earlier run ({', '.join(checkpoints[:3])}"
+                         f"{', ...' if len(checkpoints) > 3 else ''}); pass --resume to continue it, --overwrite to "
+                         "replace it, or choose another output_dir")
+    if overwrite:
+        for pattern in RUN_FILES:
+            for p in out.glob(pattern):
+                p.unlink()
+        for name in RUN_FOLDERS:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        if checkpoints:
+            logger.warning("--overwrite: removed the earlier run's files from %s", out)
+
+
+def start_run(cfg: Any, *, device: str | None, resume: bool = False, overwrite: bool = False) -> torch.device:
+    """Join torchrun's process group (if any), check the output folder (see :func:`prepare_output_dir`), log
+    to ``output_dir/log.txt`` on rank 0 and save the merged config there as ``config.yaml`` (loadable
+    again). Returns this process's device."""
     dev = comm.init_distributed(device=device)
     main = comm.is_main_process()
+    if main:
+        prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
+    comm.barrier()
     setup_logger(cfg.output_dir, main_process=main)
     if main:
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -86,26 +138,64 @@ def start_run(cfg: Any, *, device: str | None) -> torch.device:
     return dev
 
 
-def _resume(trainer: Trainer, output_dir: str, device: torch.device) -> None:
-    path = find_last_checkpoint(output_dir)
-    if path is None:
-        logger.info("--resume: no checkpoint in %s, starting from iteration 0", output_dir)
+def _solver_changes(cfg: Any, state: dict) -> dict[str, tuple[Any, Any]]:
+    """``solver.<key>: (checkpoint's value, config's value)`` for every solver setting that differs."""
+    old = (state.get("config") or {}).get("solver") or {}
+    new = config_to_dict(cfg)["solver"]
+    return {f"solver.{k}": (old[k], v) for k, v in new.items() if k in old and old[k] != v}
+
+
+def _trim_metrics(output_dir: str, iteration: int) -> None:
+    """Drop metrics.jsonl rows logged after ``iteration`` (by a run that went on past its last checkpoint)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
         return
-    trainer.load_state_dict(load_checkpoint(path, map_location=device), source=path)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line).get("iteration", 0)) <= iteration:
+                kept.append(line)
+        except (ValueError, AttributeError):  # a half-written last line: drop it
+            continue
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(kept))
+        logger.info("metrics.jsonl: removed %d row(s) logged after iteration %d", len(lines) - len(kept), iteration)
+
+
+def _resume(trainer: Trainer, cfg: Any, device: torch.device, *, new_solver: bool) -> None:
+    path = find_last_checkpoint(cfg.output_dir)
+    if path is None:
+        logger.info("--resume: no checkpoint in %s, starting from iteration 0", cfg.output_dir)
+        return
+    state = load_checkpoint(path, map_location=device)
+    changes = _solver_changes(cfg, state)
+    trainer.load_state_dict(state, source=path, keep_solver=not new_solver)
     trainer.last_checkpoint = path
+    if comm.is_main_process():
+        _trim_metrics(cfg.output_dir, trainer.start_iter)
+    if changes:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))
+        if new_solver:
+            logger.warning("--new-solver: applying the config's solver settings from iteration %d: %s",
+                           trainer.start_iter, listed)
+        else:
+            logger.warning("the config's solver settings differ from the checkpoint's (%s); the checkpoint's "
+                           "learning rate and schedule continue. Pass --new-solver to apply the config's.", listed)
     logger.info("resumed from %s at iteration %d (lr %.6g)", path, trainer.start_iter,
                 trainer.optimizer.param_groups[0]["lr"])
 
 
 def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, Any], dict[str, torch.Tensor]],
                  loader_factory: Callable[[int], Iterable], eval_fn: Callable[[nn.Module], dict] | None,
-                 meta: dict, device: torch.device, resume: bool = False, progress: bool = True,
-                 batch_size_fn: Callable[[Any], int] | None = None) -> dict[str, Any]:
+                 meta: dict, device: torch.device, resume: bool = False, new_solver: bool = False,
+                 progress: bool = True, batch_size_fn: Callable[[Any], int] | None = None) -> dict[str, Any]:
     """Train ``model`` (DDP-wrapped when distributed) with ``cfg.solver`` and the default hooks.
 
     Writes to ``cfg.output_dir``: metrics.jsonl and TensorBoard events (every ``solver.log_period``),
     checkpoints (every ``solver.checkpoint_period``, and ``model_final.pth``), eval.json (every
-    ``test.eval_period`` and at the end). ``resume`` continues from the last checkpoint there.
+    ``test.eval_period`` and at the end). ``resume`` continues from the last checkpoint there (with the
+    checkpoint's learning rate and schedule, or the config's with ``new_solver``).
     Returns ``{"iteration", "losses", "eval"}``.
     """
     optimizer, scheduler = build_solver(cfg, model)
@@ -114,7 +204,7 @@ def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, An
                       loader_factory=loader_factory, max_iter=s.max_iter, device=device, amp=s.amp,
                       clip_grad_norm=s.clip_grad_norm, iter_size=s.iter_size, batch_size_fn=batch_size_fn)
     if resume:
-        _resume(trainer, cfg.output_dir, device)
+        _resume(trainer, cfg, device, new_solver=new_solver)
     with MetricsWriter(cfg.output_dir, max_iter=s.max_iter, start_iter=trainer.start_iter,
                        enabled=comm.is_main_process(), progress=progress) as writer:
         hooks = [MetricsHook(writer, period=s.log_period),

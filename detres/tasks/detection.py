@@ -40,8 +40,10 @@ from detres.evaluation.inference import inference_on_dataset, predict_original
 from detres.evaluation.visualize import draw_detections, save_png, visualize_dataset
 from detres.evaluation.voc import (VOCEvaluator, VOCServerResults, evaluate_voc_results_dir, format_voc_table,
                                    read_voc_results, write_server_results)
+from detres.backbones import NORMS, SHORTCUTS, STYLES, list_backbones
 from detres.modeling import build_detector
-from detres.tasks.common import run_training, start_run
+from detres.modeling.detector import POOLERS
+from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
 from detres.utils.io import atomic_write_json, data_root
 from detres.utils.rng import seed_all
@@ -58,9 +60,7 @@ DATASETS = ("voc", "coco", "shapes")
 
 
 def _dataset_kind(cfg: DetConfig) -> str:
-    if cfg.data.dataset not in DATASETS:
-        raise ValueError(f"data.dataset must be one of {DATASETS}, got {cfg.data.dataset!r}")
-    return cfg.data.dataset
+    return check_choice("data.dataset", cfg.data.dataset, DATASETS)
 
 
 def class_names_for(cfg: DetConfig) -> tuple[str, ...] | None:
@@ -68,6 +68,14 @@ def class_names_for(cfg: DetConfig) -> tuple[str, ...] | None:
     COCO's names come from the annotation file, so None is returned for it."""
     kind = _dataset_kind(cfg)
     return {"voc": tuple(VOC_CLASSES), "shapes": tuple(SHAPES_CLASSES)}.get(kind)
+
+
+def check_num_classes(cfg: DetConfig, dataset: Any) -> None:
+    """``model.num_classes`` (when set) must hold the data set's classes plus the background."""
+    names = getattr(dataset, "class_names", None)
+    if cfg.model.num_classes is not None and names is not None and cfg.model.num_classes < len(names) + 1:
+        raise ValueError(f"config key 'model.num_classes': {cfg.model.num_classes} cannot hold the data's {len(names)} "
+                         f"classes plus the background (needs >= {len(names) + 1}, or null to derive it)")
 
 
 def num_classes_for(cfg: DetConfig) -> int:
@@ -88,6 +96,11 @@ def detector_kwargs(cfg: DetConfig) -> dict[str, Any]:
     where config keys are translated into constructor arguments."""
     m = cfg.model
     b, p, rpn, roi = m.backbone, m.pooler, m.rpn, m.roi
+    check_choice("model.backbone.name", b.name, list_backbones())
+    check_choice("model.backbone.norm", b.norm, NORMS)
+    check_choice("model.backbone.style", b.style, (None, *STYLES))
+    check_choice("model.backbone.shortcut", b.shortcut, SHORTCUTS)
+    check_choice("model.pooler.type", p.type, POOLERS)
     return dict(
         backbone=b.name, num_classes=num_classes_for(cfg), weights=b.weights, style=b.style, norm=b.norm,
         freeze_at=b.freeze_at, shortcut=b.shortcut,
@@ -242,26 +255,29 @@ def make_eval_fn(cfg: DetConfig, dataset: Any, *, device: torch.device, output_d
 # --------------------------------------------------------------------------------------------------
 # the jobs of the tools
 # --------------------------------------------------------------------------------------------------
-def run_train(cfg: DetConfig, *, resume: bool = False, device: str | None = None,
-              loss_fn: Callable | None = None, progress: bool = True) -> dict:
+def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, new_solver: bool = False,
+              device: str | None = None, loss_fn: Callable | None = None, progress: bool = True) -> dict:
     """The whole job of ``tools/train_det.py`` (also under torchrun).
 
     Writes config.yaml, log.txt, metrics.jsonl, TensorBoard events, checkpoints, model_final.pth and
     eval.json (see :func:`detres.tasks.common.run_training`), then ``vis/<image_id>.png`` for
     ``test.num_vis_images`` test images. ``loss_fn`` replaces :func:`detection_loss` (tests use it).
+    A finished ``output_dir`` is refused unless ``resume`` (continue it; ``new_solver`` applies the config's
+    solver settings from the checkpoint's iteration) or ``overwrite`` (replace it).
     """
-    dev = start_run(cfg, device=device)
+    dev = start_run(cfg, device=device, resume=resume, overwrite=overwrite)
     seed_all(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg).to(dev)
     seed_all(cfg.seed + comm.get_rank())  # different sampling per rank
     train_set, test_set = build_train_dataset(cfg), build_test_dataset(cfg)
+    check_num_classes(cfg, train_set)
     logger.info("train: %s (%d images), test: %s (%d images)", cfg.data.train, len(train_set), cfg.data.test,
                 len(test_set))
     result = run_training(
         cfg, model=comm.wrap_model(model, dev), loss_fn=loss_fn or detection_loss,
         loader_factory=build_train_loader_factory(cfg, train_set),
         eval_fn=make_eval_fn(cfg, test_set, device=dev, output_dir=os.path.join(cfg.output_dir, "results")),
-        meta=model.weights_meta, device=dev, resume=resume, progress=progress)
+        meta=model.weights_meta, device=dev, resume=resume, new_solver=new_solver, progress=progress)
     if comm.is_main_process() and cfg.test.num_vis_images > 0:
         names = getattr(test_set, "class_names", None) or class_names_for(cfg) or ()
         out = os.path.join(cfg.output_dir, "vis")
@@ -278,9 +294,9 @@ def run_eval(cfg: DetConfig, checkpoint: str, *, split: str | None = None, devic
     ``output_dir``, writes the results files there (VOC comp4 txt / COCO json)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model_from_checkpoint(cfg, checkpoint, device=dev)
-    eval_fn = make_eval_fn(cfg, build_test_dataset(cfg, split), device=dev, output_dir=output_dir,
-                           num_workers=num_workers)
-    return eval_fn(model)
+    dataset = build_test_dataset(cfg, split)
+    check_num_classes(cfg, dataset)
+    return make_eval_fn(cfg, dataset, device=dev, output_dir=output_dir, num_workers=num_workers)(model)
 
 
 #: Benchmarks of ``tools/eval.py --results``: VOC (year, default image set) or COCO.
