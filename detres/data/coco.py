@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +27,8 @@ from detres.data.dataset import DetectionDataset
 from detres.data.transforms import read_image_rgb
 
 __all__ = ["COCODetection", "load_coco", "find_coco_files"]
+
+logger = logging.getLogger(__name__)
 
 
 def load_coco(ann_file: str | os.PathLike):
@@ -40,21 +45,39 @@ def load_coco(ann_file: str | os.PathLike):
         raise ValueError(f"{path}: not a valid COCO annotation file ({type(exc).__name__}: {exc})") from None
 
 
-def _boxes_from_anns(anns: list[dict], width: float, height: float, cat_id_to_label: dict[int, int]):
+def _box_of(ann: dict, width: float, height: float) -> tuple[tuple[float, float, float, float] | None, str]:
+    """(xyxy box clipped to the image, "") or (None, why it is not a training box)."""
+    if ann.get("iscrowd", 0):
+        return None, "crowd"
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return None, "malformed bbox"
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return None, "malformed bbox"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return None, "non-finite bbox"
+    if w <= 0 or h <= 0:
+        return None, "zero or negative size"
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2 = min(x + w, width) if width > 0 else x + w
+    y2 = min(y + h, height) if height > 0 else y + h
+    if x2 <= x1 or y2 <= y1:
+        return None, "outside the image"
+    return (x1, y1, x2, y2), ""
+
+
+def _boxes_from_anns(anns: list[dict], width: float, height: float, cat_id_to_label: dict[int, int],
+                     dropped: Counter | None = None):
     boxes, labels = [], []
     for ann in anns:
-        if ann.get("iscrowd", 0):
+        box, why = _box_of(ann, width, height)
+        if box is None:
+            if dropped is not None:
+                dropped[why] += 1
             continue
-        bbox = ann.get("bbox")
-        if bbox is None or len(bbox) != 4:
-            continue
-        x, y, w, h = (float(v) for v in bbox)
-        x1, y1 = max(x, 0.0), max(y, 0.0)
-        x2 = min(x + w, width) if width > 0 else x + w
-        y2 = min(y + h, height) if height > 0 else y + h
-        if x2 <= x1 or y2 <= y1:
-            continue
-        boxes.append((x1, y1, x2, y2))
+        boxes.append(box)
         labels.append(cat_id_to_label[ann["category_id"]])
     return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64))
 
@@ -68,7 +91,8 @@ class COCODetection(DetectionDataset):
     """
 
     def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, *, train: bool,
-                 transforms: Callable[[np.ndarray, dict], tuple[Any, dict]] | None = None, coco=None) -> None:
+                 transforms: Callable[[np.ndarray, dict], tuple[Any, dict]] | None = None, coco=None,
+                 check_images: bool = True) -> None:
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise ValueError(f"{self.image_dir}: image directory not found")
@@ -81,17 +105,47 @@ class COCODetection(DetectionDataset):
         self.class_names = tuple(c["name"] for c in cats)
         self.label_to_cat_id = {i + 1: cid for i, cid in enumerate(cat_ids)}
         self.cat_id_to_label = {cid: i + 1 for i, cid in enumerate(cat_ids)}
+        self._check_records()
         ids = sorted(self.coco.getImgIds())
-        if train:
-            kept = []
-            for img_id in ids:
-                info = self.coco.imgs[img_id]
-                anns = self.coco.imgToAnns.get(img_id, [])
-                boxes, _ = _boxes_from_anns(anns, info.get("width", 0), info.get("height", 0), self.cat_id_to_label)
-                if len(boxes):
-                    kept.append(img_id)
-            ids = kept
-        self.ids: list[int] = ids
+        dropped: Counter = Counter()
+        kept = []
+        for img_id in ids:
+            info = self.coco.imgs[img_id]
+            anns = self.coco.imgToAnns.get(img_id, [])
+            boxes, _ = _boxes_from_anns(anns, info.get("width", 0), info.get("height", 0), self.cat_id_to_label,
+                                        dropped)
+            if len(boxes) or not train:  # training skips images without a box; evaluation needs them all
+                kept.append(img_id)
+        self.ids: list[int] = kept
+        if check_images:
+            missing = [i for i in self.ids if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()]
+            if missing:
+                raise ValueError(f"{self.image_dir / self.coco.imgs[missing[0]]['file_name']}: image listed in "
+                                 f"{self.ann_file} does not exist"
+                                 + (f" ({len(missing)} listed images are missing)" if len(missing) > 1 else ""))
+        problems = {k: v for k, v in dropped.items() if k != "crowd"}
+        if problems:
+            logger.warning("%s: annotations left out of the targets: %s", self.ann_file,
+                           ", ".join(f"{n} {why}" for why, n in sorted(problems.items())))
+        logger.info("%s: %d images%s, %d categories, %d crowd regions ignored", self.ann_file, len(self.ids),
+                    f" ({len(ids) - len(self.ids)} without a box skipped)" if train else "", len(cat_ids),
+                    dropped["crowd"])
+
+    def _check_records(self) -> None:
+        """Image ids listed twice, and annotations of unknown images or categories, are errors naming the file."""
+        images = self.coco.dataset.get("images", [])
+        seen: set = set()
+        for img in images:
+            if img["id"] in seen:
+                raise ValueError(f"{self.ann_file}: image id {img['id']!r} is listed twice")
+            seen.add(img["id"])
+        for ann in self.coco.dataset.get("annotations", []):
+            if ann.get("category_id") not in self.cat_id_to_label:
+                raise ValueError(f"{self.ann_file}: annotation {ann.get('id')!r} has category_id "
+                                 f"{ann.get('category_id')!r}, which is not in 'categories'")
+            if ann.get("image_id") not in seen:
+                raise ValueError(f"{self.ann_file}: annotation {ann.get('id')!r} refers to image_id "
+                                 f"{ann.get('image_id')!r}, which is not in 'images'")
 
     def __len__(self) -> int:
         return len(self.ids)

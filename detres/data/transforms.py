@@ -27,6 +27,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from albumentations.augmentations.geometric.resize import SmallestMaxSize
 
 __all__ = ["read_image_rgb", "ShortSideResize", "DetectionTransform", "build_transforms", "to_original"]
@@ -35,12 +36,21 @@ __all__ = ["read_image_rgb", "ShortSideResize", "DetectionTransform", "build_tra
 MIN_BOX_SIDE = 1e-3
 
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to HWC uint8 RGB. EXIF orientation is ignored (raw pixel order, as the
-    VOC/COCO annotations use). Raises ValueError naming the file when it cannot be decoded."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise ValueError(f"{path}: cannot read or decode image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Decode an image file to HWC uint8 RGB.
+
+    Grayscale, palette, CMYK and alpha images are converted to RGB. EXIF orientation is NOT applied: boxes
+    refer to the pixel grid as stored in the file, as VOC, COCO and the labelling tools that export them
+    save it. The whole file is decoded (PIL's ``LOAD_TRUNCATED_IMAGES`` stays off), so a truncated or
+    damaged image is a ValueError naming the file, never a half-grey picture.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.array(im.convert("RGB"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: cannot decode image ({e})") from None
 
 
 class ShortSideResize(SmallestMaxSize):

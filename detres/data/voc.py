@@ -13,7 +13,9 @@ The VOC evaluator converts back with ``x1 + 1, y1 + 1`` and measures with the de
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections import Counter
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +117,12 @@ def parse_voc_xml(path: str | os.PathLike, class_names: Sequence[str], *, image_
             if value is None:
                 raise ValueError(f"{path}: object {k} ({name}) has no <{tag}>")
             try:
-                coords.append(float(value))
+                number = float(value)
             except ValueError:
                 raise ValueError(f"{path}: object {k} ({name}) has a non-numeric <{tag}> {value!r}") from None
+            if not math.isfinite(number):
+                raise ValueError(f"{path}: object {k} ({name}) has a non-finite <{tag}> {value!r}")
+            coords.append(number)
         x1, y1, x2, y2 = coords
         if not (x2 >= x1 and y2 >= y1):
             raise ValueError(f"{path}: object {k} ({name}) has xmax < xmin or ymax < ymin: {coords}")
@@ -137,16 +142,25 @@ def parse_voc_xml(path: str | os.PathLike, class_names: Sequence[str], *, image_
 
 
 def read_image_set(path: str | os.PathLike) -> list[str]:
-    """Ids of ``ImageSets/Main/<split>.txt`` as strings (leading zeros kept, first column only)."""
+    """Ids of ``ImageSets/Main/<split>.txt`` as strings (leading zeros kept, first column only).
+    An id listed twice is a ValueError naming the file, the id and both lines (it would be evaluated twice)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: image set file not found")
-    ids = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if fields:
+    ids, first_line = [], {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if fields[0] in first_line:
+                    raise ValueError(f"{path}:{lineno}: id {fields[0]!r} is listed twice (first on line "
+                                     f"{first_line[fields[0]]})")
+                first_line[fields[0]] = lineno
                 ids.append(fields[0])
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e})") from None
     return ids
 
 
@@ -169,7 +183,8 @@ class VOCDetection(DetectionDataset):
     sets use ``keep_difficult=True``. The full annotation (difficult boxes included, original pixels)
     is always available from :meth:`get_annotation`, which the VOC evaluator reads.
     ``labelled=False`` reads only the image set, for splits whose labels are not public (VOC 2012 test):
-    every target is empty and no XML is needed.
+    every target is empty and no XML is needed. Every listed image must exist (checked when the data set
+    is built) unless ``check_images=False`` (evaluating results files needs no images).
     """
 
     def __init__(
@@ -181,6 +196,7 @@ class VOCDetection(DetectionDataset):
         keep_difficult: bool = False,
         transforms: Callable[[np.ndarray, dict], tuple[Any, dict]] | None = None,
         labelled: bool = True,
+        check_images: bool = True,
     ) -> None:
         self.root = Path(dataset_dir)
         if not self.root.is_dir():
@@ -196,6 +212,8 @@ class VOCDetection(DetectionDataset):
         if not labelled:  # e.g. VOC 2012 test: the image set lists the images, their labels are not public
             empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
             self._annotations = [VOCAnnotation(i, *empty, width=0, height=0) for i in self.ids]
+            if check_images:
+                self._check_images(set_file)
             return
         for image_id in self.ids:
             xml = self.root / "Annotations" / f"{image_id}.xml"
@@ -203,6 +221,42 @@ class VOCDetection(DetectionDataset):
                 lineno = _line_of(set_file, image_id)
                 raise ValueError(f"{set_file}:{lineno}: id {image_id!r} has no annotation file {xml}")
             self._annotations.append(parse_voc_xml(xml, self.class_names, image_id=image_id))
+        if check_images:
+            self._check_images(set_file)
+        self._report()
+
+    def _check_images(self, set_file: Path) -> None:
+        """Every listed image must exist now, not when the loader reaches it hours later."""
+        missing = [i for i in range(len(self.ids)) if not self.image_path(i).is_file()]
+        if missing:
+            first = self.ids[missing[0]]
+            raise ValueError(f"{set_file}:{_line_of(set_file, first)}: image {self.image_path(missing[0])} does not exist"
+                             + (f" ({len(missing)} listed images are missing)" if len(missing) > 1 else ""))
+
+    def _report(self) -> None:
+        """Log what the split holds and warn about boxes lying entirely outside their image (the transforms
+        drop them, so an image can lose all its objects)."""
+        outside: Counter = Counter()
+        emptied = []
+        for a in self._annotations:
+            if a.width <= 0 or a.height <= 0 or not len(a.boxes):
+                continue
+            b = a.boxes
+            out = (b[:, 0] >= a.width) | (b[:, 1] >= a.height) | (b[:, 2] <= 0) | (b[:, 3] <= 0)
+            if out.any():
+                outside[a.image_id] = int(out.sum())
+                if out.all():
+                    emptied.append(a.image_id)
+        for image_id, n in list(outside.items())[:10]:
+            logger.warning("%s: %d box(es) lie entirely outside the image; they are dropped%s",
+                           self.root / "Annotations" / f"{image_id}.xml", n,
+                           " and the image has no object left" if image_id in emptied else "")
+        n_obj = sum(len(a.labels) for a in self._annotations)
+        n_diff = sum(int(a.difficult.sum()) for a in self._annotations)
+        logger.info("%s/%s: %d images, %d objects (%d difficult%s)%s", self.root.name, self.split, len(self.ids),
+                    n_obj, n_diff, "" if self.keep_difficult else ", left out of training",
+                    f"; {sum(outside.values())} boxes in {len(outside)} files lie outside their image and are dropped"
+                    if outside else "")
 
     def __len__(self) -> int:
         return len(self.ids)

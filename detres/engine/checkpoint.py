@@ -71,6 +71,9 @@ def load_checkpoint(path: str, *, map_location: str | torch.device = "cpu", veri
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError for cut files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"checkpoint {path}: refused: it holds objects other than tensors and plain data "
+                                  "(possibly code), which are never unpickled; not loaded") from None
         raise CheckpointError(f"checkpoint {path}: unreadable (truncated or corrupt?): {msg}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path}: expected a dict with a 'model' entry")

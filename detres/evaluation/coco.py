@@ -44,7 +44,7 @@ def load_coco_results(path: str | os.PathLike, coco_gt) -> list[dict]:
     if not path.is_file():
         raise ValueError(f"{path}: results file not found")
     try:
-        results = json.loads(path.read_text())
+        results = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(results, list):
@@ -63,11 +63,19 @@ def load_coco_results(path: str | os.PathLike, coco_gt) -> list[dict]:
             raise ValueError(f"{where}: category_id {r['category_id']!r} is not in the ground truth")
         bbox = r["bbox"]
         if (not isinstance(bbox, list) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+                or not all(_is_number(v) and math.isfinite(v) for v in bbox)):
             raise ValueError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-        if not isinstance(r["score"], (int, float)) or not math.isfinite(r["score"]):
+        if not _is_number(r["score"]) or not math.isfinite(r["score"]):
             raise ValueError(f"{where}: score must be a finite number, got {r['score']!r}")
+    negative = sum(1 for r in results if r["bbox"][2] < 0 or r["bbox"][3] < 0)
+    if negative:
+        logger.warning("%s: %d detection(s) with a negative width or height; they overlap nothing and count as "
+                       "false positives", path, negative)
     return results
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def evaluate_coco_results(coco_gt, results: Sequence[dict], *, img_ids: Sequence[int] | None = None) -> dict[str, Any]:

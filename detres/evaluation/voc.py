@@ -321,25 +321,32 @@ def read_voc_results(results_dir: str | os.PathLike, class_names: Sequence[str],
             logger.warning("%s: no results file for class %r; it has no detections", results_dir, cls)
             continue
         ids, values = [], []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != 6:
-                    raise ValueError(f"{path}:{lineno}: expected 6 fields '<image_id> <score> <x1> <y1> <x2> <y2>', "
-                                     f"got {len(fields)}")
-                try:
-                    nums = [float(v) for v in fields[1:]]
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: non-numeric score or coordinate in {line.strip()!r}") from None
-                if not all(np.isfinite(nums)):
-                    raise ValueError(f"{path}:{lineno}: non-finite score or coordinate in {line.strip()!r}")
-                if valid_ids is not None and fields[0] not in valid_ids:
-                    raise ValueError(f"{path}:{lineno}: image id {fields[0]!r} is not in the ground-truth image set")
-                ids.append(fields[0])
-                values.append(nums)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not a UTF-8 text file ({e})") from None
+        for lineno, line in enumerate(lines, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 6:
+                raise ValueError(f"{path}:{lineno}: expected 6 fields '<image_id> <score> <x1> <y1> <x2> <y2>', "
+                                 f"got {len(fields)}")
+            try:
+                nums = [float(v) for v in fields[1:]]
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: non-numeric score or coordinate in {line.strip()!r}") from None
+            if not all(np.isfinite(nums)):
+                raise ValueError(f"{path}:{lineno}: non-finite score or coordinate in {line.strip()!r}")
+            if valid_ids is not None and fields[0] not in valid_ids:
+                raise ValueError(f"{path}:{lineno}: image id {fields[0]!r} is not in the ground-truth image set")
+            ids.append(fields[0])
+            values.append(nums)
         arr = np.asarray(values, np.float64).reshape(-1, 5)
+        inverted = int(((arr[:, 3] < arr[:, 1]) | (arr[:, 4] < arr[:, 2])).sum())
+        if inverted:
+            logger.warning("%s: %d detection(s) with x2 < x1 or y2 < y1; they overlap nothing and count as false "
+                           "positives", path, inverted)
         out[cls] = ClassDetections(ids, arr[:, 0].copy(), arr[:, 1:].copy())
     return out
 

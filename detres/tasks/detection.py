@@ -142,7 +142,12 @@ def load_model_from_checkpoint(cfg: DetConfig, checkpoint: str, *, device: str |
     state = load_checkpoint(checkpoint)
     # the checkpoint's style, BN eps and normalisation (e.g. MSRA BGR/255), not the default ones
     model = build_model(cfg, weights=None, weights_meta=state.get("meta") or None)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as e:  # shapes differ: another backbone or number of classes
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise CheckpointError(f"checkpoint {checkpoint}: does not fit the config's model ({cfg.model.backbone.name}, "
+                              f"{num_classes_for(cfg)} classes): {first}") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {checkpoint}: does not match the config's model "
                               f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
@@ -322,13 +327,13 @@ def run_eval_results(benchmark: str, results: str, *, root: str | None = None, s
         coco_gt = load_coco(ann)
         return evaluate_coco_results(coco_gt, load_coco_results(results, coco_gt))
     if (benchmark, split) == ("voc12", "test"):
-        dataset = VOCDetection(find_voc_dir(data_root(root), year), split=split, labelled=False)
+        dataset = VOCDetection(find_voc_dir(data_root(root), year), split=split, labelled=False, check_images=False)
         dets = read_voc_results(results, dataset.class_names, valid_ids=set(dataset.ids))
         out = os.path.normpath(results) + "_server"
         archive = write_server_results(dets, out, class_names=dataset.class_names, year=year, split=split)
         return {"server_results": str(archive), "results_dir": os.path.join(out, f"VOC{year}", "Main"),
                 "num_images": len(dataset), "num_detections": int(sum(len(d.scores) for d in dets.values()))}
-    dataset = VOCDetection(find_voc_dir(data_root(root), year), split=split, keep_difficult=True)
+    dataset = VOCDetection(find_voc_dir(data_root(root), year), split=split, keep_difficult=True, check_images=False)
     return evaluate_voc_results_dir(results, dataset)
 
 

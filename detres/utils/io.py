@@ -11,10 +11,12 @@ file ever runs.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -26,7 +28,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it to ``path``.
 
     Creates the folder. On any error the temporary file is removed and the old ``path`` (if any) is
-    left untouched. Returns ``path`` as a string.
+    left untouched; a write that fails on a full disk raises ``OSError(ENOSPC)`` naming ``path``.
+    Returns ``path`` as a string.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -38,10 +41,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        # Writers such as torch.save report a full disk as "unexpected pos ..."; say what it is.
+        if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) and _nearly_full(folder):
+            raise OSError(errno.ENOSPC, "No space left on device (the file was not written; the old one, if any, "
+                          "is unchanged)", path) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _nearly_full(folder: str, *, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> str:
