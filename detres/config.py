@@ -51,6 +51,7 @@ class BackboneConfig:
     norm: str = "frozen_bn"  # frozen_bn (paper: BN statistics fixed when fine-tuning) | bn | syncbn | gn
     freeze_at: int = 2  # freeze conv1 + res2 (stage index < 2), as the paper's Faster R-CNN fine-tuning
     shortcut: str = "B"  # ResNet projection shortcuts: "A" zero-pad, "B" project on dim change (paper default), "C" all
+    width: int = 64  # ResNet channels of conv1 and conv2_x (paper: 64, doubled per stage); smaller for tiny from-scratch models
 
 
 @dataclass
@@ -175,6 +176,7 @@ class ClsModelConfig:
     norm: str = "bn"  # batch norm after every conv, before the activation (paper Sec. 3.4)
     num_classes: int = 1000  # ImageNet-1k
     shortcut: str = "B"  # projection shortcuts only when dimensions change (paper option B)
+    width: int = 64  # ResNet channels of conv1 and conv2_x (paper: 64, doubled per stage)
 
 
 @dataclass
@@ -459,6 +461,8 @@ _NMS = _between(0, 1, lo_open=True)
 #: type allows it) always passes.
 _RULES: dict[str, tuple] = {
     "model.backbone.freeze_at": (*_between(0, 5), "stages frozen: 0 none .. 5 all"),
+    "model.backbone.width": (*_POS_INT, "channels"),
+    "model.width": (*_POS_INT, "channels"),
     "model.num_classes": (*_between(2, None), "classes including the background"),
     "model.pooler.resolution": (*_POS_INT, "the RoI feature size"),
     "model.pooler.sampling_ratio": (*_NONNEG, "0 is adaptive"),

@@ -352,3 +352,88 @@ def test_convert_tool_cli(tmp_path, capsys):
     assert dst.is_file() and "resnet18" in capsys.readouterr().out
     assert tool.main([str(tmp_path / "nope.pkl"), str(dst)]) == 2
     assert "nope.pkl" in capsys.readouterr().err
+
+
+def test_msra_imagenet_layout_fc1000_and_conv1_bias_fold_exactly(tmp_path):
+    """The MSRA ImageNet files: {"blobs": ...}, the classifier as fc1000_*, a conv1_b on the stem and solver
+    bookkeeping. The converted classifier equals a reference that applies conv1's bias explicitly."""
+    import torch.nn as nn
+
+    rng = np.random.default_rng(1)
+    blobs, _ = msra_r50_blobs(rng, num_classes=7)
+    blobs["fc1000_w"], blobs["fc1000_b"] = blobs.pop("pred_w"), blobs.pop("pred_b")
+    blobs["conv1_b"] = (rng.standard_normal(64) * 0.5).astype(np.float32)
+    blobs["res_conv1_bn_rm"] = (rng.standard_normal(64) * 0.1).astype(np.float32)  # also with stored statistics
+    blobs["res_conv1_bn_riv"] = (1 + rng.random(64)).astype(np.float32)
+    blobs.update({"model_iter": np.array(5), "lr": np.array(0.1, np.float32),
+                  "res2_0_branch2a_w_momentum": np.zeros((64, 64, 1, 1), np.float32)})
+    src = tmp_path / "R-50.pkl"
+    with open(src, "wb") as f:
+        pickle.dump({"blobs": blobs}, f, protocol=2)
+    sd, meta, fmt = convert_weights(src, tmp_path / "r50.pth")
+    assert fmt == "caffe2" and "fc.weight" in sd and "conv1.bias" not in sd
+    assert meta["conversion"]["dropped_keys"] == ["lr", "model_iter", "res2_0_branch2a_w_momentum"]
+    assert any("conv1_b folded" in n for n in meta["conversion"]["notes"])
+
+    converted = build_classifier("resnet50", num_classes=7, style="msra", norm="frozen_bn", weights=tmp_path / "r50.pth")
+    # the reference keeps the bias in conv1 and bn1's original running mean
+    reference = build_classifier("resnet50", num_classes=7, style="msra", norm="frozen_bn", weights=tmp_path / "r50.pth")
+    conv = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(blobs["conv1_w"]))
+        conv.bias.copy_(torch.from_numpy(blobs["conv1_b"]))
+        reference.bn1.running_mean.copy_(torch.from_numpy(blobs["res_conv1_bn_rm"]))
+    reference.conv1 = conv
+    assert reference.layer2[0].conv1.stride == (2, 2)  # msra: the stride in the 1x1
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(converted.eval()(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
+    # the fold matters: without it the logits differ
+    plain = build_classifier("resnet50", num_classes=7, style="msra", norm="frozen_bn", weights=tmp_path / "r50.pth")
+    with torch.no_grad():
+        plain.bn1.running_mean.copy_(torch.from_numpy(blobs["res_conv1_bn_rm"]))
+        assert not torch.allclose(plain.eval()(x), reference(x), rtol=1e-3, atol=1e-3)
+
+
+def test_zero_conv1_bias_is_reported_and_unknown_blob_named(tmp_path):
+    blobs, _ = msra_r50_blobs(np.random.default_rng(2))
+    blobs["conv1_b"] = np.zeros(64, np.float32)
+    src = tmp_path / "R-50.pkl"
+    with open(src, "wb") as f:
+        pickle.dump(blobs, f, protocol=2)
+    _, meta, _ = convert_weights(src)
+    assert meta["conversion"]["notes"] == ["conv1_b is all zeros: nothing to fold"]
+    blobs["res2_0_branch2z_w"] = np.zeros(1, np.float32)
+    with open(src, "wb") as f:
+        pickle.dump(blobs, f, protocol=2)
+    with pytest.raises(ValueError, match="res2_0_branch2z_w"):
+        convert_weights(src)
+
+
+def test_caffe_preprocessing_for_a_torchvision_layout_file(tmp_path):
+    """A Caffe model in torchvision's layout (the paper's VGG-16 as vgg16_caffe.pth) gets BGR, 0-255 and
+    py-faster-rcnn's pixel means; the detector then normalises that way. (ResNet-18 stands in for VGG-16's
+    553 MB: the mechanism is the layout-independent meta.)"""
+    from detres.backbones.weights import CAFFE_VGG_META
+    from detres.modeling import build_detector
+
+    src = tmp_path / "caffe_layout.pth"
+    torch.save(build_classifier("resnet18").state_dict(), src)
+    _, meta, _ = convert_weights(src, tmp_path / "out.pth", preprocess="caffe")
+    assert (meta["channel_order"], meta["input_range"], meta["mean"]) == ("BGR", 255.0, [102.9801, 115.9465, 122.7717])
+    det = build_detector(backbone="resnet18", num_classes=3, weights=tmp_path / "out.pth")
+    img = torch.rand(3, 16, 16)
+    expect = img.flip(0) * 255.0 - torch.tensor(CAFFE_VGG_META["mean"])[:, None, None]
+    torch.testing.assert_close(det.transform.normalize(img), expect)
+    _, tv_meta, _ = convert_weights(src, preprocess="torchvision")
+    assert tv_meta["channel_order"] == "RGB"
+    with pytest.raises(ValueError, match="already records its preprocessing"):
+        convert_weights(tmp_path / "out.pth", preprocess="torchvision")
+
+
+def test_preprocess_contradicting_an_msra_file_is_refused(msra_file, tmp_path):
+    path = msra_file[0] if isinstance(msra_file, tuple) else msra_file
+    with pytest.raises(ValueError, match="--preprocess torchvision"):
+        convert_weights(path, preprocess="torchvision")
+    _, meta, _ = convert_weights(path, preprocess="caffe")
+    assert meta["style"] == "msra"

@@ -6,8 +6,11 @@
 SRC may be
   * a torchvision ImageNet checkpoint (resnet50-*.pth): checked against build_classifier(arch), meta =
     torchvision's preprocessing (RGB, [0, 1], ImageNet mean/std, "pytorch" style);
-  * an MSRA ResNet-50/101/152 from Detectron (R-50.pkl, R-101.pkl, R-152.pkl; Caffe2 names): renamed to
-    torchvision's names, BN folded into FrozenBN, meta = "msra" style, BGR, 0..255, Detectron pixel means;
+  * an MSRA ResNet-50/101/152 from Detectron (R-50.pkl, R-101.pkl, R-152.pkl; Caffe2 names, the classifier
+    as fc1000_* or pred_*, the stem's conv1_b folded into bn1): renamed to torchvision's names, BN as FrozenBN,
+    meta = "msra" style, BGR, 0..255, Detectron pixel means; solver bookkeeping keys are listed as dropped;
+  * a Caffe VGG-16 in torchvision's layout (vgg16_caffe.pth) with --preprocess caffe: BGR, 0..255,
+    py-faster-rcnn pixel means (the paper's VGG-16 baseline);
   * a detectron2 R50-C4 / R101-C4 Faster R-CNN (model_final_*.pkl or .pth): a whole detres C4 detector;
     load it with detres.modeling.convert.build_converted_detector(DST), which applies detectron2's
     settings recorded in meta["detector"].
@@ -22,30 +25,43 @@ import argparse
 import sys
 
 from detres.backbones.convert import convert_weights
+from detres.utils.cli import run_tool
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="torchvision .pth, MSRA/Detectron .pkl or detectron2 .pkl/.pth")
-    parser.add_argument("dst", help="output .pth (detres weights file)")
-    parser.add_argument("--arch", default=None, help="resnet18..resnet152 | vgg16; inferred when omitted, checked when given")
-    parser.add_argument("--format", default="auto", choices=("auto", "torchvision", "caffe2", "detectron2"))
-    parser.add_argument("--no-check", action="store_true", help="skip loading classifier weights into build_classifier")
-    args = parser.parse_args(argv)
-    try:
-        sd, meta, fmt = convert_weights(args.src, args.dst, arch=args.arch, fmt=args.format, check=not args.no_check)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="torchvision .pth, MSRA/Detectron .pkl or detectron2 .pkl/.pth")
+    p.add_argument("dst", help="output .pth (detres weights file)")
+    p.add_argument("--arch", default=None, help="resnet18..resnet152 | vgg16; inferred when omitted, checked when given")
+    p.add_argument("--format", default="auto", choices=("auto", "torchvision", "caffe2", "detectron2"))
+    p.add_argument("--preprocess", default=None, choices=("torchvision", "caffe"),
+                   help="the input a torchvision-layout file expects; 'caffe' for a Caffe model in torchvision's "
+                        "layout (vgg16_caffe.pth): BGR, 0-255, py-faster-rcnn pixel means")
+    p.add_argument("--no-check", action="store_true", help="skip loading classifier weights into build_classifier")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    sd, meta, fmt = convert_weights(args.src, args.dst, arch=args.arch, fmt=args.format, check=not args.no_check,
+                                    preprocess=args.preprocess)
     n = sum(v.numel() for v in sd.values())
     print(f"{args.src} ({fmt}) -> {args.dst}: {meta['arch']}, {len(sd)} tensors, {n / 1e6:.2f}M values; "
           f"style {meta['style']}, {meta['channel_order']} x {meta['input_range']:g}, mean {meta['mean']}, "
           f"std {meta['std']}, bn_eps {meta['bn_eps']}")
+    report = meta.get("conversion") or {}
+    if report.get("dropped_keys"):
+        print(f"dropped (solver bookkeeping, no weights): {', '.join(report['dropped_keys'])}")
+    for note in report.get("notes", []):
+        print(f"note: {note}")
     if "detector" in meta:
         det = meta["detector"]
         print(f"detector: build_converted_detector('{args.dst}') = build_detector(" +
               ", ".join(f"{k}={v!r}" for k, v in det.items()) + ")")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

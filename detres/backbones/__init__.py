@@ -60,7 +60,7 @@ def _entry(name: str) -> _Entry:
 
 
 def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str,
-             weights_meta: dict[str, Any] | None = None):
+             weights_meta: dict[str, Any] | None = None, width: int = 64):
     """Read weights (if any) and settle style, BN eps and the preprocessing meta.
 
     `weights_meta` stands in for a weights file's meta when the weights come later (e.g. a detector
@@ -73,6 +73,8 @@ def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str,
         raise ValueError(f"unknown shortcut {shortcut!r}; choose from {list(SHORTCUTS)}")
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
+    if entry.family != "resnet" and width != 64:
+        raise ValueError(f"width={width}: only ResNets have a width option ({name} is built as published)")
     if weights is None and weights_meta is not None:
         meta = validate_meta(weights_meta, "weights_meta")
         return entry, None, meta, resolve_style(meta, style, "weights_meta")
@@ -104,6 +106,7 @@ def build_backbone(
     freeze_at: int = _DET.freeze_at,
     out_features: Sequence[str] = ("res4",),
     shortcut: str = _DET.shortcut,
+    width: int = _DET.width,
 ) -> nn.Module:
     """A feature trunk: forward(images[N,3,H,W]) -> OrderedDict name -> map.
 
@@ -113,12 +116,13 @@ def build_backbone(
     mismatch is an error. style: "pytorch" (torchvision v1.5) or "msra" (the paper's Caffe model);
     None takes the weights' style ("pytorch" without weights), and a style the weights contradict is an error.
     norm: "frozen_bn", "bn", "syncbn" or "gn" (VGG-16 has no norm layers). freeze_at: 0..5, as detectron2.
+    width: ResNets' first-stage channels (the paper's 64; every stage doubles it).
     """
-    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut)
+    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
     out_features = (out_features,) if isinstance(out_features, str) else tuple(out_features)
     if entry.family == "resnet":
         net: nn.Module = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style,
-                                shortcut=shortcut, out_features=out_features)
+                                shortcut=shortcut, out_features=out_features, width=width)
         built = {m for _, m in net._stages}
         drop = ["fc."] + [f"layer{i}." for i in range(1, 5) if f"layer{i}" not in built]
     else:
@@ -142,6 +146,7 @@ def build_c4(
     freeze_at: int = _DET.freeze_at,
     shortcut: str = _DET.shortcut,
     weights_meta: dict[str, Any] | None = None,
+    width: int = _DET.width,
 ) -> tuple[nn.Module, nn.Module]:
     """The paper's Faster R-CNN split of one network (Appendix A) -> (trunk, head).
 
@@ -152,10 +157,10 @@ def build_c4(
     weights_meta: without `weights`, build for this preprocessing/style/BN eps (a detector checkpoint
     that will be loaded afterwards carries it).
     """
-    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, weights_meta)
+    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, weights_meta, width=width)
     if entry.family == "resnet":
         net = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style, shortcut=shortcut,
-                     out_features=("res4", "res5"))
+                     out_features=("res4", "res5"), width=width)
         drop = ["fc."]
     else:
         net = VGG16C4()
@@ -177,17 +182,18 @@ def build_classifier(
     norm: str = _CLS.norm,
     shortcut: str = _CLS.shortcut,
     weights: str | os.PathLike | None = None,
+    width: int = _CLS.width,
 ) -> nn.Module:
     """The ImageNet classifier: forward(images[N,3,224,224]) -> logits[N, num_classes].
 
     Its state_dict keys are exactly torchvision's, so torchvision checkpoints load with no conversion.
     style: as build_backbone (None: the weights' style, else "pytorch").
     """
-    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut)
+    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
     if entry.family == "resnet":
         net: nn.Module = ResNetClassifier(name, num_classes=num_classes,
                                           norm=norm_factory(norm, eps=meta["bn_eps"]), style=style,
-                                          shortcut=shortcut)
+                                          shortcut=shortcut, width=width)
     else:
         net = VGG16Classifier(num_classes=num_classes)
     if state is not None:

@@ -229,22 +229,30 @@ _BRANCH2 = {"a": 1, "b": 2, "c": 3}
 _BN_SUFFIX = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
 
 
+#: The classifier under its names in the MSRA ImageNet files (``fc1000_*``) and in other Detectron files
+#: (``pred_*``).
+_CAFFE2_FC = {"fc1000_w": "fc.weight", "fc1000_b": "fc.bias", "pred_w": "fc.weight", "pred_b": "fc.bias"}
+#: The stem conv's bias (Caffe convs have one; torchvision's conv1 has none): folded into bn1.
+_CONV1_BIAS = "conv1_b"
+
+
 def _caffe2_target(key: str) -> str | None:
-    """torchvision name for one Caffe2 blob name; None for blobs to skip; ValueError if unknown."""
+    """torchvision name for one Caffe2 blob name; None for solver bookkeeping; ValueError if unknown.
+    ``conv1_b`` maps to ``conv1.bias``, which :func:`convert_caffe2_resnet` folds into bn1."""
     if key in _CAFFE2_BOOKKEEPING or key.endswith("_momentum"):
         return None
     if key == "conv1_w":
         return "conv1.weight"
+    if key == _CONV1_BIAS:
+        return "conv1.bias"
     if m := re.fullmatch(r"res_conv1_bn_(s|b|rm|riv)", key):
         return f"bn1.{_BN_SUFFIX[m.group(1)]}"
-    if key == "pred_w":
-        return "fc.weight"
-    if key == "pred_b":
-        return "fc.bias"
+    if key in _CAFFE2_FC:
+        return _CAFFE2_FC[key]
     m = re.fullmatch(r"res([2-5])_(\d+)_branch(1|2[abc])(_w|_bn_s|_bn_b|_bn_rm|_bn_riv)", key)
     if m is None:
-        raise ValueError(f"key '{key}': not a Caffe2 ResNet blob (expected conv1_w, res_conv1_bn_*, "
-                         "res<2-5>_<i>_branch<1|2a|2b|2c>_{w,bn_s,bn_b}, pred_w/pred_b)")
+        raise ValueError(f"key '{key}': not a Caffe2 ResNet blob (expected conv1_w, conv1_b, res_conv1_bn_*, "
+                         "res<2-5>_<i>_branch<1|2a|2b|2c>_{w,bn_s,bn_b}, fc1000_w/_b or pred_w/_b)")
     stage, block, branch, what = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
     prefix = f"layer{stage - 1}.{block}."
     if branch == "1":
@@ -265,7 +273,11 @@ def convert_caffe2_resnet(
     ``res{n}_{i}_branch2{a,b,c}_w`` -> ``layer{n-1}.{i}.conv{1,2,3}.weight``;
     ``res{n}_{i}_branch2{a,b,c}_bn_{s,b}`` -> ``layer{n-1}.{i}.bn{1,2,3}.{weight,bias}``;
     ``res{n}_{i}_branch1_w`` / ``_bn_{s,b}`` -> ``layer{n-1}.{i}.downsample.{0,1}.*``;
-    ``pred_w`` / ``pred_b`` -> ``fc.weight`` / ``fc.bias``.
+    ``fc1000_w`` / ``fc1000_b`` (the MSRA ImageNet files) or ``pred_w`` / ``pred_b`` -> ``fc.weight`` /
+    ``fc.bias``. The top-level dict may hold the blobs or ``{"blobs": {...}}``.
+    ``conv1_b``: Caffe's stem conv has a bias; torchvision's ``conv1`` has none, and bn1 follows it. A
+    bias ``c`` before a BN with running mean ``m`` gives ``(W x + c - m) * s / sqrt(v + eps) + t``, i.e.
+    the BN with running mean ``m - c``: the bias is folded there exactly (and reported if it is zero).
     BatchNorm: ``_s``/``_b`` are the folded affine, so running mean 0 and running variance 1 are
     written unless ``_bn_rm``/``_bn_riv`` are present (taken as mean and variance, as detectron2
     does). ``*_momentum`` and ``model_iter``/``lr`` are skipped; any other key is an error.
@@ -273,20 +285,24 @@ def convert_caffe2_resnet(
     The 1x1-stride convention ("msra") is a property of the model, recorded in the meta.
 
     Returns:
-        (state_dict, meta) with meta = ``MSRA_META`` + ``arch`` (FrozenBN keys: no num_batches_tracked).
+        (state_dict, meta) with meta = ``MSRA_META`` + ``arch`` (FrozenBN keys: no num_batches_tracked) and
+        ``meta["conversion"] = {"dropped_keys": [...], "notes": [...]}``: every source key is used or named.
     """
     from detres.backbones.weights import MSRA_META
 
     sd: dict[str, torch.Tensor] = {}
+    dropped, notes = [], []
     for key, value in blobs.items():
         if not isinstance(key, str):
             raise ValueError(f"key {key!r}: blob names must be strings")
         target = _caffe2_target(key)
         if target is None:
+            dropped.append(key)
             continue
         if target in sd:
             raise ValueError(f"key '{key}': maps to '{target}', which another blob already filled")
         sd[target] = _to_tensor(value, key=key).float()
+    conv1_bias = sd.pop("conv1.bias", None)
     if "conv1.weight" not in sd:
         raise ValueError("no 'conv1_w' blob: not an MSRA ResNet")
     # Fill running statistics for every BN that has an affine but no stored statistics.
@@ -297,6 +313,15 @@ def convert_caffe2_resnet(
         n = sd[key].shape[0]
         sd.setdefault(base + "running_mean", torch.zeros(n))
         sd.setdefault(base + "running_var", torch.ones(n))
+    if conv1_bias is not None:
+        if conv1_bias.shape != sd["bn1.running_mean"].shape:
+            raise ValueError(f"key 'conv1_b': shape {tuple(conv1_bias.shape)} does not match conv1's "
+                             f"{sd['bn1.running_mean'].shape[0]} channels")
+        if bool((conv1_bias == 0).all()):
+            notes.append("conv1_b is all zeros: nothing to fold")
+        else:
+            sd["bn1.running_mean"] = sd["bn1.running_mean"] - conv1_bias
+            notes.append("conv1_b folded into bn1.running_mean (exact: bn(Wx + c) with mean m == bn(Wx) with mean m - c)")
     blocks = []
     for stage in range(1, 5):
         blocks.append(len({int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}))
@@ -305,7 +330,8 @@ def convert_caffe2_resnet(
     if arch is not None and arch != inferred:
         raise ValueError(f"--arch {arch} given, but the blobs describe a {inferred}")
     meta = dict(MSRA_META)
-    meta.update({"arch": inferred, "style": "msra", "bn_eps": 0.0, "source": "msra-caffe2"})
+    meta.update({"arch": inferred, "style": "msra", "bn_eps": 0.0, "source": "msra-caffe2",
+                 "conversion": {"dropped_keys": sorted(dropped), "notes": notes}})
     if check and "fc.weight" in sd:
         _check_loads_into_classifier(sd, arch=inferred, style="msra", norm="frozen_bn", what="MSRA blobs")
     return dict(sorted(sd.items(), key=lambda kv: _natural_key(kv[0]))), meta
@@ -506,7 +532,7 @@ def convert_detectron2_c4(
 
 def convert_weights(
     src: str | os.PathLike, dst: str | os.PathLike | None = None, *, arch: str | None = None,
-    fmt: str = "auto", check: bool = True,
+    fmt: str = "auto", check: bool = True, preprocess: str | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """Convert the weights file ``src`` and (when ``dst`` is given) write ``{"model", "meta"}`` there.
 
@@ -516,20 +542,39 @@ def convert_weights(
         arch: ``"resnet50"`` ...; inferred when None, checked when given.
         fmt: ``"auto"``, ``"torchvision"``, ``"caffe2"`` or ``"detectron2"``.
         check: for classifier weights, load into ``build_classifier(arch)`` with strict keys.
+        preprocess: the input a torchvision-layout file expects: ``"torchvision"`` (RGB, [0, 1], ImageNet
+            mean/std; the default for torchvision files) or ``"caffe"`` (BGR, [0, 255], py-faster-rcnn's pixel
+            means: the Caffe VGG-16 converted to torchvision's layout, ``vgg16_caffe.pth``). MSRA files carry
+            the Caffe preprocessing already ("caffe" is accepted, "torchvision" refused); detectron2 files
+            carry their own.
 
     Returns:
         (state_dict, meta, fmt) with the format that was used.
     """
+    from detres.backbones.weights import PREPROCESSING
+
     src = Path(src)
+    if preprocess is not None and preprocess not in PREPROCESSING:
+        raise ValueError(f"--preprocess: unknown {preprocess!r}; choose from {list(PREPROCESSING)}")
     obj = load_source(src)
     weights, file_meta = _unwrap(obj, path=str(src))
     try:
         fmt = detect_format(weights) if fmt == "auto" else fmt
         if fmt == "torchvision":
-            sd, meta = convert_torchvision(weights, arch=arch, meta=file_meta, check=check)
+            if preprocess is not None and file_meta is not None:
+                raise ValueError(f"--preprocess {preprocess}: this detres file already records its preprocessing "
+                                 f"({file_meta.get('channel_order')}, x{file_meta.get('input_range')}); convert "
+                                 "the original file instead")
+            chosen = dict(PREPROCESSING[preprocess]) if preprocess is not None else file_meta
+            sd, meta = convert_torchvision(weights, arch=arch, meta=chosen, check=check)
         elif fmt == "caffe2":
+            if preprocess not in (None, "caffe"):
+                raise ValueError(f"--preprocess {preprocess}: MSRA/Detectron ResNets expect Caffe's input "
+                                 "(BGR, 0-255, pixel means), which their conversion records")
             sd, meta = convert_caffe2_resnet(weights, arch=arch, check=check)
         elif fmt == "detectron2":
+            if preprocess is not None:
+                raise ValueError(f"--preprocess {preprocess}: a detectron2 detector records its own preprocessing")
             sd, meta = convert_detectron2_c4(weights, arch=arch)
         else:
             raise ValueError(f"unknown format '{fmt}' (auto, torchvision, caffe2, detectron2)")

@@ -124,7 +124,8 @@ class ResNet(DeclaredFeatures, nn.Module):
 
     forward(images[N, 3, H, W]) -> OrderedDict name -> map, with names from `stem` (stride 4, after the
     max-pool), `res2` (4), `res3` (8), `res4` (16), `res5` (32). Stages after the last requested one
-    are not built. `feature_specs` declares every returned map; `out_channels` is the channel count of
+    are not built. `width` is the channel count of conv1 and of conv2_x's 3x3 convs (the paper's 64);
+    every stage doubles it. Other widths are for small from-scratch models (torchvision weights need 64). `feature_specs` declares every returned map; `out_channels` is the channel count of
     the last one (torchvision's FasterRCNN reads it).
     """
 
@@ -136,8 +137,11 @@ class ResNet(DeclaredFeatures, nn.Module):
         style: str = "pytorch",
         shortcut: str = "B",
         out_features: Sequence[str] = ("res4",),
+        width: int = 64,
     ):
         super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be >= 1 channel, got {width}")
         if arch not in ARCHS:
             raise ValueError(f"unknown ResNet {arch!r}; choose from {list(ARCHS)}")
         if style not in STYLES:
@@ -149,18 +153,18 @@ class ResNet(DeclaredFeatures, nn.Module):
         self._out_features = check_out_features(out_features, names)
         last = names.index(self._out_features[-1])
 
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = norm(64)
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = norm(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        specs = {"stem": FeatureSpec(64, 4)}
+        specs = {"stem": FeatureSpec(width, 4)}
 
-        channels, stride = 64, 4
+        channels, stride = width, 4
         self._stages: list[tuple[str, str]] = []  # (semantic name, module name)
         for i, (name, depth) in enumerate(zip(STAGE_NAMES, depths)):
             if i + 1 > last:
                 break
-            planes = 64 * 2**i
+            planes = width * 2**i
             first_stride = 1 if i == 0 else 2
             blocks = []
             for b in range(depth):
@@ -250,8 +254,8 @@ class ResNetClassifier(ResNet):
     """
 
     def __init__(self, arch: str, *, num_classes: int = 1000, norm: NormFn, style: str = "pytorch",
-                 shortcut: str = "B"):
-        super().__init__(arch, norm=norm, style=style, shortcut=shortcut, out_features=("res5",))
+                 shortcut: str = "B", width: int = 64):
+        super().__init__(arch, norm=norm, style=style, shortcut=shortcut, out_features=("res5",), width=width)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.out_channels, num_classes)
 

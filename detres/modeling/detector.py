@@ -113,6 +113,7 @@ def build_detector(
     norm: str = _PAPER.backbone.norm,
     freeze_at: int = _PAPER.backbone.freeze_at,
     shortcut: str = _PAPER.backbone.shortcut,
+    width: int = _PAPER.backbone.width,
     pooler: str = _PAPER.pooler.type,
     pooler_resolution: int | None = _PAPER.pooler.resolution,
     pooler_sampling_ratio: int = _PAPER.pooler.sampling_ratio,
@@ -170,7 +171,7 @@ def build_detector(
     if backbone == "vgg16" and resolution != 7:
         raise ValueError(f"vgg16's fc6 takes 7x7 RoI features; pooler_resolution={resolution} cannot be used")
     trunk, head = build_c4(backbone, weights=weights, style=style, norm=norm, freeze_at=freeze_at,
-                           shortcut=shortcut, weights_meta=weights_meta)
+                           shortcut=shortcut, weights_meta=weights_meta, width=width)
     feature = c4_feature_name(backbone)
     spec = trunk.feature_specs[feature]
     anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))

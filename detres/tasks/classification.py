@@ -76,7 +76,8 @@ def build_model(cfg: ClsConfig) -> nn.Module:
     check_choice("model.norm", m.norm, NORMS)
     check_choice("model.style", m.style, STYLES)
     check_choice("model.shortcut", m.shortcut, SHORTCUTS)
-    return build_classifier(m.name, num_classes=m.num_classes, style=m.style, norm=m.norm, shortcut=m.shortcut)
+    return build_classifier(m.name, num_classes=m.num_classes, style=m.style, norm=m.norm, shortcut=m.shortcut,
+                            width=m.width)
 
 
 def build_datasets(cfg: ClsConfig, *, train: bool = True, test: bool = True

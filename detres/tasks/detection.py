@@ -103,7 +103,7 @@ def detector_kwargs(cfg: DetConfig) -> dict[str, Any]:
     check_choice("model.pooler.type", p.type, POOLERS)
     return dict(
         backbone=b.name, num_classes=num_classes_for(cfg), weights=b.weights, style=b.style, norm=b.norm,
-        freeze_at=b.freeze_at, shortcut=b.shortcut,
+        freeze_at=b.freeze_at, shortcut=b.shortcut, width=b.width,
         pooler=p.type, pooler_resolution=p.resolution, pooler_sampling_ratio=p.sampling_ratio,
         pooler_aligned=p.aligned,
         anchor_sizes=tuple(rpn.anchor_sizes), aspect_ratios=tuple(rpn.aspect_ratios),
