@@ -8,6 +8,10 @@ import torch
 torch.set_num_threads(int(os.environ.get("DETRES_TEST_THREADS", "1")))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; run them with -m cuda)")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

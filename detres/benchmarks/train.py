@@ -19,6 +19,7 @@ from detres.config import ClsConfig, DetConfig, load_config
 from detres.engine.solver import build_sgd
 from detres.tasks import classification as cls_task
 from detres.tasks import detection as det_task
+from detres.benchmarks.mfu import gpu_peak_tflops, mfu, step_flops
 from detres.utils.amp import autocast
 
 __all__ = ["time_sgd_steps", "time_det_step", "time_cls_step"]
@@ -52,15 +53,26 @@ def time_sgd_steps(loss_of_batch: Callable[[Any], torch.Tensor], make_batch: Cal
 
 
 def time_det_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_size: tuple[int, int] | None = None,
-                  device: str | torch.device = "cpu") -> dict:
+                  device: str | torch.device = "cpu", amp: str | None | object = ..., channels_last: bool = False,
+                  compile_modules: bool = False, count_flops: bool = False) -> dict:
     """Seconds per training iteration of ``cfg``'s detector on random images (no data, no weights).
 
     Images are ``image_size`` (H, W), default (min_size, max_size-capped 4:3) as the paper's 600x800;
-    each carries 3 random boxes. Returns ``{"s_per_iter", "iters", "image_size", "ims_per_batch", "backbone"}``.
+    each carries 3 random boxes. ``amp`` overrides ``solver.amp``; ``channels_last`` runs trunk and head in
+    NHWC; ``compile_modules`` wraps trunk and per-RoI head in ``torch.compile``; ``count_flops`` adds the
+    FLOPs of one step and, on a known GPU, the MFU. Returns ``{"s_per_iter", "images_per_s", "iters",
+    "image_size", "ims_per_batch", "backbone", ...}``.
     """
     device = torch.device(device)
+    amp = cfg.solver.amp if amp is ... else amp
     torch.manual_seed(0)
     model = det_task.build_model(cfg, weights=None).to(device).train()
+    if channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
+        model.roi_heads.box_head.to(memory_format=torch.channels_last)
+    if compile_modules:
+        model.backbone = torch.compile(model.backbone)
+        model.roi_heads.box_head = torch.compile(model.roi_heads.box_head)
     opt = build_sgd(model, lr=1e-4, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay)
     h, w = image_size or (cfg.data.min_size, min(cfg.data.max_size, round(cfg.data.min_size * 4 / 3)))
     k = det_task.num_classes_for(cfg) - 1
@@ -68,7 +80,8 @@ def time_det_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_size
     def batch():
         imgs, tgts = [], []
         for _ in range(cfg.solver.ims_per_batch):
-            imgs.append(torch.rand(3, h, w, device=device))
+            img = torch.rand(3, h, w, device=device)
+            imgs.append(img.contiguous(memory_format=torch.channels_last) if channels_last else img)
             xy = torch.rand(3, 2) * torch.tensor([w * 0.6, h * 0.6])
             wh = torch.rand(3, 2) * torch.tensor([w * 0.3, h * 0.3]) + 16
             tgts.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
@@ -76,9 +89,21 @@ def time_det_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_size
         return imgs, tgts
 
     times = time_sgd_steps(lambda b: sum(model(*b).values()), batch, opt, iters=iters, warmup=warmup,
-                           device=device, amp=cfg.solver.amp)
-    return {"s_per_iter": sum(times) / len(times), "iters": iters, "image_size": [h, w],
-            "ims_per_batch": cfg.solver.ims_per_batch, "backbone": cfg.model.backbone.name}
+                           device=device, amp=amp)
+    seconds = statistics.median(times)
+    out = {"s_per_iter": seconds, "images_per_s": cfg.solver.ims_per_batch / seconds, "iters": iters,
+           "image_size": [h, w], "ims_per_batch": cfg.solver.ims_per_batch, "backbone": cfg.model.backbone.name,
+           "amp": amp, "channels_last": channels_last, "compile": compile_modules}
+    if count_flops:
+        b = batch()
+        with autocast(amp, device):
+            flops = step_flops(lambda: sum(model(*b).values()))
+        opt.zero_grad(set_to_none=True)
+        dtype = amp or ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
+        peak = gpu_peak_tflops(torch.cuda.get_device_name(device), dtype) if device.type == "cuda" else None
+        out.update(tflops_per_step=flops / 1e12, achieved_tflops=flops / seconds / 1e12, peak_tflops=peak,
+                   mfu=mfu(flops, seconds, peak))
+    return out
 
 
 def time_cls_step(config: str | os.PathLike | ClsConfig, *, overrides: Sequence[str] = (), batch_size: int = 2,
@@ -118,9 +143,19 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="config overrides applied to every config")
 
 
+#: ``--variants`` of train-step: (amp, channels_last, compile)
+VARIANTS = {"fp32": (None, False, False), "bf16": ("bf16", False, False),
+            "bf16-channels-last": ("bf16", True, False), "bf16-compile": ("bf16", True, True)}
+
+
 def _det_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--batch", type=int, default=None, help="images per step (default: solver.ims_per_batch)")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="image size (default: min_size x 4:3, e.g. 600x800)")
+    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                   help="time these precision/layout variants (default: the config's solver.amp only)")
+    p.add_argument("--mfu", action="store_true", help="count the FLOPs of a step and report MFU on a known GPU")
 
 
 @register("train-step", "seconds per detection training step of each paper config (600x800 images)", _det_args)
@@ -128,7 +163,17 @@ def bench_train_step(args: argparse.Namespace) -> dict[str, Any]:
     out = {}
     for path in _configs(args, lambda n: not n.startswith(("imagenet_", "demo_"))):
         overrides = list(args.opts or []) + ([f"solver.ims_per_batch={args.batch}"] if args.batch else [])
-        out[path.stem] = time_det_step(load_config(path, overrides), iters=args.iters, device=args.device)
+        cfg = load_config(path, overrides)
+        size = tuple(args.size) if args.size else None
+        if not args.variants:
+            out[path.stem] = time_det_step(cfg, iters=args.iters, device=args.device, image_size=size,
+                                           count_flops=args.mfu)
+            continue
+        for name in args.variants:
+            amp, channels_last, compile_modules = VARIANTS[name]
+            out[f"{path.stem}/{name}"] = time_det_step(cfg, iters=args.iters, device=args.device, image_size=size,
+                                                       amp=amp, channels_last=channels_last,
+                                                       compile_modules=compile_modules, count_flops=args.mfu)
     return out
 
 

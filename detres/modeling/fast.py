@@ -1,0 +1,212 @@
+"""The fast inference path: an optimised copy of a C4 detector with the same calls and the same detections.
+
+:func:`prepare_for_inference` takes a detector from :func:`detres.modeling.build_detector` and returns a
+copy for evaluation and prediction (the given model is never changed: the trainer evaluates its live
+training model). Each optimisation can be switched off, and all of them with ``enabled=False``:
+
+- ``fold_bn``: every BatchNorm (frozen, or trainable in eval mode) that follows a convolution is folded
+  into it: ``W' = W * s / sqrt(v + eps)``, ``b' = t - m * s / sqrt(v + eps)``. Exact up to rounding, and it
+  removes a full read and write of every activation.
+- ``channels_last``: trunk and per-RoI head run in NHWC, the layout oneDNN's convolutions use natively, so
+  no layout conversion happens around each convolution.
+- ``freeze``: the trunk and the head are traced and frozen with TorchScript
+  (``torch.jit.freeze`` + ``optimize_for_inference``), which lets oneDNN fuse convolution, bias, addition and
+  ReLU. Off by default: it is measured per machine in ``tools/benchmark.py infer``.
+- ``roi_chunk``: the per-RoI conv5 head runs over chunks of this many RoIs, so that its activations stay in
+  cache (None: all at once).
+- ``bf16``: the head and trunk in bfloat16 autocast, only on a CPU with native bf16 arithmetic (AVX512-BF16 or
+  AMX) or on CUDA; never emulated. Not exact: mAP changes by a fraction of a point.
+
+The exact options give the same labels, boxes within 0.5 px and scores within 1e-3 of fp32 eager
+(tests/test_fast_inference.py).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+__all__ = ["prepare_for_inference", "fold_batchnorm", "cpu_has_native_bf16", "FAST_DEFAULTS"]
+
+logger = logging.getLogger(__name__)
+
+#: The options used when a caller asks for the fast path without choosing (measured on the CPUs here).
+FAST_DEFAULTS: dict[str, Any] = {"fold_bn": True, "channels_last": True, "freeze": False, "roi_chunk": None,
+                                 "bf16": False}
+
+_BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
+
+
+def _bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with ``bn(x) == x * scale + shift`` per channel, in eval mode."""
+    mean, var, eps = bn.running_mean, bn.running_var, bn.eps
+    weight = bn.weight if bn.weight is not None else torch.ones_like(mean)
+    bias = bn.bias if bn.bias is not None else torch.zeros_like(mean)
+    scale = weight / torch.sqrt(var + eps)
+    return scale, bias - mean * scale
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+    """A new Conv2d (with bias) computing ``bn(conv(x))``."""
+    scale, shift = _bn_scale_shift(bn)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                      padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    old_bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(old_bias * scale + shift)
+    return fused
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a Conv2d into it, in place (eval-mode semantics).
+
+    Pairs are found by name: ``convK`` + ``bnK`` on one module (detres's and torchvision's ResNet blocks and
+    stem) and ``Sequential(Conv2d, BatchNorm, ...)`` (shortcut projections). The BN becomes ``nn.Identity``.
+    Returns the number of folded pairs.
+    """
+    folded = 0
+    for parent in list(module.modules()):
+        for k in range(1, 4):
+            conv, bn = getattr(parent, f"conv{k}", None), getattr(parent, f"bn{k}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, _BN_TYPES):
+                setattr(parent, f"conv{k}", _fold(conv, bn))
+                setattr(parent, f"bn{k}", nn.Identity())
+                folded += 1
+        if isinstance(parent, nn.Sequential):
+            for i in range(len(parent) - 1):
+                if isinstance(parent[i], nn.Conv2d) and isinstance(parent[i + 1], _BN_TYPES):
+                    parent[i] = _fold(parent[i], parent[i + 1])
+                    parent[i + 1] = nn.Identity()
+                    folded += 1
+    return folded
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); bf16 elsewhere is emulated."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class _ChannelsLast(nn.Module):
+    """Runs ``module`` on an NHWC copy of a 4-D input (its weights are NHWC too)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.module(x.contiguous(memory_format=torch.channels_last))
+
+
+class _Chunked(nn.Module):
+    """Runs a per-RoI head over chunks of ``chunk`` RoIs and concatenates the outputs."""
+
+    def __init__(self, head: nn.Module, chunk: int):
+        super().__init__()
+        self.head, self.chunk = head, chunk
+        self.out_channels = getattr(head, "out_channels", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.chunk:
+            return self.head(x)
+        return torch.cat([self.head(part) for part in x.split(self.chunk)])
+
+
+class _Autocast(nn.Module):
+    """Runs ``module`` under bf16 autocast and returns float32 tensors."""
+
+    def __init__(self, module: nn.Module, device_type: str):
+        super().__init__()
+        self.module, self.device_type = module, device_type
+
+    def forward(self, x: torch.Tensor) -> Any:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.module(x)
+        if isinstance(out, dict):
+            return type(out)((k, v.float()) for k, v in out.items())
+        return out.float()
+
+
+class _Frozen(nn.Module):
+    """A traced and frozen TorchScript copy of ``module`` (oneDNN fusion); keeps the original's dict output."""
+
+    def __init__(self, module: nn.Module, example: torch.Tensor, keys: tuple[str, ...] | None):
+        super().__init__()
+        self.keys = keys
+        traced = torch.jit.trace(module, example, strict=False, check_trace=False)
+        self.frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.frozen(x)
+        if self.keys is None:
+            return out
+        from collections import OrderedDict
+        return OrderedDict((k, out[k]) for k in self.keys)
+
+
+def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", enabled: bool = True,
+                          fold_bn: bool | None = None, channels_last: bool | None = None, freeze: bool | None = None,
+                          roi_chunk: int | None = None, bf16: bool | None = None) -> nn.Module:
+    """An optimised copy of the C4 detector ``model`` in eval mode on ``device`` (see the module docstring).
+
+    Options left as None take :data:`FAST_DEFAULTS`; ``bf16=True`` is ignored (with a log line) on a CPU
+    without native bf16. ``enabled=False`` returns a plain eval-mode copy. Call signature and outputs are
+    ``model``'s: ``model(list of [3, H, W] float RGB in [0, 1]) -> [{"boxes", "labels", "scores"}]``.
+    """
+    device = torch.device(device)
+    fast = copy.deepcopy(model).eval().to(device)
+    if not enabled:
+        return fast
+    opts = dict(FAST_DEFAULTS)
+    opts.update({k: v for k, v in dict(fold_bn=fold_bn, channels_last=channels_last, freeze=freeze,
+                                       roi_chunk=roi_chunk, bf16=bf16).items() if v is not None})
+    if opts["bf16"] and device.type == "cpu" and not cpu_has_native_bf16():
+        logger.info("fast path: bf16 skipped, this CPU has no native bf16 (it would be emulated)")
+        opts["bf16"] = False
+    if opts["roi_chunk"] is not None and opts["roi_chunk"] < 1:
+        raise ValueError(f"roi_chunk must be >= 1 or None, got {opts['roi_chunk']}")
+    if opts["fold_bn"]:
+        fold_batchnorm(fast.backbone)
+        fold_batchnorm(fast.roi_heads.box_head)
+    trunk, head = fast.backbone, fast.roi_heads.box_head
+    keys = None
+    if opts["freeze"]:
+        if opts["bf16"]:
+            raise ValueError("freeze and bf16 cannot be combined in the fast path")
+        with torch.no_grad():
+            if opts["channels_last"]:
+                trunk, head = trunk.to(memory_format=torch.channels_last), head.to(memory_format=torch.channels_last)
+            probe = torch.rand(1, 3, 64, 64, device=device)
+            keys = tuple(trunk(probe).keys())
+            channels = next(iter(trunk(probe).values())).shape[1]
+            trunk_in = probe.contiguous(memory_format=torch.channels_last) if opts["channels_last"] else probe
+            trunk = _Frozen(trunk, trunk_in, keys)
+            head_in = torch.rand(2, channels, fast.roi_heads.box_roi_pool.output_size,
+                                 fast.roi_heads.box_roi_pool.output_size, device=device)
+            if opts["channels_last"]:
+                head_in = head_in.contiguous(memory_format=torch.channels_last)
+            head = _Frozen(head, head_in, None)
+    if opts["channels_last"]:
+        trunk, head = _ChannelsLast(trunk), _ChannelsLast(head)
+    if opts["bf16"]:
+        trunk, head = _Autocast(trunk, device.type), _Autocast(head, device.type)
+    if opts["roi_chunk"] is not None:
+        head = _Chunked(head, opts["roi_chunk"])
+    for wrapper, original in ((trunk, fast.backbone), (head, fast.roi_heads.box_head)):
+        if wrapper is not original and getattr(wrapper, "out_channels", None) is None:
+            wrapper.out_channels = original.out_channels  # torchvision and detres read it
+    fast.backbone, fast.roi_heads.box_head = trunk, head
+    fast.inference_options = opts
+    return fast

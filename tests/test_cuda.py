@@ -1,0 +1,77 @@
+"""CUDA checks: run only where a GPU is present (``pytest -m cuda``); skipped elsewhere, CI included."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detres.modeling import C4RoIPooler, build_detector
+from detres.modeling.fast import prepare_for_inference
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+TINY = dict(anchor_sizes=(16, 32, 64), rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=32,
+            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=16, box_batch_size_per_image=16,
+            rpn_batch_size_per_image=32)
+
+
+def _batch(device):
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 96, 128, generator=g).to(device), torch.rand(3, 128, 96, generator=g).to(device)]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 60.0, 70.0]], device=device), "labels": torch.tensor([1], device=device)},
+               {"boxes": torch.tensor([[10.0, 20.0, 80.0, 90.0]], device=device), "labels": torch.tensor([2], device=device)}]
+    return images, targets
+
+
+def test_bf16_amp_training_step():
+    from detres.utils.amp import autocast
+
+    torch.manual_seed(0)
+    model = build_detector(backbone="resnet18", num_classes=3, norm="bn", freeze_at=0, **TINY).cuda().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images, targets = _batch("cuda")
+    for _ in range(2):
+        with autocast("bf16", "cuda"):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cpu_and_cuda_evaluation_agree():
+    torch.manual_seed(0)
+    model = build_detector(backbone="resnet18", num_classes=3, box_score_thresh=0.0, **TINY).eval()
+    images, _ = _batch("cpu")
+    with torch.no_grad():
+        cpu = model(images)
+        gpu = model.cuda()([im.cuda() for im in images])
+    for c, g in zip(cpu, gpu):
+        n = min(len(c["scores"]), len(g["scores"]), 10)  # the top detections: order may swap on near-ties
+        torch.testing.assert_close(g["scores"][:n].cpu(), c["scores"][:n], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(g["boxes"][:n].cpu(), c["boxes"][:n], rtol=1e-3, atol=0.5)
+
+
+@pytest.mark.parametrize("kind", ["roi_align", "roi_pool"])
+def test_roi_pooling_under_autocast(kind):
+    pool = C4RoIPooler(kind=kind, feature="res4", stride=16, output_size=7)
+    feats = {"res4": torch.rand(2, 8, 20, 20, device="cuda")}
+    rois = [torch.tensor([[0.0, 0.0, 64.0, 64.0]], device="cuda"), torch.tensor([[16.0, 8.0, 200.0, 120.0]], device="cuda")]
+    ref = pool(feats, rois)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = pool({"res4": feats["res4"].bfloat16()}, rois)
+    assert out.shape == (2, 8, 7, 7) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_fast_path_on_cuda():
+    torch.manual_seed(0)
+    model = build_detector(backbone="resnet18", num_classes=3, box_score_thresh=0.0, **TINY).eval().cuda()
+    fast = prepare_for_inference(model, device="cuda")
+    images, _ = _batch("cuda")
+    with torch.no_grad():
+        a, b = model(images), fast(images)
+    for x, y in zip(a, b):
+        n = min(len(x["scores"]), len(y["scores"]), 10)
+        torch.testing.assert_close(y["scores"][:n], x["scores"][:n], rtol=1e-3, atol=1e-3)

@@ -1,0 +1,118 @@
+"""The fast inference path: exact transforms, the given model untouched, the same detections as fp32 eager."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torchvision.ops import FrozenBatchNorm2d, box_iou
+
+from _engine_helpers import write_tiny_config
+from detres.backbones.resnet import BasicBlock, Bottleneck
+from detres.config import load_config
+from detres.modeling import build_detector
+from detres.modeling.fast import cpu_has_native_bf16, fold_batchnorm, prepare_for_inference
+from detres.tasks.detection import build_model, run_train
+
+
+def _random_stats(module):
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (FrozenBatchNorm2d, torch.nn.BatchNorm2d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+
+
+@pytest.mark.parametrize("norm", [lambda c: FrozenBatchNorm2d(c), lambda c: torch.nn.BatchNorm2d(c)])
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_batchnorm_folding_is_exact(block, norm):
+    b = block(32, 16, stride=2, norm=norm, shortcut="B", style="msra").eval()
+    _random_stats(b)
+    x = torch.randn(3, 32, 9, 9)
+    with torch.no_grad():
+        expect = b(x)
+        folded = copy.deepcopy(b)
+        n = fold_batchnorm(folded)
+        got = folded(x)
+    assert n == (3 if block is BasicBlock else 4)  # every conv+BN pair, the projection shortcut included
+    assert not any(isinstance(m, (FrozenBatchNorm2d, torch.nn.BatchNorm2d)) for m in folded.modules())
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny detector trained for a few iterations, so that its scores separate the detections."""
+    tmp = tmp_path_factory.mktemp("fast")
+    cfg = load_config(write_tiny_config(tmp), ["solver.max_iter=12", "solver.steps=[]", "test.eval_period=0",
+                                              "test.num_vis_images=0", "solver.checkpoint_period=0",
+                                              "model.roi.score_thresh=0.05"])
+    run_train(cfg, progress=False)
+    model = build_model(cfg, weights=None)
+    model.load_state_dict(torch.load(tmp / "out" / "model_final.pth", weights_only=True)["model"])
+    return model.eval()
+
+
+def _match(a, b, *, box_tol=0.5, score_tol=1e-3):
+    """True when detections a and b are the same: same count, and one-to-one pairs with the same label,
+    boxes within box_tol px and scores within score_tol."""
+    if len(a["labels"]) != len(b["labels"]):
+        return False
+    used = set()
+    for i in range(len(a["labels"])):
+        ok = False
+        for j in range(len(b["labels"])):
+            if j in used or int(a["labels"][i]) != int(b["labels"][j]):
+                continue
+            if (a["boxes"][i] - b["boxes"][j]).abs().max() <= box_tol and abs(a["scores"][i] - b["scores"][j]) <= score_tol:
+                used.add(j)
+                ok = True
+                break
+        if not ok:
+            return False
+    return True
+
+
+def _images():
+    g = torch.Generator().manual_seed(3)
+    return [torch.rand(3, 64, 64, generator=g), torch.rand(3, 96, 80, generator=g)]  # two sizes
+
+
+@pytest.mark.parametrize("options", [dict(), dict(channels_last=False), dict(roi_chunk=3),
+                                     dict(freeze=True, channels_last=False)],
+                         ids=["defaults", "fold-only", "chunked", "frozen"])
+def test_same_detections_as_eager(trained, options):
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    fast = prepare_for_inference(trained, **options)
+    with torch.no_grad():
+        eager, got = trained(_images()), fast(_images())
+    assert sum(len(d["labels"]) for d in eager) > 0
+    for e, f in zip(eager, got):
+        assert _match(e, f), (e, f)
+    # the given model is left as it was: same modules, same values, eval/train flag untouched
+    assert isinstance(trained.backbone.bn1, (FrozenBatchNorm2d, torch.nn.BatchNorm2d))
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+
+
+def test_a_wrong_transform_would_be_caught(trained, monkeypatch):
+    """Negative control: a fold that forgets the shift changes the detections, and _match sees it."""
+    import detres.modeling.fast as fast_mod
+
+    real = fast_mod._bn_scale_shift
+    monkeypatch.setattr(fast_mod, "_bn_scale_shift", lambda bn: (real(bn)[0], real(bn)[1] * 0))
+    fast = prepare_for_inference(trained)
+    with torch.no_grad():
+        eager, got = trained(_images()), fast(_images())
+    assert not all(_match(e, f) for e, f in zip(eager, got))
+
+
+def test_disabled_and_bf16_policy():
+    model = build_detector(backbone="resnet18", num_classes=3, norm="frozen_bn").eval()
+    plain = prepare_for_inference(model, enabled=False)
+    assert plain is not model and type(plain.backbone) is type(model.backbone)
+    fast = prepare_for_inference(model, bf16=True)
+    # bf16 only where the CPU computes it natively; otherwise the option is dropped
+    assert fast.inference_options["bf16"] == cpu_has_native_bf16()
+    with pytest.raises(ValueError, match="roi_chunk"):
+        prepare_for_inference(model, roi_chunk=0)
