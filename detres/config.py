@@ -113,7 +113,9 @@ class ShapesConfig:
 @dataclass
 class DataConfig:
     dataset: str = "voc"  # voc | coco | shapes (the synthetic VOC-format demo set)
-    root: str = ""  # data folder; "" = $DETRES_DATA, else ./data
+    root: str = ""  # data folder (or a VOC-layout folder of your own); "" = $DETRES_DATA, else ./data
+    classes: Optional[list[str]] = None  # class names, label i+1 = classes[i]; null = the data's own (VOC's 20, COCO's categories)
+    image_root: str = ""  # COCO JSON given by path: folder of its file_name images; "" = the JSON's own folder
     train: list[str] = field(default_factory=lambda: ["2007_trainval"])  # training splits, concatenated: VOC "<year>_<split>", COCO "train2014"; shapes "trainval"
     test: str = "2007_test"  # evaluation split: VOC "2007_test", COCO "val2014", shapes "test"
     min_size: int = 600  # Faster R-CNN Sec. 3.3: shorter side rescaled to 600 px
@@ -153,6 +155,7 @@ class TestConfig:
     ims_per_batch: int = 1  # test images per process
     num_vis_images: int = 4  # test images drawn with their detections into the output directory
     has_labels: bool = True  # False: the test split has no public labels (VOC 2012 test): write the server's files, no AP
+    fast_inference: bool = True  # evaluate/predict with detres.modeling.prepare_for_inference (same detections, faster)
 
 
 @dataclass
@@ -576,4 +579,7 @@ def validate_config(cfg: Any) -> Any:
                       shapes.max_objects)
     if d is not None and hasattr(d, "train") and not d.train:
         raise _refuse("data.train", "must name at least one training split", d.train)
+    classes = getattr(d, "classes", None)
+    if classes is not None and (not classes or len(set(classes)) != len(classes) or not all(c.strip() for c in classes)):
+        raise _refuse("data.classes", "must be a list of distinct, non-empty class names (or null)", classes)
     return cfg

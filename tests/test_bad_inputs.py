@@ -21,14 +21,13 @@ from typing import Callable
 import cv2
 import numpy as np
 import pytest
-import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _data_helpers import write_coco, write_results, write_voc_tree  # noqa: E402
-from _engine_helpers import TINY, write_tiny_config  # noqa: E402
+from _engine_helpers import write_tiny_config  # noqa: E402
 
 
 class _Payload:

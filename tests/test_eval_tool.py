@@ -66,12 +66,14 @@ def test_coco_results(tmp_path, capsys):
 
 
 def _one_line_error(rc, err, *needles):
+    """Exit 2 and one "error: ..." line, the last one (log lines about the data may come before it)."""
     assert rc == 2
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ")
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0]
     assert "Traceback" not in err
     for n in needles:
-        assert n in lines[0], lines[0]
+        assert n in errors[0], errors[0]
 
 
 def test_id_without_xml(voc, capsys):

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from torchvision.ops import FrozenBatchNorm2d, box_iou
+from torchvision.ops import FrozenBatchNorm2d
 
 from _engine_helpers import write_tiny_config
 from detres.backbones.resnet import BasicBlock, Bottleneck

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Sequence
 
 from detres.backbones import list_backbones
 from detres.backbones.stats import classifier_stats

@@ -93,6 +93,7 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{k.replace('_', '-')}", dest=k, default=None, action=argparse.BooleanOptionalAction,
                            help=f"fast path option (default {v})")
     p.add_argument("--roi-chunk", type=int, default=None, help="fast path: RoIs per head chunk (default: all)")
+    p.add_argument("--pool-threads", type=int, default=None, help="fast path: threads of the RoI pooling (CPU)")
 
 
 @register("infer", "C4 inference ms/image: plain torchvision assembly vs detres eager vs the fast path", _infer_args)

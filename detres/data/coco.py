@@ -18,7 +18,7 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,6 +72,10 @@ def _boxes_from_anns(anns: list[dict], width: float, height: float, cat_id_to_la
                      dropped: Counter | None = None):
     boxes, labels = [], []
     for ann in anns:
+        if ann.get("category_id") not in cat_id_to_label:  # a category left out by data.classes
+            if dropped is not None:
+                dropped["of a class not in data.classes"] += 1
+            continue
         box, why = _box_of(ann, width, height)
         if box is None:
             if dropped is not None:
@@ -92,7 +96,7 @@ class COCODetection(DetectionDataset):
 
     def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, *, train: bool,
                  transforms: Callable[[np.ndarray, dict], tuple[Any, dict]] | None = None, coco=None,
-                 check_images: bool = True) -> None:
+                 check_images: bool = True, class_names: Sequence[str] | None = None) -> None:
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise ValueError(f"{self.image_dir}: image directory not found")
@@ -100,11 +104,20 @@ class COCODetection(DetectionDataset):
         self.coco = coco if coco is not None else load_coco(ann_file)
         self.train = train
         self.transforms = transforms
-        cat_ids = sorted(self.coco.getCatIds())
-        cats = self.coco.loadCats(cat_ids)
-        self.class_names = tuple(c["name"] for c in cats)
+        all_cat_ids = sorted(self.coco.getCatIds())
+        if class_names is None:  # the file's categories, in id order
+            cat_ids = all_cat_ids
+        else:  # the user's classes, matched by name; label i + 1 is class_names[i]
+            by_name = {c["name"]: c["id"] for c in self.coco.loadCats(all_cat_ids)}
+            unknown = [n for n in class_names if n not in by_name]
+            if unknown:
+                raise ValueError(f"{self.ann_file}: data.classes {unknown} are not categories of this file "
+                                 f"(it has {sorted(by_name)})")
+            cat_ids = [by_name[n] for n in class_names]
+        self.class_names = tuple(c["name"] for c in self.coco.loadCats(cat_ids))
         self.label_to_cat_id = {i + 1: cid for i, cid in enumerate(cat_ids)}
         self.cat_id_to_label = {cid: i + 1 for i, cid in enumerate(cat_ids)}
+        self._all_cat_ids = set(all_cat_ids)
         self._check_records()
         ids = sorted(self.coco.getImgIds())
         dropped: Counter = Counter()
@@ -123,6 +136,9 @@ class COCODetection(DetectionDataset):
                 raise ValueError(f"{self.image_dir / self.coco.imgs[missing[0]]['file_name']}: image listed in "
                                  f"{self.ann_file} does not exist"
                                  + (f" ({len(missing)} listed images are missing)" if len(missing) > 1 else ""))
+        left_out = dropped.pop("of a class not in data.classes", 0)
+        if left_out:
+            logger.info("%s: %d annotations of categories not in data.classes left out", self.ann_file, left_out)
         problems = {k: v for k, v in dropped.items() if k != "crowd"}
         if problems:
             logger.warning("%s: annotations left out of the targets: %s", self.ann_file,
@@ -140,7 +156,7 @@ class COCODetection(DetectionDataset):
                 raise ValueError(f"{self.ann_file}: image id {img['id']!r} is listed twice")
             seen.add(img["id"])
         for ann in self.coco.dataset.get("annotations", []):
-            if ann.get("category_id") not in self.cat_id_to_label:
+            if ann.get("category_id") not in self._all_cat_ids:
                 raise ValueError(f"{self.ann_file}: annotation {ann.get('id')!r} has category_id "
                                  f"{ann.get('category_id')!r}, which is not in 'categories'")
             if ann.get("image_id") not in seen:

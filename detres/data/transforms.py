@@ -19,6 +19,7 @@ with ``boxes``. :func:`to_original` maps model outputs back to the original imag
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 from typing import Any, Sequence
@@ -31,6 +32,9 @@ from PIL import Image
 from albumentations.augmentations.geometric.resize import SmallestMaxSize
 
 __all__ = ["read_image_rgb", "ShortSideResize", "DetectionTransform", "build_transforms", "to_original"]
+
+_EXIF_ORIENTATION = 0x0112
+_warned_exif: list[str] = []
 
 #: Minimum box side (pixels) below which a box counts as degenerate.
 MIN_BOX_SIDE = 1e-3
@@ -46,6 +50,11 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None) and not _warned_exif:
+                _warned_exif.append(str(path))
+                logging.getLogger(__name__).warning(
+                    "%s: its EXIF orientation tag is ignored; images and boxes are used in the pixel grid stored "
+                    "in the file, as VOC, COCO and labelling tools save boxes (warned once)", path)
             return np.array(im.convert("RGB"))
     except FileNotFoundError:
         raise ValueError(f"{path}: image file not found") from None

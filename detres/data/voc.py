@@ -19,7 +19,7 @@ from collections import Counter
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Image file extensions looked for in JPEGImages/ (labelling tools export PNG too).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp")
 
 #: The 20 PASCAL VOC classes, in the devkit's order. Label ``i + 1`` is ``VOC_CLASSES[i]``.
 VOC_CLASSES: tuple[str, ...] = (
@@ -62,6 +65,7 @@ class VOCAnnotation:
     difficult: np.ndarray
     width: int
     height: int
+    filename: str = ""  # <filename> (base name only: <path> fields of other machines are ignored)
 
 
 def _text(node: ET.Element | None) -> str | None:
@@ -102,6 +106,10 @@ def parse_voc_xml(path: str | os.PathLike, class_names: Sequence[str], *, image_
         if name is None:
             raise ValueError(f"{path}: object {k} has no <name>")
         if name not in class_to_label:
+            near = [c for c in class_names if c.lower() == name.lower()]
+            if near:
+                raise ValueError(f"{path}: object {k} has class {name!r}; class names are case-sensitive: did you "
+                                 f"mean {near[0]!r}? (fix the file, or list {name!r} in data.classes)")
             raise ValueError(f"{path}: object {k} has unknown class {name!r} (known: {', '.join(class_names)})")
         diff_text = _text(obj.find("difficult"))
         try:
@@ -131,7 +139,9 @@ def parse_voc_xml(path: str | os.PathLike, class_names: Sequence[str], *, image_
         labels.append(class_to_label[name])
         difficult.append(diff)
 
+    filename = os.path.basename((_text(root.find("filename")) or "").replace("\\", "/"))
     return VOCAnnotation(
+        filename=filename,
         image_id=image_id,
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         labels=np.asarray(labels, dtype=np.int64),
@@ -212,6 +222,7 @@ class VOCDetection(DetectionDataset):
         if not labelled:  # e.g. VOC 2012 test: the image set lists the images, their labels are not public
             empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
             self._annotations = [VOCAnnotation(i, *empty, width=0, height=0) for i in self.ids]
+            self._images = self._find_images()
             if check_images:
                 self._check_images(set_file)
             return
@@ -221,16 +232,39 @@ class VOCDetection(DetectionDataset):
                 lineno = _line_of(set_file, image_id)
                 raise ValueError(f"{set_file}:{lineno}: id {image_id!r} has no annotation file {xml}")
             self._annotations.append(parse_voc_xml(xml, self.class_names, image_id=image_id))
+        self._images = self._find_images()
         if check_images:
             self._check_images(set_file)
         self._report()
 
+    def _find_images(self) -> list[Path | None]:
+        """Each item's image: the XML's <filename> if it is in JPEGImages/, else <id> with a usual image
+        extension; a file whose name differs only in case is taken too (labelling tools on case-insensitive
+        file systems write such names), with a warning. None where nothing is found."""
+        folder = self.root / "JPEGImages"
+        try:
+            names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        except OSError:
+            names = set()
+        lower = {n.lower(): n for n in names}
+        found: list[Path | None] = []
+        for image_id, ann in zip(self.ids, self._annotations):
+            candidates = ([ann.filename] if ann.filename else []) + [image_id + e for e in IMAGE_EXTENSIONS]
+            name = next((c for c in candidates if c in names), None)
+            if name is None:
+                name = next((lower[c.lower()] for c in candidates if c.lower() in lower), None)
+                if name is not None:
+                    logger.warning("%s: no %s; using %s (the names differ only in case)", folder, candidates[0], name)
+            found.append(folder / name if name is not None else None)
+        return found
+
     def _check_images(self, set_file: Path) -> None:
         """Every listed image must exist now, not when the loader reaches it hours later."""
-        missing = [i for i in range(len(self.ids)) if not self.image_path(i).is_file()]
+        missing = [i for i, p in enumerate(self._images) if p is None]
         if missing:
             first = self.ids[missing[0]]
-            raise ValueError(f"{set_file}:{_line_of(set_file, first)}: image {self.image_path(missing[0])} does not exist"
+            raise ValueError(f"{set_file}:{_line_of(set_file, first)}: image {self.root / 'JPEGImages' / (first + '.jpg')} "
+                             "does not exist (nor with another image extension)"
                              + (f" ({len(missing)} listed images are missing)" if len(missing) > 1 else ""))
 
     def _report(self) -> None:
@@ -266,7 +300,9 @@ class VOCDetection(DetectionDataset):
         return self._annotations[index]
 
     def image_path(self, index: int) -> Path:
-        return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
+        """The image file of item ``index`` (see :meth:`_find_images`)."""
+        path = self._images[index]
+        return path if path is not None else self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
 
     def aspect_ratios(self) -> list[float]:
         """``width / height`` per item from the XML ``<size>`` (1.0 where the size is missing)."""
@@ -312,8 +348,10 @@ def build_voc(
     class_names: Sequence[str] = VOC_CLASSES,
     labelled: bool = True,
 ) -> Dataset:
-    """Build VOC data sets named ``"<year>_<split>"`` (e.g. ``("2007_trainval", "2012_trainval")``
-    for 07+12). One name gives a :class:`VOCDetection`, several a :class:`ConcatDetection`.
+    """Build VOC data sets: a name is a split of ``data_root`` itself when ``data_root`` is a VOC-layout
+    folder (``ImageSets/Main/<name>.txt`` exists: your own data, any folder name, no year), else a devkit
+    name ``"<year>_<split>"`` (e.g. ``("2007_trainval", "2012_trainval")`` for 07+12) under ``VOC<year>/`` or
+    ``VOCdevkit/VOC<year>/``. One name gives a :class:`VOCDetection`, several a :class:`ConcatDetection`.
     ``labelled=False``: the splits' labels are not public (VOC 2012 test); only the image set is read."""
     if isinstance(names, str):
         names = (names,)
@@ -321,12 +359,17 @@ def build_voc(
         raise ValueError("build_voc: names is empty")
     parts = []
     for name in names:
-        year, sep, split = name.partition("_")
-        if not sep or not year.isdigit() or not split:
-            raise ValueError(f"build_voc: dataset name {name!r} is not '<year>_<split>' (e.g. '2007_trainval')")
+        if (Path(data_root) / "ImageSets" / "Main" / f"{name}.txt").is_file():
+            folder, split = Path(data_root), name  # data_root is itself a VOC-layout folder (CVAT, labelImg exports)
+        else:
+            year, sep, split = name.partition("_")
+            if not sep or not year.isdigit() or not split:
+                raise ValueError(f"{Path(data_root) / 'ImageSets' / 'Main' / (name + '.txt')}: not found, and "
+                                 f"{name!r} is not a VOC devkit name '<year>_<split>' (e.g. '2007_trainval')")
+            folder = find_voc_dir(data_root, year)
         parts.append(
             VOCDetection(
-                find_voc_dir(data_root, year), split=split, class_names=class_names,
+                folder, split=split, class_names=class_names,
                 keep_difficult=keep_difficult, transforms=transforms, labelled=labelled,
             )
         )

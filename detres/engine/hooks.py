@@ -48,14 +48,15 @@ class CheckpointHook(HookBase):
     """Writes ``model_NNNNNNN.pth`` every ``period`` iterations and ``model_final.pth`` at the end.
 
     A checkpoint is the trainer's state plus ``meta`` (the weights' preprocessing, so the file also works
-    as ``weights=``) and ``config`` (the merged config). The parameters are checked first: a checkpoint
+    as ``weights=``), ``config`` (the merged config) and ``extra`` (e.g. the class names). The parameters are checked first: a checkpoint
     is never written with non-finite or diverged weights (:data:`DIVERGED_WEIGHT`), so the one named as
     "last good" is good.
     """
 
-    def __init__(self, output_dir: str, *, period: int, meta: dict | None = None, config: dict | None = None):
+    def __init__(self, output_dir: str, *, period: int, meta: dict | None = None, config: dict | None = None,
+                 extra: dict | None = None):
         self.output_dir, self.period = output_dir, period
-        self.meta, self.config = dict(meta or {}), dict(config or {})
+        self.meta, self.config, self.extra = dict(meta or {}), dict(config or {}), dict(extra or {})
 
     def save(self, name: str) -> str:
         t = self.trainer
@@ -65,7 +66,7 @@ class CheckpointHook(HookBase):
                                      f"not saving {name}. Last good checkpoint: {t.last_checkpoint or 'none'}. "
                                      "Try a lower solver.base_lr, more solver.warmup_iters or solver.clip_grad_norm.")
         state = t.state_dict()  # a collective: every rank calls it
-        state.update(meta=self.meta, config=self.config)
+        state.update(self.extra, meta=self.meta, config=self.config)
         path = os.path.join(self.output_dir, name)
         if comm.is_main_process():
             save_checkpoint(state, path)

@@ -15,6 +15,22 @@ from typing import Any
 __all__ = ["setup_logger", "MetricsWriter", "format_seconds"]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted: notebooks and test runners replace it,
+    and a handler holding an old (closed) stream would fail on every later record."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logger(output_dir: str | None = None, *, name: str = "detres", main_process: bool = True) -> logging.Logger:
     """A logger writing INFO to stderr and ``output_dir/log.txt`` on the main process (WARNING elsewhere)."""
     logger = logging.getLogger(name)
@@ -24,7 +40,7 @@ def setup_logger(output_dir: str | None = None, *, name: str = "detres", main_pr
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%m/%d %H:%M:%S")
-    sh = logging.StreamHandler(sys.stderr)
+    sh = _StderrHandler()
     sh.setFormatter(fmt)
     logger.addHandler(sh)
     if output_dir and main_process:

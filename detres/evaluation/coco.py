@@ -78,13 +78,15 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def evaluate_coco_results(coco_gt, results: Sequence[dict], *, img_ids: Sequence[int] | None = None) -> dict[str, Any]:
-    """Run COCOeval (bbox) on ``results`` (COCO results format). ``img_ids`` restricts the
-    evaluated images (default: all). Returns the 12 statistics and ``per_category``."""
+def evaluate_coco_results(coco_gt, results: Sequence[dict], *, img_ids: Sequence[int] | None = None,
+                          cat_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Run COCOeval (bbox) on ``results`` (COCO results format). ``img_ids`` / ``cat_ids`` restrict the
+    evaluated images / categories (default: all; a detector trained on some classes is scored on those).
+    Returns the 12 statistics and ``per_category``."""
     from pycocotools.cocoeval import COCOeval
 
     coco_gt = _load_gt(coco_gt)
-    cat_ids = sorted(coco_gt.getCatIds())
+    cat_ids = sorted(cat_ids) if cat_ids is not None else sorted(coco_gt.getCatIds())
     names = {c["id"]: c["name"] for c in coco_gt.loadCats(cat_ids)}
     if len(results) == 0:
         logger.warning("COCO eval: no detections; every metric is 0")
@@ -96,6 +98,7 @@ def evaluate_coco_results(coco_gt, results: Sequence[dict], *, img_ids: Sequence
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if img_ids is not None:
             ev.params.imgIds = sorted(set(int(i) for i in img_ids))
+        ev.params.catIds = cat_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -167,7 +170,8 @@ class COCOEvaluator:
             results = [r for p in parts for r in p[1]]
             if self.output_dir is not None:
                 atomic_write_text(self.output_dir / "coco_instances_results.json", json.dumps(results))
-            metrics = evaluate_coco_results(self.coco_gt, results, img_ids=img_ids)
+            metrics = evaluate_coco_results(self.coco_gt, results, img_ids=img_ids,
+                                            cat_ids=sorted(self.label_to_cat_id.values()))
         return broadcast_object(metrics)
 
 

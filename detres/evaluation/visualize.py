@@ -1,64 +1,84 @@
-"""Draw detections (boxes, class names, scores) on images with torchvision.utils.draw_bounding_boxes."""
+"""Pictures of detections: boxes, class names and scores drawn on the original image, readable at any size.
 
+Small images (the demo's are 128x128) are enlarged so that at least their shorter side is ``min_side``
+pixels before drawing; each label sits on a filled tag above its box (inside it only at the top border), in a
+font sized to the picture, with one colour per class.
+"""
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
+import numpy as np
 import torch
-from torchvision.utils import draw_bounding_boxes
+from PIL import Image, ImageDraw, ImageFont
 
 from detres.evaluation.inference import predict_original
+from detres.utils.io import atomic_write
 
-__all__ = ["draw_detections", "save_png", "to_uint8", "visualize_dataset"]
+__all__ = ["draw_detections", "save_png", "to_uint8", "visualize_dataset", "PALETTE"]
 
-_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe",
-            "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075", "#ffd8b1", "#808080"]
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe",
+           "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075", "#ffd8b1", "#808080"]
 
 
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """CHW image, float in [0, 1] or uint8 -> uint8 CHW (RGB)."""
+def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """CHW tensor (float in [0, 1] or uint8) or HWC uint8 array -> HWC uint8 RGB array."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
+        return image
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected an RGB image [3, H, W], got shape {tuple(image.shape)}")
-    if image.dtype == torch.uint8:
-        return image.cpu()
-    return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    if image.dtype != torch.uint8:
+        image = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    return image.cpu().permute(1, 2, 0).contiguous().numpy()
 
 
-def draw_detections(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None,
-                    class_names: Sequence[str], *, score_thresh: float = 0.5, width: int = 2) -> torch.Tensor:
-    """Draw xyxy ``boxes`` [N, 4] (image pixels) with "name score" captions; returns uint8 [3, H, W].
+def draw_detections(image: torch.Tensor | np.ndarray, boxes: torch.Tensor, labels: torch.Tensor,
+                    scores: torch.Tensor | None, class_names: Sequence[str], *, score_thresh: float = 0.5,
+                    min_side: int = 480) -> np.ndarray:
+    """Draw xyxy ``boxes`` [N, 4] (pixels of ``image``) with "name score" tags; returns HWC uint8 RGB.
 
     ``labels`` [N] are 1..K (0 = background) and index ``class_names`` (K names, background excluded).
-    Detections scoring below ``score_thresh`` are not drawn.
+    Detections scoring below ``score_thresh`` are not drawn. An image whose shorter side is below
+    ``min_side`` is enlarged by an integer factor first (boxes scale with it).
     """
     img = to_uint8(image)
-    boxes = boxes.detach().float().cpu().reshape(-1, 4)
-    labels = labels.detach().cpu().reshape(-1)
+    h, w = img.shape[:2]
+    factor = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    canvas = Image.fromarray(img).resize((w * factor, h * factor), Image.NEAREST) if factor > 1 else Image.fromarray(img)
+    boxes = torch.as_tensor(boxes).detach().float().cpu().reshape(-1, 4) * factor
+    labels = torch.as_tensor(labels).detach().cpu().reshape(-1)
     if scores is not None:
-        scores = scores.detach().float().cpu().reshape(-1)
+        scores = torch.as_tensor(scores).detach().float().cpu().reshape(-1)
         keep = scores >= score_thresh
         boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
-    if boxes.numel() == 0:
-        return img
-    h, w = img.shape[1:]
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
-    captions, colors = [], []
+    draw = ImageDraw.Draw(canvas)
+    side = min(canvas.size)
+    font = ImageFont.load_default(size=max(12, side // 32))
+    line = max(2, side // 200)
     for i, lab in enumerate(labels.tolist()):
+        x1, y1, x2, y2 = boxes[i].tolist()
+        x1, x2 = max(0.0, x1), min(canvas.size[0] - 1.0, x2)
+        y1, y2 = max(0.0, y1), min(canvas.size[1] - 1.0, y2)
+        colour = PALETTE[lab % len(PALETTE)]
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
         name = class_names[lab - 1] if 1 <= lab <= len(class_names) else str(lab)
-        captions.append(f"{name} {scores[i]:.2f}" if scores is not None else name)
-        colors.append(_PALETTE[lab % len(_PALETTE)])
-    return draw_bounding_boxes(img, boxes, labels=captions, colors=colors, width=width)
+        text = f"{name} {scores[i]:.2f}" if scores is not None else name
+        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
+        tw, th = tx1 - tx0 + 2 * line, ty1 - ty0 + 2 * line
+        top = y1 - th if y1 - th >= 0 else y1  # above the box, unless the box touches the top border
+        left = min(x1, canvas.size[0] - tw)
+        draw.rectangle((left, top, left + tw, top + th), fill=colour)
+        draw.text((left + line - tx0, top + line - ty0), text, fill="white", font=font)
+    return np.asarray(canvas)
 
 
-def save_png(image: torch.Tensor, path: str | os.PathLike) -> str:
-    """Write a uint8 (or [0,1] float) CHW image as PNG; creates the folder."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    from PIL import Image  # torchvision.io's PNG encoder is deprecated since 0.29
-    Image.fromarray(to_uint8(image).permute(1, 2, 0).contiguous().numpy()).save(path, format="PNG")
-    return path
+def save_png(image: torch.Tensor | np.ndarray, path: str | os.PathLike) -> str:
+    """Write an image (HWC uint8 array, or CHW tensor) as PNG, atomically; creates the folder."""
+    arr = to_uint8(image)
+    return atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"), binary=True)
 
 
 @torch.no_grad()
@@ -80,8 +100,7 @@ def visualize_dataset(model: torch.nn.Module, dataset, out_dir: str | os.PathLik
             image, target = dataset[i]
             original, _ = dataset.load(i)
             det = predict_original(model, [image], [target], device=device)[0]
-            canvas = torch.from_numpy(original).permute(2, 0, 1).contiguous()
-            drawn = draw_detections(canvas, det["boxes"], det["labels"], det["scores"], class_names,
+            drawn = draw_detections(original, det["boxes"], det["labels"], det["scores"], class_names,
                                     score_thresh=score_thresh)
             name = str(target.get("image_id", i))
             paths.append(save_png(drawn, os.path.join(os.fspath(out_dir), f"{name}.png")))

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import ConcatDataset, Subset
 
 from detres.data.transforms import to_original
+from detres.evaluation.plots import plot_pr_curves
 from detres.utils.comm import all_gather_objects, is_main_process
 from detres.utils.io import atomic_write, atomic_write_text
 
@@ -204,11 +205,12 @@ def voc_eval(det_image: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarra
 
 def evaluate_voc(detections: Mapping[str, ClassDetections], ground_truth: Mapping[str, GroundTruth],
                  class_names: Sequence[str], *, image_ids: Sequence[str] | None = None,
-                 iou_threshold: float = 0.5) -> dict[str, Any]:
+                 iou_threshold: float = 0.5, curves: dict | None = None) -> dict[str, Any]:
     """Evaluate all classes. ``ground_truth``: image id -> :class:`GroundTruth` (0-based boxes);
     ``image_ids`` restricts the evaluated set (default: all ground-truth images). Detections on an
     image outside the set raise ValueError. Returns the ``--json-out`` VOC schema:
     ``{"mAP_11point", "mAP_area", "AP_11point": {class: float | None}, "AP_area": {...}}``.
+    ``curves``: a dict to fill with class -> (recall [D], precision [D], 11-point AP) for the PR curves.
     """
     ids = [str(i) for i in (image_ids if image_ids is not None else ground_truth.keys())]
     index = {image_id: k for k, image_id in enumerate(ids)}
@@ -252,6 +254,8 @@ def evaluate_voc(detections: Mapping[str, ClassDetections], ground_truth: Mappin
             logger.warning("VOC eval: class %r has no non-difficult ground truth; its AP is null and left out of the mean",
                            name)
         ap11[name], aparea[name] = r["ap_11point"], r["ap_area"]
+        if curves is not None:
+            curves[name] = (r["rec"], r["prec"], r["ap_11point"])
 
     def mean(values: dict) -> float | None:
         v = [x for x in values.values() if x is not None]
@@ -410,8 +414,9 @@ class VOCEvaluator:
     """
 
     def __init__(self, class_names: Sequence[str], *, gt_source: Any = None, output_dir: str | os.PathLike | None = None,
-                 iou_threshold: float = 0.5) -> None:
+                 iou_threshold: float = 0.5, curves_path: str | os.PathLike | None = None) -> None:
         self.class_names = tuple(class_names)
+        self.curves_path = curves_path
         self._gt = ground_truth_from(gt_source) if gt_source is not None else None
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.iou_threshold = iou_threshold
@@ -483,7 +488,12 @@ class VOCEvaluator:
         per_class = self._collect(dets)
         if self.output_dir is not None and is_main_process():
             write_voc_results(per_class, self.output_dir, class_names=self.class_names)
-        return evaluate_voc(per_class, gt, self.class_names, image_ids=ids, iou_threshold=self.iou_threshold)
+        curves: dict = {}
+        metrics = evaluate_voc(per_class, gt, self.class_names, image_ids=ids, iou_threshold=self.iou_threshold,
+                               curves=curves)
+        if self.curves_path is not None and is_main_process():
+            plot_pr_curves(curves, self.curves_path, title=f"VOC07 11-point mAP {100 * (metrics['mAP_11point'] or 0):.1f}")
+        return metrics
 
 
 def write_server_results(detections: Mapping[str, ClassDetections], out_dir: str | os.PathLike, *,

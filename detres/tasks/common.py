@@ -23,6 +23,7 @@ from detres.engine.hooks import CheckpointHook, EvalHook, MetricsHook
 from detres.engine.logging import MetricsWriter, setup_logger
 from detres.engine.solver import build_sgd, build_warmup_multistep, scale_lr
 from detres.engine.trainer import Trainer
+from detres.evaluation.plots import plot_training_curves
 from detres.utils import comm
 from detres.utils.io import atomic_write_text
 
@@ -189,7 +190,8 @@ def _resume(trainer: Trainer, cfg: Any, device: torch.device, *, new_solver: boo
 def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, Any], dict[str, torch.Tensor]],
                  loader_factory: Callable[[int], Iterable], eval_fn: Callable[[nn.Module], dict] | None,
                  meta: dict, device: torch.device, resume: bool = False, new_solver: bool = False,
-                 progress: bool = True, batch_size_fn: Callable[[Any], int] | None = None) -> dict[str, Any]:
+                 progress: bool = True, batch_size_fn: Callable[[Any], int] | None = None,
+                 extra_state: dict | None = None) -> dict[str, Any]:
     """Train ``model`` (DDP-wrapped when distributed) with ``cfg.solver`` and the default hooks.
 
     Writes to ``cfg.output_dir``: metrics.jsonl and TensorBoard events (every ``solver.log_period``),
@@ -208,8 +210,17 @@ def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, An
     with MetricsWriter(cfg.output_dir, max_iter=s.max_iter, start_iter=trainer.start_iter,
                        enabled=comm.is_main_process(), progress=progress) as writer:
         hooks = [MetricsHook(writer, period=s.log_period),
-                 CheckpointHook(cfg.output_dir, period=s.checkpoint_period, meta=meta, config=config_to_dict(cfg))]
+                 CheckpointHook(cfg.output_dir, period=s.checkpoint_period, meta=meta, config=config_to_dict(cfg),
+                                extra=extra_state)]
         if eval_fn is not None:
             hooks.append(EvalHook(eval_fn, period=cfg.test.eval_period, output_dir=cfg.output_dir, writer=writer))
         trainer.register_hooks(hooks)
-        return trainer.train()
+        result = trainer.train()
+    if comm.is_main_process():
+        try:
+            path = plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"),
+                                        os.path.join(cfg.output_dir, "training_curves.png"))
+            logger.info("drew the loss and mAP curves in %s", path)
+        except ValueError as e:  # nothing logged (log_period 0): no picture
+            logger.info("no training curves: %s", e)
+    return result

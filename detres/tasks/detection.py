@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -30,28 +31,29 @@ from detres.data.dataset import ConcatDetection
 from detres.data.loader import build_test_loader as _test_loader
 from detres.data.loader import build_train_loader
 from detres.data.shapes import SHAPES_CLASSES, generate_shapes_voc
-from detres.data.transforms import build_transforms, read_image_rgb
+from detres.data.transforms import build_transforms
 from detres.data.voc import VOC_CLASSES, VOCDetection, build_voc
 from detres.engine.checkpoint import CheckpointError, load_checkpoint
 from detres.data.coco import load_coco
 from detres.data.voc import find_voc_dir
 from detres.evaluation.coco import COCOEvaluator, evaluate_coco_results, format_coco_table, load_coco_results
-from detres.evaluation.inference import inference_on_dataset, predict_original
-from detres.evaluation.visualize import draw_detections, save_png, visualize_dataset
+from detres.evaluation.inference import inference_on_dataset
+from detres.evaluation.visualize import visualize_dataset
 from detres.evaluation.voc import (VOCEvaluator, VOCServerResults, evaluate_voc_results_dir, format_voc_table,
                                    read_voc_results, write_server_results)
 from detres.backbones import NORMS, SHORTCUTS, STYLES, list_backbones
 from detres.modeling import build_detector
 from detres.modeling.detector import POOLERS
+from detres.modeling.fast import prepare_for_inference
 from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
-from detres.utils.io import atomic_write_json, data_root
+from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
 __all__ = ["DATASETS", "class_names_for", "num_classes_for", "detector_kwargs", "build_model", "build_train_dataset",
            "build_test_dataset", "build_evaluator", "build_train_loader_factory", "build_test_loader",
-           "detection_loss", "make_eval_fn", "load_model_from_checkpoint", "run_train", "run_eval",
-           "run_eval_results", "format_metrics", "run_predict", "BENCHMARK_SPLITS"]
+           "detection_loss", "make_eval_fn", "inference_model", "load_model_from_checkpoint", "run_train", "run_eval",
+           "run_eval_results", "format_metrics", "BENCHMARK_SPLITS"]
 
 logger = logging.getLogger("detres")
 
@@ -64,10 +66,15 @@ def _dataset_kind(cfg: DetConfig) -> str:
 
 
 def class_names_for(cfg: DetConfig) -> tuple[str, ...] | None:
-    """Object class names (background excluded) of the configured data set, without reading files.
-    COCO's names come from the annotation file, so None is returned for it."""
+    """Object class names (background excluded) of the configured data set, without reading files:
+    ``data.classes`` if set, else VOC's 20 (shapes: its 3). COCO's own names come from the annotation
+    file, so None is returned for it."""
     kind = _dataset_kind(cfg)
-    return {"voc": tuple(VOC_CLASSES), "shapes": tuple(SHAPES_CLASSES)}.get(kind)
+    if kind == "shapes":
+        return tuple(SHAPES_CLASSES)
+    if cfg.data.classes is not None:
+        return tuple(cfg.data.classes)
+    return tuple(VOC_CLASSES) if kind == "voc" else None
 
 
 def check_num_classes(cfg: DetConfig, dataset: Any) -> None:
@@ -186,7 +193,8 @@ def _build_split(cfg: DetConfig, names: Sequence[str], *, train: bool, transform
     if not labelled and kind != "voc":
         raise ValueError("test.has_labels=false (results for an evaluation server) is supported for VOC only")
     if kind == "voc":
-        return build_voc(root, names, transforms=transforms, keep_difficult=keep_difficult, labelled=labelled)
+        return build_voc(root, names, transforms=transforms, keep_difficult=keep_difficult, labelled=labelled,
+                         class_names=class_names_for(cfg))
     if kind == "shapes":
         d = _shapes_dir(cfg)
         parts = [VOCDetection(d, split=n, class_names=SHAPES_CLASSES, keep_difficult=keep_difficult,
@@ -194,8 +202,13 @@ def _build_split(cfg: DetConfig, names: Sequence[str], *, train: bool, transform
     else:
         parts = []
         for n in names:
-            image_dir, ann = find_coco_files(root, n)
-            parts.append(COCODetection(image_dir, ann, train=train, transforms=transforms))
+            if n.endswith(".json"):  # a COCO file of your own: images under data.image_root or beside it
+                ann = Path(n)
+                image_dir = Path(cfg.data.image_root) if cfg.data.image_root else ann.parent
+            else:  # the COCO release: <root>/coco/<split> and annotations/instances_<split>.json
+                image_dir, ann = find_coco_files(root, n)
+            parts.append(COCODetection(image_dir, ann, train=train, transforms=transforms,
+                                       class_names=cfg.data.classes))
     return parts[0] if len(parts) == 1 else ConcatDetection(parts)
 
 
@@ -233,7 +246,8 @@ def build_test_loader(cfg: DetConfig, dataset: Any, *, num_workers: int | None =
 # --------------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------------
-def build_evaluator(cfg: DetConfig, dataset: Any, output_dir: str | None = None) -> Any:
+def build_evaluator(cfg: DetConfig, dataset: Any, output_dir: str | None = None,
+                    curves_path: str | None = None) -> Any:
     """VOC07 11-point/area AP (voc, shapes; ground truth from ``dataset``'s XML) or COCOeval (coco).
     ``output_dir``: where the results files go (VOC comp4 txt / COCO json); None = nowhere.
     With ``test.has_labels: false`` (VOC 2012 test) the evaluator writes the evaluation server's files into
@@ -246,15 +260,26 @@ def build_evaluator(cfg: DetConfig, dataset: Any, output_dir: str | None = None)
     if _dataset_kind(cfg) == "coco":
         return COCOEvaluator(dataset, output_dir=output_dir)
     names = getattr(dataset, "class_names", None) or class_names_for(cfg)
-    return VOCEvaluator(names, gt_source=dataset, output_dir=output_dir)
+    return VOCEvaluator(names, gt_source=dataset, output_dir=output_dir, curves_path=curves_path)
 
 
 def make_eval_fn(cfg: DetConfig, dataset: Any, *, device: torch.device, output_dir: str | None = None,
-                 num_workers: int | None = None) -> Callable[[nn.Module], dict]:
-    """``f(model) -> evaluator results`` over ``dataset`` (every rank runs its shard)."""
-    evaluator = build_evaluator(cfg, dataset, output_dir=output_dir)
+                 num_workers: int | None = None, curves_path: str | None = None) -> Callable[[nn.Module], dict]:
+    """``f(model) -> evaluator results`` over ``dataset`` (every rank runs its shard); VOC-rule evaluations
+    also draw the per-class precision/recall curves to ``curves_path``."""
+    evaluator = build_evaluator(cfg, dataset, output_dir=output_dir, curves_path=curves_path)
     loader = build_test_loader(cfg, dataset, num_workers=num_workers)
-    return lambda model: inference_on_dataset(model, loader, evaluator, device=device, amp=cfg.solver.amp)
+
+    def eval_fn(model: nn.Module) -> dict:
+        return inference_on_dataset(inference_model(cfg, model, device), loader, evaluator, device=device,
+                                    amp=cfg.solver.amp)
+    return eval_fn
+
+
+def inference_model(cfg: DetConfig, model: nn.Module, device: str | torch.device) -> nn.Module:
+    """The model evaluation and prediction run: the fast path's copy (``test.fast_inference``, the default)
+    or ``model`` itself."""
+    return prepare_for_inference(model, device=device) if cfg.test.fast_inference else model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,8 +306,10 @@ def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, 
     result = run_training(
         cfg, model=comm.wrap_model(model, dev), loss_fn=loss_fn or detection_loss,
         loader_factory=build_train_loader_factory(cfg, train_set),
-        eval_fn=make_eval_fn(cfg, test_set, device=dev, output_dir=os.path.join(cfg.output_dir, "results")),
-        meta=model.weights_meta, device=dev, resume=resume, new_solver=new_solver, progress=progress)
+        eval_fn=make_eval_fn(cfg, test_set, device=dev, output_dir=os.path.join(cfg.output_dir, "results"),
+                             curves_path=os.path.join(cfg.output_dir, "pr_curves.png")),
+        meta=model.weights_meta, device=dev, resume=resume, new_solver=new_solver, progress=progress,
+        extra_state={"class_names": list(train_set.class_names)})
     if comm.is_main_process() and cfg.test.num_vis_images > 0:
         names = getattr(test_set, "class_names", None) or class_names_for(cfg) or ()
         out = os.path.join(cfg.output_dir, "vis")
@@ -301,7 +328,9 @@ def run_eval(cfg: DetConfig, checkpoint: str, *, split: str | None = None, devic
     model = load_model_from_checkpoint(cfg, checkpoint, device=dev)
     dataset = build_test_dataset(cfg, split)
     check_num_classes(cfg, dataset)
-    return make_eval_fn(cfg, dataset, device=dev, output_dir=output_dir, num_workers=num_workers)(model)
+    curves = os.path.join(output_dir, "pr_curves.png") if output_dir else None
+    return make_eval_fn(cfg, dataset, device=dev, output_dir=output_dir, num_workers=num_workers,
+                        curves_path=curves)(model)
 
 
 #: Benchmarks of ``tools/eval.py --results``: VOC (year, default image set) or COCO.
@@ -344,36 +373,3 @@ def format_metrics(metrics: dict) -> str:
         return (f"no public labels: {metrics['num_detections']} detections on {metrics['num_images']} images written "
                 f"to {metrics['results_dir']}\nupload {metrics['server_results']} to the PASCAL VOC evaluation server")
     return format_coco_table(metrics) if "AP50" in metrics else format_voc_table(metrics)
-
-
-@torch.no_grad()
-def run_predict(cfg: DetConfig, checkpoint: str, images: Sequence[str], out_dir: str, *, score_thresh: float = 0.5,
-                device: str | torch.device = "cpu") -> list[dict]:
-    """Detect objects in image files; write ``out_dir/<stem>.png`` (boxes, class names and scores drawn on
-    the original image) and ``out_dir/predictions.json``; return the JSON records.
-
-    Each record: ``{"image": path, "height", "width", "detections": [{"box": [x1, y1, x2, y2] (original
-    pixels, 0-based xyxy), "label": 1..K, "class": name, "score"}]}`` for detections >= ``score_thresh``.
-    """
-    model = load_model_from_checkpoint(cfg, checkpoint, device=device)
-    names = class_names_for(cfg)
-    if names is None:  # COCO: names from the test annotation file
-        names = tuple(getattr(build_test_dataset(cfg), "class_names"))
-    tf = build_transforms(train=False, min_size=cfg.data.min_size, max_size=cfg.data.max_size)
-    records = []
-    for path in images:
-        img = read_image_rgb(path)
-        tensor, target = tf(img, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                                  "image_id": os.path.basename(path)})
-        det = predict_original(model, [tensor], [target], device=device)[0]
-        keep = det["scores"] >= score_thresh
-        boxes, labels, scores = det["boxes"][keep], det["labels"][keep], det["scores"][keep]
-        drawn = draw_detections(torch.from_numpy(img).permute(2, 0, 1).contiguous(), boxes, labels, scores, names,
-                                score_thresh=score_thresh)
-        save_png(drawn, os.path.join(out_dir, f"{os.path.splitext(os.path.basename(path))[0]}.png"))
-        records.append({"image": os.fspath(path), "height": img.shape[0], "width": img.shape[1], "detections": [
-            {"box": [round(float(v), 2) for v in b], "label": int(lab),
-             "class": names[int(lab) - 1] if 1 <= int(lab) <= len(names) else str(int(lab)), "score": float(s)}
-            for b, lab, s in zip(boxes.tolist(), labels.tolist(), scores.tolist())]})
-    atomic_write_json(os.path.join(out_dir, "predictions.json"), records)
-    return records

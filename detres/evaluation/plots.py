@@ -1,0 +1,118 @@
+"""Pictures of an evaluation and of a training run (matplotlib, no display needed).
+
+- :func:`plot_pr_curves`: one panel per class, precision against recall, the class's AP in its title
+  (written beside ``eval.json`` by the VOC evaluation).
+- :func:`plot_training_curves`: the losses against the iteration and, when evaluated more than once, mAP
+  (written at the end of every training run, beside ``metrics.jsonl``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from detres.utils.io import atomic_write
+
+__all__ = ["plot_pr_curves", "plot_training_curves", "read_metrics"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> str:
+    plt = _pyplot()
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"), binary=True)
+    finally:
+        plt.close(fig)
+
+
+def plot_pr_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float | None]],
+                   path: str | os.PathLike, *, title: str | None = None) -> str:
+    """``curves``: class name -> (recall [D], precision [D], AP or None) in ranked order, as the VOC
+    evaluation computes them. One PNG, a panel per class; a class without ground truth says so."""
+    if not curves:
+        raise ValueError("plot_pr_curves: no classes to draw")
+    plt = _pyplot()
+    n = len(curves)
+    cols = min(5, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), squeeze=False)
+    for ax, (name, (rec, prec, ap)) in zip(axes.flat, curves.items()):
+        rec, prec = np.asarray(rec, float), np.asarray(prec, float)
+        if ap is None:
+            ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(name, fontsize=10)
+        else:
+            if rec.size:
+                ax.plot(np.r_[0.0, rec], np.r_[prec[0] if prec.size else 1.0, prec], lw=1.5)
+            ax.set_title(f"{name}: AP {100 * ap:.1f}", fontsize=10)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (a half-written last line is skipped). ValueError if it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: metrics file not found")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "iteration" in row:
+            rows.append(row)
+    return rows
+
+
+def plot_training_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> str:
+    """Losses (total and each ``loss_*``) against the iteration, and the mAP evaluations (``eval/mAP*``
+    or ``eval/AP``) in a second panel when there are any."""
+    rows = read_metrics(metrics_path)
+    train = [r for r in rows if "total_loss" in r]
+    if not train:
+        raise ValueError(f"{metrics_path}: no training rows to draw")
+    evals = [r for r in rows if any(k.startswith(("eval/mAP", "eval/AP")) for k in r)]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 7, 4), squeeze=False)
+    ax = axes[0, 0]
+    its = [r["iteration"] for r in train]
+    for key in ["total_loss"] + sorted({k for r in train for k in r if k.startswith("loss")}):
+        ax.plot(its, [r.get(key, np.nan) for r in train], label=key, lw=2 if key == "total_loss" else 1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if evals:
+        ax = axes[0, 1]
+        for key in sorted({k for r in evals for k in r if k.startswith(("eval/mAP", "eval/AP"))} - {"eval/AP_11point", "eval/AP_area"}):
+            pts = [(r["iteration"], r[key]) for r in evals if key in r and isinstance(r[key], (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=key.removeprefix("eval/"))
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("mAP")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Export a trained detector to TorchScript or ONNX.
+
+    python tools/export.py CONFIG CHECKPOINT --format torchscript|onnx --out FILE
+
+The exported model takes one image as a float32 tensor [3, H, W], RGB in [0, 1], already resized to the
+config's sizes (shorter side data.min_size, longer at most data.max_size), and returns (boxes [N, 4] xyxy in
+the input's pixels, labels [N] int64 1..K, scores [N]). What exports and what does not: README "Export".
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detres.config import load_config  # noqa: E402
+from detres.modeling.export import FORMATS, export_detector  # noqa: E402
+from detres.tasks.detection import load_model_from_checkpoint  # noqa: E402
+from detres.utils.cli import run_tool  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="the YAML config the checkpoint was trained with (or its output_dir/config.yaml)")
+    p.add_argument("checkpoint", help="model_final.pth or another trainer checkpoint")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="the file to write (.pt / .onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    model = load_model_from_checkpoint(cfg, args.checkpoint)
+    size = (cfg.data.min_size, min(cfg.data.max_size, round(cfg.data.min_size * 4 / 3)))
+    path = export_detector(model, args.out, fmt=args.format, example_size=size, opset=args.opset)
+    print(f"{args.checkpoint} -> {path} ({args.format}): image [3, H, W] RGB in [0, 1] -> (boxes, labels, scores)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
