@@ -93,6 +93,11 @@ def plot_training_curves(metrics_path: str | os.PathLike, path: str | os.PathLik
     if not train:
         raise ValueError(f"{metrics_path}: no training rows to draw")
     evals = [r for r in rows if any(k.startswith(("eval/mAP", "eval/AP")) for k in r)]
+    final = ""
+    if len(evals) == 1:  # one evaluation (at the end): its numbers in the title, no second panel
+        final = ", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in evals[0].items()
+                          if k.startswith(("eval/mAP", "eval/AP")) and isinstance(v, (int, float)))
+        evals = []
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 7, 4), squeeze=False)
     ax = axes[0, 0]
@@ -103,6 +108,8 @@ def plot_training_curves(metrics_path: str | os.PathLike, path: str | os.PathLik
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if final:
+        ax.set_title(f"final evaluation: {final}", fontsize=10)
     if evals:
         ax = axes[0, 1]
         for key in sorted({k for r in evals for k in r if k.startswith(("eval/mAP", "eval/AP"))} - {"eval/AP_11point", "eval/AP_area"}):
