@@ -23,6 +23,9 @@ setup(
         "tqdm",
         "tensorboard",
         "pillow",
+        "matplotlib",
+        "scikit-learn",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # onnx/onnxruntime: tools/export.py --format onnx and its check; the tests exercise both
+    extras_require={"test": ["pytest>=8", "onnx", "onnxruntime"], "onnx": ["onnx", "onnxruntime"]},
 )

@@ -259,9 +259,11 @@ CASES = [
     Case("checkpoint with code", "eval", lambda t: _eval_ckpt(t, _payload_ckpt), "error", "evil.pth"),
     Case("checkpoint of another network", "eval", lambda t: _eval_ckpt(t, lambda d: _checkpoint(d, "resnet50")),
          "error", "resnet50.pth"),
-    Case("predict: image missing", "predict", lambda t: [str(write_tiny_config(t)), str(_checkpoint(t)), str(t / "no.jpg")],
+    Case("predict: image missing", "predict", lambda t: [str(write_tiny_config(t)), str(t / "no.jpg"),
+                                                          "--checkpoint", str(_checkpoint(t))],
          "error", "no.jpg"),
-    Case("predict: not an image", "predict", lambda t: [str(write_tiny_config(t)), str(_checkpoint(t)), str(t / "x.jpg")]
+    Case("predict: not an image", "predict", lambda t: [str(write_tiny_config(t)), str(t / "x.jpg"),
+                                                          "--checkpoint", str(_checkpoint(t))]
          if (t / "x.jpg").write_text("not an image") else [], "error", "x.jpg"),
     Case("benchmark: config missing", "benchmark", lambda t: ["train-step", str(t / "none.yaml")], "error", "none.yaml"),
     Case("model_stats: unknown backbone", "model_stats", lambda t: ["--backbones", "resnet7"], "error", "resnet7"),

@@ -7,7 +7,9 @@ from tests._engine_helpers import write_tiny_config
 
 def test_train_step_benchmark_runs_a_config(tmp_path):
     cfg = write_tiny_config(tmp_path)
-    args = argparse.Namespace(configs=[str(cfg)], iters=1, device="cpu", opts=["solver.ims_per_batch=1"], batch=None)
+    parser = argparse.ArgumentParser()
+    BENCHMARKS["train-step"].add_arguments(parser)  # the tool's own options and defaults
+    args = parser.parse_args([str(cfg), "--iters", "1", "--device", "cpu", "--set", "solver.ims_per_batch=1"])
     out = BENCHMARKS["train-step"].run(args)
     row = out["tiny"]
     assert row["backbone"] == "resnet18" and row["ims_per_batch"] == 1 and row["s_per_iter"] > 0
