@@ -143,6 +143,7 @@ class SolverConfig:
     gamma: float = 0.1  # lr decay factor at each step (paper: divide by 10)
     warmup_iters: Optional[int] = None  # linear warmup length; None = auto: a warmup only when the linear scaling rule raises lr above base_lr; 0 = none
     warmup_factor: float = 0.001  # lr multiplier at iteration 0 of the warmup
+    warmup_method: str = "linear"  # linear: from warmup_factor up to 1; constant: warmup_factor throughout (ResNet-110, Sec. 4.2)
     checkpoint_period: int = 5000  # save a checkpoint every this many iterations
     clip_grad_norm: Optional[float] = None  # clip the global gradient L2 norm to this value; None = off
     amp: Optional[str] = None  # mixed precision on CUDA: "bf16" | "fp16" | None (fp32)
@@ -174,7 +175,7 @@ class DetConfig:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class ClsModelConfig:
-    name: str = "resnet50"  # architecture, see detres.backbones.list_backbones()
+    name: str = "resnet50"  # architecture, see detres.backbones.list_classifiers()
     style: str = "pytorch"  # "pytorch" (stride in 3x3) | "msra" (stride in the first 1x1, as the paper's Caffe models)
     norm: str = "bn"  # batch norm after every conv, before the activation (paper Sec. 3.4)
     num_classes: int = 1000  # ImageNet-1k
@@ -184,7 +185,10 @@ class ClsModelConfig:
 
 @dataclass
 class ClsDataConfig:
-    root: str = ""  # ImageNet folder (ImageFolder layout); "" = $DETRES_DATA/imagenet, else ./data/imagenet
+    dataset: str = "imagenet"  # imagenet (folders) | cifar10 (official files, Sec. 4.2) | digits (scikit-learn's 8x8, no download)
+    root: str = ""  # ImageNet folder (ImageFolder layout) / folder holding cifar-10-batches-*; "" = $DETRES_DATA/<dataset>
+    val_size: int = 0  # CIFAR-10: hold out this many training images for evaluation (paper: 5000, the 45k/5k split); 0 = test set
+    padding: int = 4  # CIFAR-10: zero padding before the random 32x32 crop (paper: 4)
     train_dir: str = "train"  # training sub-folder of root
     val_dir: str = "val"  # validation sub-folder of root
     min_scale: int = 256  # scale augmentation: shorter side sampled in [256, 480] (paper Sec. 3.4)
@@ -212,7 +216,7 @@ class ClsSolverConfig(SolverConfig):
 @dataclass
 class ClsTestConfig:
     eval_period: int = 10000  # evaluate every this many iterations (0 = only at the end)
-    ten_crop: bool = True  # paper: standard 10-crop testing for comparison studies
+    ten_crop: bool = True  # paper: standard 10-crop testing for comparison studies (ImageNet only)
     ims_per_batch: int = 32  # test images per process
 
 
@@ -501,6 +505,8 @@ _RULES: dict[str, tuple] = {
     "data.crop": (*_POS_INT, "pixels"),
     "data.test_resize": (*_POS_INT, "pixels"),
     "data.pca_lighting": (*_NONNEG, "a noise strength"),
+    "data.val_size": (*_NONNEG, "images"),
+    "data.padding": (*_NONNEG, "pixels"),
     "solver.max_iter": (*_POS_INT, "iterations"),
     "solver.base_lr": (*_NONNEG, "a learning rate"),
     "solver.momentum": (*_between(0, 1, hi_open=True), "SGD momentum"),
@@ -552,6 +558,8 @@ def validate_config(cfg: Any) -> Any:
             raise _refuse("solver.steps", f"must lie in [1, solver.max_iter={s.max_iter})", steps)
         if s.amp not in (None, "bf16", "fp16"):
             raise _refuse("solver.amp", "must be bf16, fp16 or null", s.amp)
+        if s.warmup_method not in ("linear", "constant"):
+            raise _refuse("solver.warmup_method", "must be linear or constant", s.warmup_method)
     m = getattr(cfg, "model", None)
     rpn, roi = getattr(m, "rpn", None), getattr(m, "roi", None)
     if rpn is not None:

@@ -19,13 +19,14 @@ def test_expected_configs_exist():
 def test_config_loads_and_builds(path):
     assert path.read_text().lstrip().startswith("#"), f"{path.name}: first line should cite its setting"
     cfg = load_config(path)
-    if path.stem.startswith("imagenet_"):
+    if path.stem.startswith(("imagenet_", "cifar10_")):
         assert isinstance(cfg, ClsConfig)
         from detres.tasks.classification import build_model as build_cls_model
         model = build_cls_model(cfg)
         head = model.fc if hasattr(model, "fc") else model.classifier[-1]
-        assert head.out_features == cfg.model.num_classes == 1000
-        if cfg.model.name.startswith("resnet"):  # the stride sits where the config's style says
+        assert head.out_features == cfg.model.num_classes == (1000 if path.stem.startswith("imagenet_") else 10)
+        if cfg.model.name.startswith("resnet") and cfg.model.name not in ("resnet18", "resnet34"):
+            # bottlenecks: the stride sits where the config's style says
             block = model.layer2[0]
             strided = block.conv1 if cfg.model.style == "msra" else block.conv2
             assert strided.stride == (2, 2), path.name

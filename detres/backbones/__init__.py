@@ -20,46 +20,55 @@ from torch import nn
 
 from detres.config import BackboneConfig, ClsModelConfig
 
+from .cifar import CIFAR_DEPTHS, CifarResNet, cifar_spec
 from .layers import NORMS, norm_factory
-from .resnet import ARCHS as _RESNET_ARCHS, SHORTCUTS, STYLES, ResNet, ResNetC4Head, ResNetClassifier
+from .resnet import ARCHS as _RESNET_ARCHS, SHORTCUTS, STYLES, ResNet, ResNetC4Head, ResNetClassifier, check_shortcut
 from .spec import FeatureSpec
 from .vgg import VGG16, VGG16C4, VGG16Classifier, VGG16FCHead
 from .weights import (MSRA_META, TORCHVISION_META, default_meta, load_state, read_weights,
                       resolve_style, validate_meta)
 
 __all__ = [
-    "FeatureSpec", "list_backbones", "build_backbone", "build_c4", "build_classifier", "read_weights", "NORMS",
-    "SHORTCUTS", "STYLES",
+    "FeatureSpec", "list_backbones", "list_classifiers", "build_backbone", "build_c4", "build_classifier",
+    "read_weights", "NORMS",
+    "SHORTCUTS", "STYLES", "CifarResNet",
     "TORCHVISION_META", "MSRA_META", "BACKBONES", "ResNet", "ResNetC4Head", "VGG16", "VGG16FCHead",
 ]
 
 
 @dataclass(frozen=True)
 class _Entry:
-    family: str  # "resnet" or "vgg"
-    c4_feature: str  # the stride-16 map the RPN and RoI pooling read
-    default_pool: int  # RoI pooling size in the paper: 14 before conv5 (ResNet), 7 before fc6 (VGG)
+    family: str  # "resnet", "vgg" or "cifar"
+    c4_feature: str | None  # the stride-16 map the RPN and RoI pooling read (None: a classifier only)
+    default_pool: int | None  # RoI pooling size in the paper: 14 before conv5 (ResNet), 7 before fc6 (VGG)
 
 
 # The registry: a plain dict. Adding a backbone means adding an entry here and a builder family.
 BACKBONES: dict[str, _Entry] = {
     **{name: _Entry("resnet", "res4", 14) for name in _RESNET_ARCHS},
     "vgg16": _Entry("vgg", "conv5", 7),
+    # the paper's CIFAR-10 study (Sec. 4.2): classifiers of 32x32 images, no detection trunk
+    **{name: _Entry("cifar", None, None) for name in CIFAR_DEPTHS},
 }
 
 
 def list_backbones() -> list[str]:
-    """Names accepted by the build_* functions."""
+    """Names accepted by build_backbone and build_c4 (detection trunks), and by build_classifier."""
+    return [name for name, entry in BACKBONES.items() if entry.c4_feature is not None]
+
+
+def list_classifiers() -> list[str]:
+    """Names accepted by build_classifier: the detection backbones and the CIFAR-10 nets (``cifar_*``)."""
     return list(BACKBONES)
 
 
 def _entry(name: str) -> _Entry:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {list_backbones()}")
+        raise ValueError(f"unknown backbone {name!r}; choose from {list_classifiers()}")
     return BACKBONES[name]
 
 
-def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str,
+def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str | None,
              weights_meta: dict[str, Any] | None = None, width: int = 64):
     """Read weights (if any) and settle style, BN eps and the preprocessing meta.
 
@@ -69,8 +78,7 @@ def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str,
     entry = _entry(name)
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose from {list(NORMS)}")
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut {shortcut!r}; choose from {list(SHORTCUTS)}")
+    check_shortcut(shortcut)
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
     if entry.family != "resnet" and width != 64:
@@ -84,6 +92,14 @@ def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str,
     state, meta = read_weights(weights)
     style = resolve_style(meta, style, os.fspath(weights))
     return entry, state, meta, style
+
+
+def _detection_entry(name: str) -> _Entry:
+    entry = _entry(name)
+    if entry.family == "cifar":
+        raise ValueError(f"{name}: a CIFAR-10 classifier (32x32 images); it has no detection trunk, "
+                         "use build_classifier")
+    return entry
 
 
 def _finish(module: nn.Module, meta: dict[str, Any], name: str, style: str) -> nn.Module:
@@ -105,7 +121,7 @@ def build_backbone(
     norm: str = _DET.norm,
     freeze_at: int = _DET.freeze_at,
     out_features: Sequence[str] = ("res4",),
-    shortcut: str = _DET.shortcut,
+    shortcut: str | None = _DET.shortcut,
     width: int = _DET.width,
 ) -> nn.Module:
     """A feature trunk: forward(images[N,3,H,W]) -> OrderedDict name -> map.
@@ -118,6 +134,7 @@ def build_backbone(
     norm: "frozen_bn", "bn", "syncbn" or "gn" (VGG-16 has no norm layers). freeze_at: 0..5, as detectron2.
     width: ResNets' first-stage channels (the paper's 64; every stage doubles it).
     """
+    _detection_entry(name)
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
     out_features = (out_features,) if isinstance(out_features, str) else tuple(out_features)
     if entry.family == "resnet":
@@ -144,7 +161,7 @@ def build_c4(
     style: str | None = _DET.style,
     norm: str = _DET.norm,
     freeze_at: int = _DET.freeze_at,
-    shortcut: str = _DET.shortcut,
+    shortcut: str | None = _DET.shortcut,
     weights_meta: dict[str, Any] | None = None,
     width: int = _DET.width,
 ) -> tuple[nn.Module, nn.Module]:
@@ -157,6 +174,7 @@ def build_c4(
     weights_meta: without `weights`, build for this preprocessing/style/BN eps (a detector checkpoint
     that will be loaded afterwards carries it).
     """
+    _detection_entry(name)
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, weights_meta, width=width)
     if entry.family == "resnet":
         net = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style, shortcut=shortcut,
@@ -177,23 +195,29 @@ def build_c4(
 def build_classifier(
     name: str,
     *,
-    num_classes: int = _CLS.num_classes,
+    num_classes: int | None = None,
     style: str | None = None,
     norm: str = _CLS.norm,
-    shortcut: str = _CLS.shortcut,
+    shortcut: str | None = _CLS.shortcut,
     weights: str | os.PathLike | None = None,
     width: int = _CLS.width,
 ) -> nn.Module:
-    """The ImageNet classifier: forward(images[N,3,224,224]) -> logits[N, num_classes].
+    """The classifier: forward(images[N,3,224,224]) -> logits[N, num_classes] (CIFAR nets: [N,3,32,32]).
 
     Its state_dict keys are exactly torchvision's, so torchvision checkpoints load with no conversion.
+    num_classes: None = the family's data set (1000 for ImageNet nets, 10 for the CIFAR-10 nets).
     style: as build_backbone (None: the weights' style, else "pytorch").
     """
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
+    if num_classes is None:
+        num_classes = 10 if entry.family == "cifar" else _CLS.num_classes
     if entry.family == "resnet":
         net: nn.Module = ResNetClassifier(name, num_classes=num_classes,
                                           norm=norm_factory(norm, eps=meta["bn_eps"]), style=style,
                                           shortcut=shortcut, width=width)
+    elif entry.family == "cifar":  # the shortcut is part of the name: option A, or none for the plain nets
+        n, residual = cifar_spec(name)
+        net = CifarResNet(n, residual=residual, num_classes=num_classes, norm=norm_factory(norm, eps=meta["bn_eps"]))
     else:
         net = VGG16Classifier(num_classes=num_classes)
     if state is not None:

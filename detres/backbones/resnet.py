@@ -9,6 +9,8 @@ Shortcuts follow the paper's Sec. 3.3 / Table 3 options:
 - "A": parameter-free identity; extra channels are zero-padded and the stride subsamples.
 - "B": projection (1x1 conv + norm) only where the shape changes. torchvision's choice, the default.
 - "C": projection on every block.
+- "none": no shortcut at all: the plain counterpart of the network (same depth, width and FLOPs), the
+  paper's "plain" nets of Fig. 4 / Table 2 and Sec. 4.2.
 
 Module names are torchvision's (`conv1`, `bn1`, `layer1`..`layer4`, `downsample.0/1`, `fc`) so its
 checkpoints load as they are; the semantic names (`stem`, `res2`..`res5`) live in `feature_specs`.
@@ -26,7 +28,7 @@ from .layers import freeze
 from .spec import DeclaredFeatures, FeatureSpec, check_out_features
 
 STYLES = ("pytorch", "msra")
-SHORTCUTS = ("A", "B", "C")
+SHORTCUTS = ("A", "B", "C", "none")
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 # name -> (block kind, blocks per stage); Table 1 of the paper.
@@ -59,10 +61,19 @@ class ZeroPadShortcut(nn.Module):
         return x
 
 
-def _shortcut(in_ch: int, out_ch: int, stride: int, shortcut: str, norm: NormFn) -> nn.Module | None:
-    """The block's `downsample` branch, or None for a plain identity."""
+def check_shortcut(shortcut: str | None) -> str:
+    """``shortcut`` as one of SHORTCUTS (None means "none", the plain net); ValueError otherwise."""
+    shortcut = "none" if shortcut is None else shortcut
     if shortcut not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut {shortcut!r}; choose from {list(SHORTCUTS)}")
+        raise ValueError(f"unknown shortcut {shortcut!r}; choose from {list(SHORTCUTS)} (none: a plain net)")
+    return shortcut
+
+
+def _shortcut(in_ch: int, out_ch: int, stride: int, shortcut: str, norm: NormFn) -> nn.Module | None:
+    """The block's `downsample` branch, or None for a plain identity (or for no shortcut at all)."""
+    shortcut = check_shortcut(shortcut)
+    if shortcut == "none":
+        return None
     reshapes = stride != 1 or in_ch != out_ch
     if shortcut == "C" or (shortcut == "B" and reshapes):
         return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), norm(out_ch))
@@ -84,13 +95,15 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
+        self.residual = check_shortcut(shortcut) != "none"
         self.downsample = _shortcut(in_ch, out_ch, stride, shortcut, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -109,14 +122,16 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
         self.bn3 = norm(out_ch)
         self.relu = nn.ReLU(inplace=True)
+        self.residual = check_shortcut(shortcut) != "none"
         self.downsample = _shortcut(in_ch, out_ch, stride, shortcut, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
 
 
 class ResNet(DeclaredFeatures, nn.Module):

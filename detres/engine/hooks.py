@@ -141,13 +141,13 @@ class MetricsHook(HookBase):
         avg_dt = seconds / len(self._times)
         ips = sum(n for _, n in self._times) / max(1e-9, seconds)
         eta = avg_dt * (t.max_iter - t.iter)
-        self.writer.progress(1, loss=sum(float(v) for v in t.losses.values()), lr=t.lr, img_s=ips,
-                             eta=format_seconds(eta))
+        self.writer.progress(1, loss=sum(float(v) for k, v in t.losses.items() if k.startswith("loss")), lr=t.lr,
+                             img_s=ips, eta=format_seconds(eta))
         done = t.iter
         if self.period > 0 and (done % self.period == 0 or done == t.max_iter or done == t.start_iter + 1):
-            losses = {k: float(v) for k, v in comm.reduce_dict(t.losses).items()}
-            row: dict[str, Any] = dict(losses, total_loss=sum(losses.values()), lr=t.lr, time=avg_dt,
-                                       images_per_s=ips, eta_s=eta)
+            values = {k: float(v) for k, v in comm.reduce_dict(t.losses).items()}
+            row: dict[str, Any] = dict(values, total_loss=sum(v for k, v in values.items() if k.startswith("loss")),
+                                       lr=t.lr, time=avg_dt, images_per_s=ips, eta_s=eta)
             if t.grad_norm is not None:
                 row["grad_norm"] = t.grad_norm
             self.writer.write(done, row)

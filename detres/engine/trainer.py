@@ -60,7 +60,8 @@ class Trainer:
 
     Args:
         model: the module to train, on ``device`` and wrapped in DDP when distributed.
-        loss_fn: ``loss_fn(model, batch) -> {name: scalar tensor}``; the total loss is their sum.
+        loss_fn: ``loss_fn(model, batch) -> {name: scalar tensor}``; the total loss is the sum of the entries
+            whose name starts with "loss"; the others (e.g. ``train_error``) are only logged.
         optimizer, scheduler: the scheduler is stepped once per iteration.
         loader_factory: ``f(first_batch)`` -> iterable of batches beginning at batch ``first_batch`` of the
             run's stream (so a resumed run sees the same data order); normally infinite. An iteration
@@ -198,9 +199,9 @@ class Trainer:
             batch = self._next_batch()
             with autocast(self.amp, self.device):
                 losses = self.loss_fn(self.model, batch)
-            if not isinstance(losses, dict) or not losses:
-                raise ValueError("loss_fn must return a non-empty dict of scalar tensors")
-            total = sum(v.float() for v in losses.values())
+            if not isinstance(losses, dict) or not any(k.startswith("loss") for k in losses):
+                raise ValueError("loss_fn must return a dict of scalar tensors with at least one 'loss*' entry")
+            total = sum(v.float() for k, v in losses.items() if k.startswith("loss"))
             if comm.all_reduce_flag(not bool(torch.isfinite(total.detach()))):
                 detail = ", ".join(f"{name}={float(v.detach()):.4g}" for name, v in losses.items())
                 raise FloatingPointError(

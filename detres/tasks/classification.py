@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detres.backbones import NORMS, SHORTCUTS, STYLES, build_classifier, list_backbones
+from detres.backbones import NORMS, SHORTCUTS, STYLES, build_classifier, list_classifiers
 from detres.config import ClsConfig
+from detres.data.cifar import CIFAR10
+from detres.data.cifar import digits as cifar_digits
 from detres.data.imagenet import (ImageNetFolder, build_test_loader, build_test_transform, build_train_loader_factory,
                                   build_train_transform)
 from detres.evaluation.classification import evaluate_classifier
@@ -35,11 +37,14 @@ logger = logging.getLogger("detres")
 
 
 def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Cross-entropy of ``model(images [N,3,H,W]) -> logits [N,C]`` against ``labels [N]`` (int64)."""
+    """Cross-entropy of ``model(images [N,3,H,W]) -> logits [N,C]`` against ``labels [N]`` (int64), and the
+    batch's top-1 error as ``train_error`` (logged, not optimised: the training curves of Fig. 6)."""
     images, labels = batch
     device = next(model.parameters()).device
     logits = model(images.to(device, non_blocking=True))
-    return {"loss_cls": F.cross_entropy(logits.float(), torch.as_tensor(labels).to(device, non_blocking=True))}
+    labels = torch.as_tensor(labels).to(device, non_blocking=True)
+    error = (logits.detach().argmax(dim=1) != labels).float().mean()
+    return {"loss_cls": F.cross_entropy(logits.float(), labels), "train_error": error}
 
 
 def cls_mean_std(cfg: ClsConfig) -> tuple[list[float], list[float]]:
@@ -64,15 +69,19 @@ def cls_meta(cfg: ClsConfig) -> dict[str, Any]:
     }
 
 
+#: ``data.dataset`` choices of the classification task.
+CLS_DATASETS = ("imagenet", "cifar10", "digits")
+
+
 def imagenet_root(cfg: ClsConfig) -> Path:
-    """``data.root``, else ``$DETRES_DATA/imagenet``, else ``./data/imagenet``."""
-    return Path(cfg.data.root) if cfg.data.root else data_root() / "imagenet"
+    """``data.root``, else ``$DETRES_DATA/<data.dataset>``, else ``./data/<data.dataset>``."""
+    return Path(cfg.data.root) if cfg.data.root else data_root() / cfg.data.dataset
 
 
 def build_model(cfg: ClsConfig) -> nn.Module:
     """``build_classifier`` from ``cfg.model`` (randomly initialised, BN trained)."""
     m = cfg.model
-    check_choice("model.name", m.name, list_backbones())
+    check_choice("model.name", m.name, list_classifiers())
     check_choice("model.norm", m.norm, NORMS)
     check_choice("model.style", m.style, STYLES)
     check_choice("model.shortcut", m.shortcut, SHORTCUTS)
@@ -80,9 +89,19 @@ def build_model(cfg: ClsConfig) -> nn.Module:
                             width=m.width)
 
 
-def build_datasets(cfg: ClsConfig, *, train: bool = True, test: bool = True
-                   ) -> tuple[ImageNetFolder | None, ImageNetFolder | None]:
-    """(train set with the paper's augmentation, val set with 10-crop or centre-crop views)."""
+def build_datasets(cfg: ClsConfig, *, train: bool = True, test: bool = True) -> tuple[Any, Any]:
+    """(train set with the paper's augmentation, evaluation set): ImageNet folders (10-crop or centre-crop
+    views), CIFAR-10 files (Sec. 4.2: per-pixel mean, 4-px padding + crop + flip; the test set or a held-out
+    ``data.val_size``), or scikit-learn's digits."""
+    kind = check_choice("data.dataset", cfg.data.dataset, CLS_DATASETS)
+    if kind in ("cifar10", "digits"):
+        train_set, eval_set = (CIFAR10.build(imagenet_root(cfg), val_size=cfg.data.val_size, seed=cfg.seed,
+                                             padding=cfg.data.padding) if kind == "cifar10"
+                               else cifar_digits(seed=cfg.seed))
+        if len(train_set.classes) != cfg.model.num_classes:
+            raise ValueError(f"config key 'model.num_classes': {cfg.model.num_classes}, but {kind} has "
+                             f"{len(train_set.classes)} classes")
+        return (train_set if train else None), (eval_set if test else None)
     root = imagenet_root(cfg)
     d = cfg.data
     mean, std = cls_mean_std(cfg)
@@ -103,7 +122,7 @@ def build_datasets(cfg: ClsConfig, *, train: bool = True, test: bool = True
     return train_set, val_set
 
 
-def build_eval_fn(cfg: ClsConfig, val_set: ImageNetFolder, *, device: torch.device) -> Callable[[nn.Module], dict]:
+def build_eval_fn(cfg: ClsConfig, val_set: Any, *, device: torch.device) -> Callable[[nn.Module], dict]:
     """``f(model) -> {"top1_error_center", "top5_error_center", "top1_error_10crop", ..., "num_images"}``."""
     loader = build_test_loader(val_set, batch_size=cfg.test.ims_per_batch, num_workers=cfg.data.num_workers,
                                rank=comm.get_rank(), world_size=comm.get_world_size(), pin_memory=device.type == "cuda")

@@ -82,7 +82,7 @@ def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, tor
     optimizer = build_sgd(comm.unwrap_model(model), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
                           bias_lr_factor=s.bias_lr_factor, weight_decay_bias=s.weight_decay_bias)
     scheduler = build_warmup_multistep(optimizer, steps=s.steps, gamma=s.gamma, warmup_iters=warmup_iters(cfg, lr),
-                                       warmup_factor=s.warmup_factor)
+                                       warmup_factor=s.warmup_factor, warmup_method=s.warmup_method)
     return optimizer, scheduler
 
 

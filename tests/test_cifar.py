@@ -1,0 +1,178 @@
+"""The paper's CIFAR-10 study: plain nets, the CIFAR nets (Table 6 sizes), the two file formats, training,
+the layer responses (Fig. 7) against a hand computation, the figures and Table 6 over run folders."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from detres.backbones import build_backbone, build_c4, build_classifier, list_backbones, list_classifiers
+from detres.backbones.resnet import BasicBlock, Bottleneck, ZeroPadShortcut
+from detres.data.cifar import CIFAR10, read_cifar10, write_synthetic_cifar
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TABLE6_PARAMS_M = {"cifar_resnet20": 0.27, "cifar_resnet32": 0.46, "cifar_resnet44": 0.66, "cifar_resnet56": 0.85,
+                   "cifar_resnet110": 1.7, "cifar_resnet1202": 19.4}
+
+
+def _params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", list(TABLE6_PARAMS_M))
+def test_parameter_counts_are_table6(name):
+    model = build_classifier(name, num_classes=10)
+    assert round(_params(model) / 1e6, 2 if _params(model) < 1e6 else 1) == TABLE6_PARAMS_M[name]
+    depth = int(name.removeprefix("cifar_resnet"))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) + 1 == depth  # 6n + 2 weighted layers: 6n + 1 convs and the fc (option A adds none)
+
+
+@pytest.mark.parametrize("depth", [20, 56])
+def test_plain_and_residual_cifar_nets_differ_only_in_the_shortcut(depth):
+    plain, res = build_classifier(f"cifar_plain{depth}"), build_classifier(f"cifar_resnet{depth}")
+    assert _params(plain) == _params(res)  # option A is parameter-free
+    assert all(not b.residual for b in plain.modules() if isinstance(b, BasicBlock))
+    assert all(b.residual for b in res.modules() if isinstance(b, BasicBlock))
+    assert {"cifar_plain56", "cifar_resnet1202"} <= set(list_classifiers()) - set(list_backbones())
+    assert res(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_option_a_shortcut_shapes():
+    block = BasicBlock(16, 32, stride=2, norm=lambda c: torch.nn.BatchNorm2d(c), shortcut="A", style="pytorch")
+    assert isinstance(block.downsample, ZeroPadShortcut)
+    x = torch.randn(2, 16, 32, 32)
+    s = block.downsample(x)
+    assert s.shape == (2, 32, 16, 16)
+    torch.testing.assert_close(s[:, :16], x[:, :, ::2, ::2])  # identity, subsampled
+    assert s[:, 16:].abs().sum() == 0  # the extra channels are zeros
+    assert block(x).shape == (2, 32, 16, 16)
+
+
+@pytest.mark.parametrize("block_cls", [BasicBlock, Bottleneck])
+def test_plain_blocks_have_no_shortcut(block_cls):
+    """Zeroing a plain block's last BN zeroes its output (there is no identity path); a residual block then
+    passes its input on."""
+    norm = lambda c: torch.nn.BatchNorm2d(c)  # noqa: E731
+    out_ch = 16 * block_cls.expansion
+    x = torch.rand(2, out_ch, 8, 8)
+    for shortcut, expect_zero in (("none", True), ("B", False)):
+        b = block_cls(out_ch, 16, stride=1, norm=norm, shortcut=shortcut, style="pytorch").eval()
+        last = b.bn3 if block_cls is Bottleneck else b.bn2
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+            y = b(x)
+        assert (y.abs().sum() == 0) == expect_zero
+        assert b.downsample is None
+
+
+def test_plain_imagenet_nets_have_the_residual_nets_shape():
+    plain = build_classifier("resnet34", shortcut="none")
+    res = build_classifier("resnet34", shortcut="A")  # Table 2's ResNets: option A, no extra parameters
+    assert _params(plain) == _params(res)
+    assert build_classifier("resnet18", shortcut=None)(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
+    trunk = build_backbone("resnet18", shortcut="none", norm="bn", freeze_at=0)
+    assert trunk(torch.rand(1, 3, 64, 64))["res4"].shape[1] == 256
+    with pytest.raises(ValueError, match="no detection trunk"):
+        build_c4("cifar_resnet20")
+
+
+@pytest.mark.parametrize("fmt", ["py", "bin"])
+def test_both_official_formats_read_the_same(tmp_path, fmt):
+    write_synthetic_cifar(tmp_path / fmt, fmt, num_train=12, num_test=4, seed=3)
+    write_synthetic_cifar(tmp_path / "ref", "py", num_train=12, num_test=4, seed=3)
+    images, labels = read_cifar10(tmp_path / fmt, "train")
+    ref_images, ref_labels = read_cifar10(tmp_path / "ref", "train")
+    assert images.shape == (12, 3, 32, 32) and images.dtype == np.uint8
+    assert np.array_equal(images, ref_images) and np.array_equal(labels, ref_labels)
+    train, test = CIFAR10.build(tmp_path / fmt)
+    assert len(train) == 12 and len(test) == 4
+    x, y = test[0]
+    mean = CIFAR10.mean_image(images)
+    torch.testing.assert_close(x, torch.from_numpy(read_cifar10(tmp_path / fmt, "test")[0][0] / 255.0 - mean).float())
+    xt, _ = train[0]
+    assert xt.shape == (3, 32, 32)  # padded by 4, cropped back to 32
+    tr, va = CIFAR10.build(tmp_path / fmt, val_size=3)
+    assert (len(tr), len(va)) == (9, 3)
+
+
+def test_bad_cifar_files_are_named_and_payloads_refused(tmp_path):
+    write_synthetic_cifar(tmp_path / "c", "bin", num_train=5, num_test=2)
+    path = tmp_path / "c" / "cifar-10-batches-bin" / "data_batch_2.bin"
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(ValueError, match="data_batch_2.bin.*records"):
+        read_cifar10(tmp_path / "c", "train")
+    folder = tmp_path / "p" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (tmp_path / "PAYLOAD_RAN",))
+
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Payload()}, protocol=2))
+    with pytest.raises(ValueError, match="data_batch_1: unsafe pickle"):
+        read_cifar10(tmp_path / "p", "train")
+    assert not (tmp_path / "PAYLOAD_RAN").exists()
+    with pytest.raises(ValueError, match="neither cifar-10-batches-py"):
+        read_cifar10(tmp_path / "nothing", "train")
+
+
+def test_layer_responses_match_a_hand_computation():
+    """Fig. 7's numbers: the std of a 3x3 conv's BN output over the whole data, computed by hand here."""
+    from detres.evaluation.degradation import layer_responses
+
+    torch.manual_seed(0)
+    model = build_classifier("cifar_resnet20", num_classes=10).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+    data = [(torch.rand(4, 3, 32, 32), torch.zeros(4)), (torch.rand(3, 3, 32, 32), torch.zeros(3))]
+    got = dict(layer_responses(model, data))
+    assert len(got) == 19  # the stem and 2 per block: every 3x3 conv of ResNet-20
+    with torch.no_grad():
+        block = model.layer2[1]
+        outs = []
+        for images, _ in data:
+            h = model.layer1(model.relu(model.bn1(model.conv1(images))))
+            h = model.layer2[0](h)
+            outs.append(block.bn1(block.conv1(h)))  # after BN, before the ReLU
+        expect = torch.cat([o.flatten() for o in outs]).double().std(unbiased=False)
+    assert got["layer2.1.bn1"] == pytest.approx(float(expect), rel=1e-6)
+
+
+def test_a_tiny_cifar_run_learns_and_the_study_tools_read_it(tmp_path):
+    from detres.config import load_config
+    from detres.tasks.classification import run_train
+
+    data = write_synthetic_cifar(tmp_path / "cifar", "py", num_train=64, num_test=32)
+    runs = []
+    for name in ("cifar_plain20", "cifar_resnet20"):
+        cfg = load_config(ROOT / "configs" / f"cifar10_{name.removeprefix('cifar_')}.yaml", [
+            f"data.root={data}", f"output_dir={tmp_path / name}", "solver.max_iter=20", "solver.steps=[15]",
+            "solver.ims_per_batch=16", "solver.reference_batch=16", "solver.log_period=2", "test.eval_period=10",
+            "data.num_workers=0", "solver.checkpoint_period=0"])
+        run_train(cfg, progress=False)
+        runs.append(tmp_path / name)
+    rows = [json.loads(line) for line in (runs[1] / "metrics.jsonl").read_text().splitlines()]
+    errors = [r["train_error"] for r in rows if "train_error" in r]
+    losses = [r["loss_cls"] for r in rows if "loss_cls" in r]
+    assert len(errors) >= 5 and losses[-1] < losses[0]  # it learns the colour-coded classes
+    assert any("eval/top1_error_center" in r for r in rows)  # periodic test error, for Fig. 6
+
+    spec = importlib.util.spec_from_file_location("study_tool", ROOT / "tools" / "study.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["curves", *map(str, runs), "--out", str(tmp_path / "fig6.png")]) == 0
+    assert tool.main(["responses", *map(str, runs), "--out", str(tmp_path / "fig7.png")]) == 0
+    assert (tmp_path / "fig6.png").read_bytes()[:4] == b"\x89PNG"
+    fig7 = json.loads((tmp_path / "fig7.png.json").read_text())
+    assert set(fig7) == {"plain20", "resnet20"} and len(fig7["resnet20"]) == 19
+    assert tool.main(["table", str(runs[1])]) == 0
