@@ -101,8 +101,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+        if self.residual:  # in place, as torchvision: no norm's backward reads its output
+            out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -129,8 +129,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+        if self.residual:  # in place, as torchvision: no norm's backward reads its output
+            out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -140,8 +140,9 @@ class ResNet(DeclaredFeatures, nn.Module):
     forward(images[N, 3, H, W]) -> OrderedDict name -> map, with names from `stem` (stride 4, after the
     max-pool), `res2` (4), `res3` (8), `res4` (16), `res5` (32). Stages after the last requested one
     are not built. `width` is the channel count of conv1 and of conv2_x's 3x3 convs (the paper's 64);
-    every stage doubles it. Other widths are for small from-scratch models (torchvision weights need 64). `feature_specs` declares every returned map; `out_channels` is the channel count of
-    the last one (torchvision's FasterRCNN reads it).
+    every stage doubles it. Other widths are for small from-scratch models (torchvision weights need 64).
+    `feature_specs` declares every returned map; `out_channels` is the channel count of the last one
+    (torchvision's FasterRCNN reads it).
     """
 
     def __init__(

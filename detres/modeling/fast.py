@@ -16,6 +16,12 @@ training model). Each optimisation can be switched off, and all of them with ``e
   cache (None: all at once).
 - ``pool_threads``: torchvision's CPU RoIAlign/RoIPool barely uses a second core; the RoIs are split over
   this many threads (the kernels release the GIL), with identical output. CPU only.
+- ``commute_head``: RoIAlign as two matrix products, with the head's first 1x1 convolutions (a bottleneck's
+  conv1 and its projection shortcut) run once on the shared map instead of once per RoI
+  (:mod:`detres.modeling.roi_algebra`; exact up to rounding). ResNet-50/101/152 heads with RoIAlign only.
+- ``winograd``: 3x3 stride-1 convolutions with >= 128 input channels (ResNet's conv3-conv5 stages, the RPN's
+  conv, VGG's conv3-conv5) by Winograd's F(4x4, 3x3) on maps up to 12k positions
+  (:mod:`detres.modeling.winograd`; not bit-exact, about 1e-5 relative). CPU only (cuDNN chooses its own).
 - ``bf16``: the head and trunk in bfloat16 autocast, only on a CPU with native bf16 arithmetic (AVX512-BF16 or
   AMX) or on CUDA; never emulated. Not exact: mAP changes by a fraction of a point.
 
@@ -33,13 +39,17 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from detres.modeling.roi_algebra import CommutedC4Block
+from detres.modeling.winograd import replace_convs
+
 __all__ = ["prepare_for_inference", "fold_batchnorm", "cpu_has_native_bf16", "FAST_DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
 #: The options used when a caller asks for the fast path without choosing (measured on the CPUs here).
 FAST_DEFAULTS: dict[str, Any] = {"fold_bn": True, "channels_last": True, "freeze": False, "roi_chunk": None,
-                                 "bf16": False, "pool_threads": 2}
+                                 "bf16": False, "pool_threads": 2, "commute_head": True,
+                                 "winograd": True}
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
@@ -99,6 +109,26 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _can_commute(model: nn.Module) -> bool:
+    """RoIAlign pooler and a ResNet head whose first block is a bottleneck with a projection shortcut."""
+    pool, head = model.roi_heads.box_roi_pool, model.roi_heads.box_head
+    first = getattr(getattr(head, "layer4", None), "__getitem__", lambda i: None)(0)
+    return (getattr(pool, "kind", None) == "roi_align" and pool.output_size % 2 == 0 and first is not None
+            and hasattr(first, "conv3") and isinstance(first.downsample, nn.Sequential)
+            and first.conv1.kernel_size == (1, 1))
+
+
+class _PooledHead(nn.Module):
+    """The rest of conv5 after its first block, then global average pooling: [R, C, 7, 7] -> [R, C]."""
+
+    def __init__(self, blocks: nn.Module, out_channels: int):
+        super().__init__()
+        self.blocks, self.out_channels = blocks, out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.blocks(x), 1), 1)
 
 
 class _ChannelsLast(nn.Module):
@@ -186,7 +216,8 @@ class _Frozen(nn.Module):
 def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", enabled: bool = True,
                           fold_bn: bool | None = None, channels_last: bool | None = None, freeze: bool | None = None,
                           roi_chunk: int | None = None, bf16: bool | None = None,
-                          pool_threads: int | None = None) -> nn.Module:
+                          pool_threads: int | None = None, commute_head: bool | None = None,
+                          winograd: bool | None = None) -> nn.Module:
     """An optimised copy of the C4 detector ``model`` in eval mode on ``device`` (see the module docstring).
 
     Options left as None take :data:`FAST_DEFAULTS`; ``bf16=True`` is ignored (with a log line) on a CPU
@@ -199,7 +230,8 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
         return fast
     opts = dict(FAST_DEFAULTS)
     opts.update({k: v for k, v in dict(fold_bn=fold_bn, channels_last=channels_last, freeze=freeze,
-                                       roi_chunk=roi_chunk, bf16=bf16, pool_threads=pool_threads).items()
+                                       roi_chunk=roi_chunk, bf16=bf16, pool_threads=pool_threads,
+                                       commute_head=commute_head, winograd=winograd).items()
                  if v is not None})
     if opts["bf16"] and device.type == "cpu" and not cpu_has_native_bf16():
         logger.info("fast path: bf16 skipped, this CPU has no native bf16 (it would be emulated)")
@@ -209,6 +241,17 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     if opts["fold_bn"]:
         fold_batchnorm(fast.backbone)
         fold_batchnorm(fast.roi_heads.box_head)
+    # freeze traces the trunk and head with a probe: it keeps the ordinary head and convolutions
+    commuted = opts["commute_head"] and opts["fold_bn"] and not opts["freeze"] and _can_commute(fast)
+    if commuted:  # the first block moves into the pooler; the head keeps the rest of conv5
+        head = fast.roi_heads.box_head
+        first, rest = head.layer4[0], head.layer4[1:]
+        if opts["channels_last"]:
+            first.to(memory_format=torch.channels_last)
+        fast.roi_heads.box_roi_pool = CommutedC4Block(fast.roi_heads.box_roi_pool, first)
+        fast.roi_heads.box_head = _PooledHead(rest, head.out_channels)
+    if opts["winograd"] and device.type == "cpu" and not opts["freeze"]:
+        replace_convs(fast.backbone), replace_convs(fast.rpn.head), replace_convs(fast.roi_heads)
     trunk, head = fast.backbone, fast.roi_heads.box_head
     keys = None
     if opts["freeze"]:
@@ -230,7 +273,7 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     if opts["channels_last"]:
         trunk, head = _ChannelsLast(trunk), _ChannelsLast(head)
         fast.rpn.head.to(memory_format=torch.channels_last)  # it reads the trunk's NHWC map
-    if device.type == "cpu" and opts["pool_threads"] > 1:
+    if device.type == "cpu" and opts["pool_threads"] > 1 and not commuted:
         fast.roi_heads.box_roi_pool = _ThreadedPooler(fast.roi_heads.box_roi_pool, opts["pool_threads"])
     if opts["bf16"]:
         trunk, head = _Autocast(trunk, device.type), _Autocast(head, device.type)
