@@ -176,3 +176,20 @@ def test_a_tiny_cifar_run_learns_and_the_study_tools_read_it(tmp_path):
     fig7 = json.loads((tmp_path / "fig7.png.json").read_text())
     assert set(fig7) == {"plain20", "resnet20"} and len(fig7["resnet20"]) == 19
     assert tool.main(["table", str(runs[1])]) == 0
+
+
+def test_degradation_demo_wires_the_four_nets_and_reports_what_it_observed(tmp_path):
+    """The demo's plumbing at a toy size (its effect needs the full 1,200 iterations: README)."""
+    from detres.tasks.study import degradation_demo
+
+    summary = degradation_demo(tmp_path, settings={"max_iter": 4, "batch": 32, "eval_period": 2, "log_period": 2})
+    assert set(summary["nets"]) == {"cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56"}
+    for row in summary["nets"].values():
+        assert 0 <= row["train_error"] <= 1 and 0 <= row["test_error"] <= 1
+    assert set(summary["mean_response_std"]) == {"plain20", "plain56", "resnet20", "resnet56"}
+    observed = summary["observed"]
+    te = {k: v["train_error"] for k, v in summary["nets"].items()}
+    assert observed["deep plain trains worse than shallow plain"] == (te["cifar_plain56"] > te["cifar_plain20"])
+    for name in ("fig6_error_curves.png", "fig7_responses.png", "summary.json"):
+        assert (tmp_path / name).is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["observed"] == observed

@@ -251,7 +251,8 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
         fast.roi_heads.box_roi_pool = CommutedC4Block(fast.roi_heads.box_roi_pool, first)
         fast.roi_heads.box_head = _PooledHead(rest, head.out_channels)
     if opts["winograd"] and device.type == "cpu" and not opts["freeze"]:
-        replace_convs(fast.backbone), replace_convs(fast.rpn.head), replace_convs(fast.roi_heads)
+        for part in (fast.backbone, fast.rpn.head, fast.roi_heads):
+            replace_convs(part)
     trunk, head = fast.backbone, fast.roi_heads.box_head
     keys = None
     if opts["freeze"]:

@@ -81,7 +81,7 @@ def table6(run_dirs: Sequence[str | os.PathLike]) -> str:
 #: The laptop demo: a shallow and a deep net of each kind, the CIFAR recipe (Sec. 4.2) on 8x8 digits.
 DEMO_SETTINGS: dict[str, Any] = {
     "nets": ("cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56"),
-    "max_iter": 2000, "base_lr": 0.1, "batch": 128, "eval_period": 200, "log_period": 20,
+    "max_iter": 1200, "base_lr": 0.1, "batch": 128, "eval_period": 200, "log_period": 20,
 }
 
 
