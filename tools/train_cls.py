@@ -27,19 +27,12 @@ from detres.benchmarks.train import time_cls_step  # noqa: E402
 from detres.config import ClsConfig, load_config  # noqa: E402
 from detres.tasks.classification import run_train  # noqa: E402
 from detres.utils import comm  # noqa: E402
-from detres.utils.cli import run_tool  # noqa: E402
+from detres.utils.cli import add_training_args, check_training_args, run_tool  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="classification YAML (task: classification)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. solver.max_iter=1000")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    p.add_argument("--new-solver", action="store_true",
-                   help="with --resume: apply the config's solver settings from the checkpoint's iteration")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    add_training_args(p)
     p.add_argument("--time-step", action="store_true", help="time one training step on synthetic data and exit")
     p.add_argument("--batch", type=int, default=2, help="batch size for --time-step")
     p.add_argument("--steps", type=int, default=3, help="timed steps for --time-step (after one warm-up step)")
@@ -47,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.new_solver and not args.resume:
-        raise ValueError("--new-solver: only with --resume")
+    check_training_args(args)
     cfg = load_config(args.config, args.overrides, schema=ClsConfig)
     if args.time_step:
         result = time_cls_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")

@@ -20,26 +20,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detres.config import load_config  # noqa: E402
 from detres.tasks.detection import run_train  # noqa: E402
 from detres.utils import comm  # noqa: E402
-from detres.utils.cli import run_tool  # noqa: E402
+from detres.utils.cli import add_training_args, check_training_args, run_tool  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. solver.steps=[6000,8000]")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    p.add_argument("--new-solver", action="store_true",
-                   help="with --resume: apply the config's solver settings (learning rate, schedule) from the "
-                        "checkpoint's iteration instead of the checkpoint's own")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
+    add_training_args(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.new_solver and not args.resume:
-        raise ValueError("--new-solver: only with --resume")
+    check_training_args(args)
     cfg = load_config(args.config, args.overrides)
     try:
         result = run_train(cfg, resume=args.resume, overwrite=args.overwrite, new_solver=args.new_solver,

@@ -40,14 +40,7 @@ MSRA_META: dict[str, Any] = {
 
 # The Caffe VGG-16 of py-faster-rcnn (and Fast/Faster R-CNN): BGR in [0, 255] minus py-faster-rcnn's pixel
 # means (lib/fast_rcnn/config.py PIXEL_MEANS), no std. VGG-16 has no BN and no stride choice.
-CAFFE_VGG_META: dict[str, Any] = {
-    "style": "pytorch",
-    "channel_order": "BGR",
-    "input_range": 255.0,
-    "mean": [102.9801, 115.9465, 122.7717],
-    "std": [1.0, 1.0, 1.0],
-    "bn_eps": 1e-5,
-}
+CAFFE_VGG_META: dict[str, Any] = {**MSRA_META, "style": "pytorch", "bn_eps": 1e-5}
 
 #: ``--preprocess`` choices of tools/convert_weights.py: the input a torchvision-layout file expects.
 PREPROCESSING: dict[str, dict[str, Any]] = {"torchvision": TORCHVISION_META, "caffe": CAFFE_VGG_META}

@@ -39,6 +39,25 @@ def one_line(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """The options every training tool shares: the config, its overrides, and what to do with output_dir."""
+    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. solver.max_iter=1000")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--new-solver", action="store_true",
+                        help="with --resume: apply the config's solver settings (learning rate, schedule) from the "
+                             "checkpoint's iteration instead of the checkpoint's own")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
+    parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    """ValueError for option combinations that make no sense."""
+    if args.new_solver and not args.resume:
+        raise ValueError("--new-solver: only with --resume")
+
+
 def run_tool(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int | None],
              argv: list[str] | None = None) -> int:
     """Parse ``argv`` with ``parser`` (adding ``--debug``), call ``run(args)`` and turn a user error into one
