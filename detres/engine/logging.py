@@ -28,7 +28,7 @@ class _StderrHandler(logging.StreamHandler):
 
     @stream.setter
     def stream(self, value) -> None:
-        pass
+        """Ignored: logging.StreamHandler sets it; the stream is always the current sys.stderr."""
 
 
 def setup_logger(output_dir: str | None = None, *, name: str = "detres", main_process: bool = True) -> logging.Logger:

@@ -38,7 +38,7 @@ class HookBase:
     trainer: "Trainer"
 
     def before_train(self) -> None:
-        pass
+        """Called once before the first iteration (after a resume has restored the trainer's state)."""
 
     def after_step(self) -> None:
         """Called after each step; ``trainer.iter`` iterations are then complete."""

@@ -18,7 +18,8 @@ training model). Each optimisation can be switched off, and all of them with ``e
   this many threads (the kernels release the GIL), with identical output. CPU only.
 - ``commute_head``: RoIAlign as two matrix products, with the head's first 1x1 convolutions (a bottleneck's
   conv1 and its projection shortcut) run once on the shared map instead of once per RoI
-  (:mod:`detres.modeling.roi_algebra`; exact up to rounding). ResNet-50/101/152 heads with RoIAlign only.
+  (:mod:`detres.modeling.roi_algebra`; exact up to rounding). ResNet-50/101/152 heads with RoIAlign only;
+  CPU only.
 - ``winograd``: 3x3 stride-1 convolutions with >= 128 input channels (ResNet's conv3-conv5 stages, the RPN's
   conv, VGG's conv3-conv5) by Winograd's F(4x4, 3x3) on maps up to 12k positions
   (:mod:`detres.modeling.winograd`; not bit-exact, about 1e-5 relative). CPU only (cuDNN chooses its own).
@@ -242,7 +243,9 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
         fold_batchnorm(fast.backbone)
         fold_batchnorm(fast.roi_heads.box_head)
     # freeze traces the trunk and head with a probe: it keeps the ordinary head and convolutions
-    commuted = opts["commute_head"] and opts["fold_bn"] and not opts["freeze"] and _can_commute(fast)
+    # CPU only: on CUDA the per-RoI products (a Python loop, a host sync) were never measured against cuDNN
+    commuted = (opts["commute_head"] and device.type == "cpu" and opts["fold_bn"] and not opts["freeze"]
+                and _can_commute(fast))
     if commuted:  # the first block moves into the pooler; the head keeps the rest of conv5
         head = fast.roi_heads.box_head
         first, rest = head.layer4[0], head.layer4[1:]
