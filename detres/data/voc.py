@@ -218,26 +218,36 @@ class VOCDetection(DetectionDataset):
         set_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         self.ids: list[str] = read_image_set(set_file)
         self.labelled = labelled
-        self._annotations: list[VOCAnnotation] = []
         if not labelled:  # e.g. VOC 2012 test: the image set lists the images, their labels are not public
-            empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
-            self._annotations = [VOCAnnotation(i, *empty, width=0, height=0) for i in self.ids]
-            self._images = self._find_images()
-            if check_images:
-                self._check_images(set_file)
-            return
-        for image_id in self.ids:
-            xml = self.root / "Annotations" / f"{image_id}.xml"
-            if not xml.is_file():
-                lineno = _line_of(set_file, image_id)
-                raise ValueError(f"{set_file}:{lineno}: id {image_id!r} has no annotation file {xml}")
-            self._annotations.append(parse_voc_xml(xml, self.class_names, image_id=image_id))
-        self._images = self._find_images()
+            parsed = [VOCAnnotation(i, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool),
+                                    width=0, height=0) for i in self.ids]
+        else:
+            parsed = []
+            for image_id in self.ids:
+                xml = self.root / "Annotations" / f"{image_id}.xml"
+                if not xml.is_file():
+                    lineno = _line_of(set_file, image_id)
+                    raise ValueError(f"{set_file}:{lineno}: id {image_id!r} has no annotation file {xml}")
+                parsed.append(parse_voc_xml(xml, self.class_names, image_id=image_id))
+        self._pack(parsed)
+        self._images = self._find_images([a.filename for a in parsed])
+        del parsed
         if check_images:
             self._check_images(set_file)
-        self._report()
+        if labelled:
+            self._report()
 
-    def _find_images(self) -> list[Path | None]:
+    def _pack(self, parsed: Sequence[VOCAnnotation]) -> None:
+        """Keep the parsed files as a few arrays (boxes, labels and difficult flags of all files, concatenated,
+        with per-image offsets; sizes): DataLoader workers get them in one piece, not as 16k Python objects."""
+        counts = np.asarray([len(a.labels) for a in parsed], np.int64)
+        self._start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._boxes = np.concatenate([a.boxes for a in parsed]).astype(np.float32) if parsed else np.zeros((0, 4), np.float32)
+        self._labels = np.concatenate([a.labels for a in parsed]).astype(np.int64) if parsed else np.zeros(0, np.int64)
+        self._difficult = np.concatenate([a.difficult for a in parsed]).astype(bool) if parsed else np.zeros(0, bool)
+        self._wh = np.asarray([(a.width, a.height) for a in parsed], np.int64).reshape(-1, 2)
+
+    def _find_images(self, filenames: Sequence[str]) -> list[str | None]:
         """Each item's image: the XML's <filename> if it is in JPEGImages/, else <id> with a usual image
         extension; a file whose name differs only in case is taken too (labelling tools on case-insensitive
         file systems write such names), with a warning. None where nothing is found."""
@@ -247,15 +257,15 @@ class VOCDetection(DetectionDataset):
         except OSError:
             names = set()
         lower = {n.lower(): n for n in names}
-        found: list[Path | None] = []
-        for image_id, ann in zip(self.ids, self._annotations):
-            candidates = ([ann.filename] if ann.filename else []) + [image_id + e for e in IMAGE_EXTENSIONS]
+        found: list[str | None] = []
+        for image_id, filename in zip(self.ids, filenames):
+            candidates = ([filename] if filename else []) + [image_id + e for e in IMAGE_EXTENSIONS]
             name = next((c for c in candidates if c in names), None)
             if name is None:
                 name = next((lower[c.lower()] for c in candidates if c.lower() in lower), None)
                 if name is not None:
                     logger.warning("%s: no %s; using %s (the names differ only in case)", folder, candidates[0], name)
-            found.append(folder / name if name is not None else None)
+            found.append(name)
         return found
 
     def _check_images(self, set_file: Path) -> None:
@@ -270,47 +280,47 @@ class VOCDetection(DetectionDataset):
     def _report(self) -> None:
         """Log what the split holds and warn about boxes lying entirely outside their image (the transforms
         drop them, so an image can lose all its objects)."""
-        outside: Counter = Counter()
-        emptied = []
-        for a in self._annotations:
-            if a.width <= 0 or a.height <= 0 or not len(a.boxes):
-                continue
-            b = a.boxes
-            out = (b[:, 0] >= a.width) | (b[:, 1] >= a.height) | (b[:, 2] <= 0) | (b[:, 3] <= 0)
-            if out.any():
-                outside[a.image_id] = int(out.sum())
-                if out.all():
-                    emptied.append(a.image_id)
-        for image_id, n in list(outside.items())[:10]:
+        owner = np.repeat(np.arange(len(self.ids)), np.diff(self._start))
+        wh = self._wh[owner]
+        b = self._boxes
+        known = (wh[:, 0] > 0) & (wh[:, 1] > 0)
+        out = known & ((b[:, 0] >= wh[:, 0]) | (b[:, 1] >= wh[:, 1]) | (b[:, 2] <= 0) | (b[:, 3] <= 0))
+        outside = np.bincount(owner[out], minlength=len(self.ids))
+        per_image = np.diff(self._start)
+        for i in np.flatnonzero(outside)[:10]:
             logger.warning("%s: %d box(es) lie entirely outside the image; they are dropped%s",
-                           self.root / "Annotations" / f"{image_id}.xml", n,
-                           " and the image has no object left" if image_id in emptied else "")
-        n_obj = sum(len(a.labels) for a in self._annotations)
-        n_diff = sum(int(a.difficult.sum()) for a in self._annotations)
+                           self.root / "Annotations" / f"{self.ids[i]}.xml", outside[i],
+                           " and the image has no object left" if outside[i] == per_image[i] else "")
+        n_out, n_files = int(outside.sum()), int((outside > 0).sum())
         logger.info("%s/%s: %d images, %d objects (%d difficult%s)%s", self.root.name, self.split, len(self.ids),
-                    n_obj, n_diff, "" if self.keep_difficult else ", left out of training",
-                    f"; {sum(outside.values())} boxes in {len(outside)} files lie outside their image and are dropped"
-                    if outside else "")
+                    len(self._labels), int(self._difficult.sum()),
+                    "" if self.keep_difficult else ", left out of training",
+                    f"; {n_out} boxes in {n_files} files lie outside their image and are dropped" if n_out else "")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def get_annotation(self, index: int) -> VOCAnnotation:
         """The parsed XML of item ``index`` (all boxes, difficult ones included, original pixels)."""
-        return self._annotations[index]
+        s, e = int(self._start[index]), int(self._start[index + 1])
+        w, h = self._wh[index]
+        return VOCAnnotation(self.ids[index], self._boxes[s:e], self._labels[s:e], self._difficult[s:e],
+                             width=int(w), height=int(h), filename=self._images[index] or "")
 
     def image_path(self, index: int) -> Path:
         """The image file of item ``index`` (see :meth:`_find_images`)."""
-        path = self._images[index]
-        return path if path is not None else self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
+        name = self._images[index]
+        return self.root / "JPEGImages" / (name if name is not None else f"{self.ids[index]}.jpg")
 
     def aspect_ratios(self) -> list[float]:
         """``width / height`` per item from the XML ``<size>`` (1.0 where the size is missing)."""
-        return [a.width / a.height if a.width > 0 and a.height > 0 else 1.0 for a in self._annotations]
+        wh = self._wh.astype(np.float64)
+        ok = (wh[:, 0] > 0) & (wh[:, 1] > 0)
+        return np.where(ok, wh[:, 0] / np.where(ok, wh[:, 1], 1.0), 1.0).tolist()
 
     def load(self, index: int) -> tuple[np.ndarray, dict]:
         """The image (HWC uint8 RGB) and its target (difficult boxes left out unless ``keep_difficult``)."""
-        ann = self._annotations[index]
+        ann = self.get_annotation(index)
         path = self.image_path(index)
         image = read_image_rgb(path)
         if ann.width > 0 and ann.height > 0 and image.shape[:2] != (ann.height, ann.width):
@@ -319,9 +329,9 @@ class VOCDetection(DetectionDataset):
             )
         keep = np.ones(len(ann.labels), dtype=bool) if self.keep_difficult else ~ann.difficult
         target = {
-            "boxes": torch.from_numpy(ann.boxes[keep].copy()),
-            "labels": torch.from_numpy(ann.labels[keep].copy()),
-            "difficult": torch.from_numpy(ann.difficult[keep].copy()),
+            "boxes": torch.from_numpy(ann.boxes[keep]),
+            "labels": torch.from_numpy(ann.labels[keep]),
+            "difficult": torch.from_numpy(ann.difficult[keep]),
             "image_id": ann.image_id,
         }
         return image, target
