@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -96,9 +97,22 @@ def read_coco_json(ann_file: str | os.PathLike) -> COCOFile:
     try:
         return msgspec.json.decode(raw, type=COCOFile)
     except msgspec.ValidationError as exc:
-        raise ValueError(f"{path}: not a COCO annotation file ({exc})") from None
-    except msgspec.DecodeError as exc:
+        if "out of range" not in str(exc):
+            raise ValueError(f"{path}: not a COCO annotation file ({exc})") from None
+    except msgspec.DecodeError:
+        pass
+    # Python's json module also writes NaN and Infinity, which strict JSON lacks: read such a file the slow way
+    # (its non-finite boxes are then left out with a warning), and report real syntax errors with line and column
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except ValueError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return msgspec.convert(data, COCOFile)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{path}: not a COCO annotation file ({exc})") from None
 
 
 def _int_ids(values: list, path: Path, what: str) -> np.ndarray:
@@ -297,10 +311,11 @@ class COCODetection(DetectionDataset):
         if self.train:
             empty = [self._cat_names[c] for c in self.label_to_cat_id.values() if not self.num_annotations.get(c)]
             if empty:
-                logger.warning("%s: categor%s %s %s no annotation, yet each is a class of the model (list the "
-                               "classes to learn in data.classes to leave them out)", self.ann_file,
-                               "y" if len(empty) == 1 else "ies", ", ".join(map(repr, empty[:10])),
-                               "has" if len(empty) == 1 else "have")
+                one = len(empty) == 1
+                logger.warning("%s: categor%s %s %s no annotation but %s of the model (list the classes to "
+                               "learn in data.classes to leave %s out)", self.ann_file, "y" if one else "ies",
+                               ", ".join(map(repr, empty[:10])), "has" if one else "have",
+                               "is a class" if one else "are classes", "it" if one else "them")
         skipped = len(self._img_ids) - len(self._items)
         logger.info("%s: %d images%s, %d categories, %d crowd regions ignored", self.ann_file, len(self._items),
                     f" ({skipped} without a box skipped)" if self.train else "", len(self.class_names),
