@@ -184,3 +184,22 @@ def test_voc_items_equal_their_xml(tmp_path):
             sel = np.ones(len(ref.labels), bool) if keep else ~ref.difficult
             np.testing.assert_array_equal(t["boxes"].numpy(), ref.boxes[sel])
             assert t["labels"].tolist() == ref.labels[sel].tolist() and t["image_id"] == image_id
+
+
+def test_a_coco_files_own_categories_decide_num_classes(tmp_path):
+    """The issue's case: a 3-category COCO-format file with a COCO config gives a 4-class head, and a set
+    num_classes that disagrees is refused before a model exists, naming the key and the file."""
+    from detres.config import load_config
+    from detres.tasks.detection import build_train_dataset, check_num_classes
+
+    image_dir, path, data = _random_coco(tmp_path)
+    data["categories"] = data["categories"][:3]
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] in CAT_IDS[:3]]
+    path.write_text(json.dumps(data))
+    cfg = load_config("configs/coco_r50.yaml", ["data.dataset=coco", f"data.train=[{path}]", f"data.test={path}",
+                                                f"data.image_root={image_dir}"])
+    assert check_num_classes(cfg, build_train_dataset(cfg)) == 4
+    bad = load_config("configs/coco_r50.yaml", ["data.dataset=coco", f"data.train=[{path}]", f"data.test={path}",
+                                                f"data.image_root={image_dir}", "model.num_classes=81"])
+    with pytest.raises(ValueError, match=r"'model.num_classes': 81 does not match the data: .*ann.json has 3 classes"):
+        check_num_classes(bad, build_train_dataset(bad))

@@ -13,7 +13,8 @@ and of one test image: ``build_test_dataset`` -> ``build_test_loader`` ->
 by :func:`~detres.evaluation.inference.predict_original`) -> ``build_evaluator`` (VOC devkit AP or COCOeval).
 
 Class count: ``model.num_classes`` counts the background; when it is None (the default) it is derived
-from the data set's classes: VOC 20 + 1, COCO 80 + 1, shapes 3 + 1.
+from the data set's classes: VOC 20 + 1, a COCO file's own categories + 1 (80 + 1 for COCO itself), shapes
+3 + 1, ``data.classes`` + 1. A set value must equal that; training refuses a mismatch before it starts.
 """
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ from detres.utils import comm
 from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
-__all__ = ["DATASETS", "class_names_for", "num_classes_for", "detector_kwargs", "build_model", "build_train_dataset",
-           "build_test_dataset", "build_evaluator", "build_train_loader_factory", "build_test_loader",
-           "detection_loss", "make_eval_fn", "inference_model", "load_model_from_checkpoint", "run_train", "run_eval",
+__all__ = ["DATASETS", "class_names_for", "num_classes_for", "check_num_classes", "detector_kwargs", "build_model",
+           "build_train_dataset", "build_test_dataset", "build_evaluator", "build_train_loader_factory",
+           "build_test_loader", "detection_loss", "make_eval_fn", "warn_untrained_frozen_bn", "inference_model",
+           "load_model_from_checkpoint", "run_train", "run_eval",
            "run_eval_results", "format_metrics", "BENCHMARK_SPLITS"]
 
 logger = logging.getLogger("detres")
@@ -77,16 +79,26 @@ def class_names_for(cfg: DetConfig) -> tuple[str, ...] | None:
     return tuple(VOC_CLASSES) if kind == "voc" else None
 
 
-def check_num_classes(cfg: DetConfig, dataset: Any) -> None:
-    """``model.num_classes`` (when set) must hold the data set's classes plus the background."""
+def check_num_classes(cfg: DetConfig, dataset: Any) -> int:
+    """Classes including the background for ``dataset``: its class names + 1. A set ``model.num_classes`` must
+    equal that (a larger head would predict labels no evaluator knows, a smaller one cannot hold the data);
+    refused here, before a model is built or trained, naming the key."""
     names = getattr(dataset, "class_names", None)
-    if cfg.model.num_classes is not None and names is not None and cfg.model.num_classes < len(names) + 1:
-        raise ValueError(f"config key 'model.num_classes': {cfg.model.num_classes} cannot hold the data's {len(names)} "
-                         f"classes plus the background (needs >= {len(names) + 1}, or null to derive it)")
+    if names is None:
+        return num_classes_for(cfg)
+    needed = len(names) + 1
+    if cfg.model.num_classes is not None and cfg.model.num_classes != needed:
+        source = getattr(dataset, "ann_file", None) or getattr(dataset, "root", None) or "the data"
+        raise ValueError(f"config key 'model.num_classes': {cfg.model.num_classes} does not match the data: {source} "
+                         f"has {len(names)} classes, so the detector needs {needed} (with the background); set "
+                         f"{needed}, or null to take it from the data")
+    return needed
 
 
 def num_classes_for(cfg: DetConfig) -> int:
-    """Classes including the background: ``model.num_classes`` or derived from the data set."""
+    """Classes including the background from the config alone: ``model.num_classes``, or VOC's/``data.classes``'
+    count + 1. A COCO file's own categories are known only once it is read: :func:`check_num_classes` (used by
+    training and evaluation) takes them from the data set; here COCO's 80 are assumed."""
     if cfg.model.num_classes is not None:
         if cfg.model.num_classes < 2:
             raise ValueError(f"model.num_classes counts the background and must be >= 2, got {cfg.model.num_classes}")
@@ -128,14 +140,18 @@ def detector_kwargs(cfg: DetConfig) -> dict[str, Any]:
     )
 
 
-def build_model(cfg: DetConfig, *, weights: str | None | object = ..., weights_meta: dict | None = None) -> nn.Module:
+def build_model(cfg: DetConfig, *, weights: str | None | object = ..., weights_meta: dict | None = None,
+                num_classes: int | None = None) -> nn.Module:
     """The C4 Faster R-CNN of ``cfg.model`` (``weights`` overrides ``model.backbone.weights``).
 
     ``weights_meta``: with ``weights=None``, the preprocessing/style/BN eps to build for (a detector
     checkpoint's "meta"), so that its state dict is loaded into a matching network. Norm "syncbn" builds
-    SyncBatchNorm, which synchronises only when torch.distributed is running.
+    SyncBatchNorm, which synchronises only when torch.distributed is running. ``num_classes`` (background
+    included) overrides the config's (the data set's count, see :func:`check_num_classes`).
     """
     kwargs = detector_kwargs(cfg)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     if weights is not ...:
         kwargs["weights"] = weights
     if weights_meta:
@@ -147,18 +163,40 @@ def load_model_from_checkpoint(cfg: DetConfig, checkpoint: str, *, device: str |
     """``build_model(cfg)`` without ImageNet weights, then the detector weights of ``checkpoint``
     (a trainer checkpoint / ``model_final.pth``); eval mode. CheckpointError names a bad file."""
     state = load_checkpoint(checkpoint)
+    num_classes = _checkpoint_num_classes(state) if cfg.model.num_classes is None else None
     # the checkpoint's style, BN eps and normalisation (e.g. MSRA BGR/255), not the default ones
-    model = build_model(cfg, weights=None, weights_meta=state.get("meta") or None)
+    model = build_model(cfg, weights=None, weights_meta=state.get("meta") or None, num_classes=num_classes)
     try:
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
     except RuntimeError as e:  # shapes differ: another backbone or number of classes
         first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
         raise CheckpointError(f"checkpoint {checkpoint}: does not fit the config's model ({cfg.model.backbone.name}, "
-                              f"{num_classes_for(cfg)} classes): {first}") from None
+                              f"{num_classes or num_classes_for(cfg)} classes): {first}") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {checkpoint}: does not match the config's model "
                               f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
     return model.to(device).eval()
+
+
+def _checkpoint_num_classes(state: dict) -> int | None:
+    """Classes (background included) of a detector checkpoint: its class names + 1, else its class-score
+    layer's rows (None when neither is there, e.g. a converted detector)."""
+    names = state.get("class_names")
+    if names:
+        return len(names) + 1
+    weight = state.get("model", {}).get("roi_heads.box_predictor.cls_score.weight")
+    return int(weight.shape[0]) if torch.is_tensor(weight) else None
+
+
+def warn_untrained_frozen_bn(cfg: DetConfig) -> None:
+    """Frozen BN keeps the statistics the weights came with; on random weights those are mean 0 / variance 1
+    for every layer, the activations grow through 100 layers and the first losses are often NaN."""
+    b = cfg.model.backbone
+    if b.weights is None and b.norm == "frozen_bn":
+        logger.warning("model.backbone.weights is null but model.backbone.norm is frozen_bn: a randomly initialised "
+                       "network with frozen BatchNorm (and stages frozen up to freeze_at=%d) rarely trains and often "
+                       "gives NaN losses at once; give ImageNet weights (tools/convert_weights.py), or train from "
+                       "scratch with model.backbone.norm=bn (or gn) and model.backbone.freeze_at=0", b.freeze_at)
 
 
 def detection_loss(model: nn.Module, batch: tuple[list[torch.Tensor], list[dict]]) -> dict[str, torch.Tensor]:
@@ -296,11 +334,15 @@ def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, 
     solver settings from the checkpoint's iteration) or ``overwrite`` (replace it).
     """
     dev = start_run(cfg, device=device, resume=resume, overwrite=overwrite)
-    seed_all(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg).to(dev)
-    seed_all(cfg.seed + comm.get_rank())  # different sampling per rank
     train_set, test_set = build_train_dataset(cfg), build_test_dataset(cfg)
-    check_num_classes(cfg, train_set)
+    num_classes = check_num_classes(cfg, train_set)  # refused here, before hours of training
+    if check_num_classes(cfg, test_set) != num_classes or tuple(test_set.class_names) != tuple(train_set.class_names):
+        raise ValueError(f"data.test {cfg.data.test!r} has other classes than data.train {list(cfg.data.train)}: "
+                         f"{list(test_set.class_names)[:8]} vs {list(train_set.class_names)[:8]}; set data.classes")
+    warn_untrained_frozen_bn(cfg)
+    seed_all(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg, num_classes=num_classes).to(dev)
+    seed_all(cfg.seed + comm.get_rank())  # different sampling per rank
     logger.info("train: %s (%d images), test: %s (%d images)", cfg.data.train, len(train_set), cfg.data.test,
                 len(test_set))
     result = run_training(
@@ -325,9 +367,13 @@ def run_eval(cfg: DetConfig, checkpoint: str, *, split: str | None = None, devic
     """Evaluate ``checkpoint`` on ``split`` (default ``data.test``); returns the evaluator's metrics and, with
     ``output_dir``, writes the results files there (VOC comp4 txt / COCO json)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model_from_checkpoint(cfg, checkpoint, device=dev)
     dataset = build_test_dataset(cfg, split)
-    check_num_classes(cfg, dataset)
+    model = load_model_from_checkpoint(cfg, checkpoint, device=dev)
+    expected = check_num_classes(cfg, dataset)
+    head = model.roi_heads.box_predictor.cls_score.out_features
+    if head != expected:
+        raise ValueError(f"{checkpoint}: the detector has {head - 1} classes but the test data "
+                         f"{getattr(dataset, 'ann_file', None) or cfg.data.test} has {expected - 1}")
     curves = os.path.join(output_dir, "pr_curves.png") if output_dir else None
     return make_eval_fn(cfg, dataset, device=dev, output_dir=output_dir, num_workers=num_workers,
                         curves_path=curves)(model)
