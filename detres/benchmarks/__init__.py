@@ -38,3 +38,4 @@ def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPar
 from detres.benchmarks import data_eval  # noqa: E402,F401  (registers voc-eval, data)
 from detres.benchmarks import train  # noqa: E402,F401  (registers train-step, cls-step)
 from detres.benchmarks import infer  # noqa: E402,F401  (registers infer)
+from detres.benchmarks import scale  # noqa: E402,F401  (registers scale, paper-configs)

@@ -79,7 +79,14 @@ def worker_context(num_workers: int):
         return None
     import multiprocessing as mp
 
-    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    # The server imports torch and the data code once; each worker forked from it shares those pages instead of
+    # importing them again (about 0.45 GB of private memory per worker otherwise: 32 workers on an 8-GPU node).
+    # The server only imports OpenCV and never runs its thread pool, so the workers' cv2.setNumThreads is safe.
+    ctx.set_forkserver_preload(["torch", "detres.data.loader", "detres.data.transforms"])
+    return ctx
 
 
 class _SeededDataset(Dataset):
