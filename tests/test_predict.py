@@ -130,7 +130,7 @@ def coco_run(tmp_path_factory):
     cfg_path = write_tiny_config(tmp, model={"roi": {"score_thresh": 0.05}},
                                  data={"dataset": "coco", "train": [str(ann)], "test": str(ann)})
     run_train(load_config(cfg_path, ["solver.max_iter=1", "solver.steps=[]", "test.eval_period=0",
-                                     "test.num_vis_images=0"]), progress=False)
+                                     "test.num_vis_images=1", "test.vis_thresh=1.0"]), progress=False)
     return tmp / "out", data, ann
 
 
@@ -179,7 +179,7 @@ def test_results_keep_low_scores_and_pictures_use_vis_thresh(coco_run, tmp_path,
     run_dir, data, ann = coco_run
     predictor = predictor_module.Predictor(run_dir)
     predictor.model = _HandMade(0.8)
-    assert predictor.vis_thresh == 0.5 and predictor.score_thresh == 0.05
+    assert predictor.vis_thresh == 1.0 and predictor.score_thresh == 0.05  # the config's test.vis_thresh
     s = predict_files(predictor, [str(data / "a.jpg"), str(data / "sub" / "b.jpg")], tmp_path / "p", vis_thresh=0.95)
     assert [r["score"] for r in s.results] == [0.9, 0.6]  # all kept in the JSON, though none is drawn
     assert s.image_ids == f"image ids of {ann}"  # the run's test set lists both images
@@ -191,6 +191,13 @@ def test_results_keep_low_scores_and_pictures_use_vis_thresh(coco_run, tmp_path,
     diff = np.abs(drawn.astype(int) - plain.astype(int)).max(axis=2)
     assert (drawn[1, 1] == 0).all() and plain[1, 1].min() > 30
     assert diff[:30, :200].any() and not diff[60:].any() and not diff[:, 400:].any()
+
+
+def test_trainer_pictures_use_test_vis_thresh_and_the_file_name(coco_run):
+    run_dir, _, _ = coco_run
+    assert [p.name for p in (run_dir / "vis").iterdir()] == ["a.png"]  # a.jpg (image id 100)
+    drawn = cv2.imread(str(run_dir / "vis" / "a.png"))
+    assert (drawn[1, 1] == 0).all() and drawn[-1, -1].min() > 30  # the "no detection >= 1.00" caption's tag
 
 
 def test_nested_folders_recursive_globs_and_same_names(tmp_path):
@@ -214,10 +221,14 @@ def test_unreadable_file_is_skipped_by_name_and_the_exit_code_says_so(run_dir, t
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "pred"
     assert _predict_main([str(run_dir), str(folder), "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "broken.jpg" in err and "1 of 2 images could not be read" in err
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert err == [f"error: 1 of 2 images could not be read and were skipped: {folder / 'broken.jpg'}"]
     assert [p.name for p in out.glob("*.png")] == ["good.png"]
     assert all(r["image_id"] == str(folder / "good.jpg") for r in json.loads((out / "predictions.json").read_text()))
+    (folder / "good.jpg").write_bytes(b"")  # none readable: one error line naming a file, exit 2
+    assert _predict_main([str(run_dir), str(folder), "--out", str(out)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "broken.jpg: cannot decode image" in err[0] and "and 1 other image" in err[0]
 
 
 def test_out_never_replaces_inputs_or_foreign_files(run_dir, tmp_path, capsys):

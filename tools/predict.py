@@ -54,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(s.results)} detections (score >= {predictor.score_thresh:g}) in {len(s.pictures)} images -> "
           f"{args.out}/ ({len(s.pictures)} PNGs + predictions.json; image_id: {s.image_ids}, category_id: "
           f"{s.category_ids})")
-    for path, why in s.skipped.items():
-        print(f"skipped {path}: {why}", file=sys.stderr)
     if s.skipped:
-        print(f"error: {len(s.skipped)} of {len(images)} images could not be read (named above)", file=sys.stderr)
+        names = ", ".join(list(s.skipped)[:3]) + (", ..." if len(s.skipped) > 3 else "")
+        print(f"error: {len(s.skipped)} of {len(images)} images could not be read and were skipped: {names}",
+              file=sys.stderr)
         return 1
     return 0
 

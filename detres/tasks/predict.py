@@ -178,7 +178,8 @@ def predict_files(predictor: Predictor, images: Sequence[str], out_dir: str | os
     docstring). ``vis_thresh``: what pictures draw (default the config's ``test.vis_thresh``). ``ann_file``:
     the COCO annotation file the images belong to (every image must be in it); ``image_root``: its image
     folder (default the file's folder). Without ``ann_file`` the run's COCO test set is used when it lists
-    every image. An undecodable image is skipped (``summary.skipped``); ValueError for the rest."""
+    every image. An undecodable image is skipped (``summary.skipped``), unless none can be read (ValueError);
+    ValueError for the rest."""
     out = Path(out_dir)
     vis = predictor.vis_thresh if vis_thresh is None else float(vis_thresh)
     if not 0.0 <= vis <= 1.0:
@@ -228,6 +229,10 @@ def predict_files(predictor: Predictor, images: Sequence[str], out_dir: str | os
             summary.results.append({"image_id": image_id, "category_id": int(cat_of[int(lab)]),
                                     "category": predictor.class_names[int(lab) - 1], "score": round(float(s), 5),
                                     "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]})
+    if summary.skipped and not summary.pictures:  # nothing could be read: a plain user error
+        first, why = next(iter(summary.skipped.items()))
+        more = len(summary.skipped) - 1
+        raise ValueError(why + (f" (and {more} other image{'s' if more > 1 else ''}: none could be read)" if more else ""))
     atomic_write_json(out / "predictions.json", summary.results)
     previous = []
     if (out / MANIFEST).is_file():
