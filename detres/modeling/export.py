@@ -6,8 +6,9 @@ never returned), scores [N] float32)``. The weights' preprocessing (channel orde
 
 Both formats come from tracing the eager model (``torch.jit.trace``; ``torch.onnx.export`` with the
 TorchScript-based exporter, opset 17, dynamic height and width): torchvision's detection code has tracing
-paths that keep the data-dependent parts (top-k, NMS, box clipping) dynamic. Scripting is not used: the
-detector's Python (torchvision's and the paper's RPN/RoI options) is not TorchScript-compilable as a whole.
+paths that keep the data-dependent parts (top-k, NMS, box clipping) dynamic. The detector is not scripted
+(torchvision's and the paper's RPN/RoI options are not TorchScript-compilable as a whole); only the thin outer
+TorchScript module that warns about 0-255 inputs is.
 
 What exports: ResNet and VGG-16 C4 detectors, RoIAlign and RoIPool (ONNX ``RoiAlign`` and ``MaxRoiPool``),
 dynamic image sizes, fp32, the eager model (not the fast path's wrappers). What cannot: a model that resizes
