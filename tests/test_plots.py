@@ -112,3 +112,14 @@ def test_fig7_is_titled_and_every_line_visible_where_runs_coincide(tmp_path):
     import matplotlib.pyplot as plt
     plt.close(fig)
     assert _png_size(plot_layer_responses(results, tmp_path / "fig7.png"))[0] > 0
+
+
+def test_empty_pictures_get_a_caption_that_names_the_best_score():
+    from detres.evaluation.visualize import empty_caption
+
+    names = ["cup", "pen"]
+    assert empty_caption(torch.tensor([1, 2]), torch.tensor([0.31, 0.9947]), names, 0.995) == \
+        "no detection >= 0.995 (best: pen 0.994)"
+    assert empty_caption(torch.zeros(0, dtype=torch.int64), torch.zeros(0), names, 0.5) == \
+        "no detection >= 0.5 (the model returned none)"
+    assert empty_caption(torch.tensor([1]), torch.tensor([0.5]), names, 0.5) is None

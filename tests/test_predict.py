@@ -187,7 +187,7 @@ def test_results_keep_low_scores_and_pictures_use_vis_thresh(coco_run, tmp_path,
     rgb = cv2.imread(str(data / "a.jpg"))[:, :, ::-1].copy()
     plain = draw_detections(rgb, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), None, ["cup"])  # no caption
     drawn = cv2.imread(str(tmp_path / "p" / "a.png"))[:, :, ::-1]
-    # a caption "no detection >= 0.95 (best: cup 0.90)" on a black tag at the top left; the rest untouched
+    # a caption "no detection >= 0.95 (best: cup 0.900)" on a black tag at the top left; the rest untouched
     diff = np.abs(drawn.astype(int) - plain.astype(int)).max(axis=2)
     assert (drawn[1, 1] == 0).all() and plain[1, 1].min() > 30
     assert diff[:30, :200].any() and not diff[60:].any() and not diff[:, 400:].any()
@@ -197,7 +197,7 @@ def test_trainer_pictures_use_test_vis_thresh_and_the_file_name(coco_run):
     run_dir, _, _ = coco_run
     assert [p.name for p in (run_dir / "vis").iterdir()] == ["a.png"]  # a.jpg (image id 100)
     drawn = cv2.imread(str(run_dir / "vis" / "a.png"))
-    assert (drawn[1, 1] == 0).all() and drawn[-1, -1].min() > 30  # the "no detection >= 1.00" caption's tag
+    assert (drawn[1, 1] == 0).all() and drawn[-1, -1].min() > 30  # the "no detection >= 1" caption's tag
 
 
 def test_nested_folders_recursive_globs_and_same_names(tmp_path):

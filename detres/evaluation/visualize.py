@@ -6,6 +6,7 @@ font sized to the picture, with one colour per class.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -16,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from detres.evaluation.inference import predict_original
 from detres.utils.io import atomic_write
 
-__all__ = ["draw_detections", "save_png", "to_uint8", "visualize_dataset", "PALETTE"]
+__all__ = ["draw_detections", "empty_caption", "save_png", "to_uint8", "visualize_dataset", "PALETTE"]
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe",
            "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075", "#ffd8b1", "#808080"]
@@ -37,6 +38,20 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def _name(class_names: Sequence[str], label: int) -> str:
     return class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
+
+
+def empty_caption(labels: torch.Tensor, scores: torch.Tensor, class_names: Sequence[str],
+                  score_thresh: float) -> str | None:
+    """The caption of a picture on which no detection reaches ``score_thresh`` (None when one does):
+    "no detection >= 0.5 (best: cup 0.412)", the best score truncated (never shown as reaching the
+    threshold), or "(the model returned none)"."""
+    labels, scores = torch.as_tensor(labels).reshape(-1), torch.as_tensor(scores).float().reshape(-1)
+    if bool((scores >= score_thresh).any()):
+        return None
+    if not scores.numel():
+        return f"no detection >= {score_thresh:g} (the model returned none)"
+    best = math.floor(float(scores.max()) * 1000) / 1000
+    return f"no detection >= {score_thresh:g} (best: {_name(class_names, int(labels[int(scores.argmax())]))} {best:.3f})"
 
 
 def draw_detections(image: torch.Tensor | np.ndarray, boxes: torch.Tensor, labels: torch.Tensor,
@@ -60,10 +75,7 @@ def draw_detections(image: torch.Tensor | np.ndarray, boxes: torch.Tensor, label
     if scores is not None:
         scores = torch.as_tensor(scores).detach().float().cpu().reshape(-1)
         keep = scores >= score_thresh
-        if not bool(keep.any()):
-            caption = f"no detection >= {score_thresh:.2f} " + (
-                f"(best: {_name(class_names, int(labels[int(scores.argmax())]))} {float(scores.max()):.2f})"
-                if scores.numel() else "(the model returned none)")
+        caption = empty_caption(labels, scores, class_names, score_thresh)
         boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
     draw = ImageDraw.Draw(canvas)
     side = min(canvas.size)
