@@ -123,3 +123,15 @@ def test_empty_pictures_get_a_caption_that_names_the_best_score():
     assert empty_caption(torch.zeros(0, dtype=torch.int64), torch.zeros(0), names, 0.5) == \
         "no detection >= 0.5 (the model returned none)"
     assert empty_caption(torch.tensor([1]), torch.tensor([0.5]), names, 0.5) is None
+
+
+def test_trainer_pictures_are_named_by_the_image_file():
+    from types import SimpleNamespace
+
+    from detres.evaluation.visualize import _picture_name
+
+    by_method = SimpleNamespace(file_name=lambda i: ["a.jpg", "sub/b.JPG", "../up/c.png"][i])
+    assert [_picture_name(by_method, i, {"image_id": 100 + i}) for i in range(3)] == ["a", "sub/b", "up/c"]
+    by_coco = SimpleNamespace(coco=SimpleNamespace(imgs={7: {"file_name": "x/y.jpg"}}))
+    assert _picture_name(by_coco, 0, {"image_id": 7}) == "x/y"
+    assert _picture_name(SimpleNamespace(), 0, {"image_id": "000005"}) == "000005"  # VOC: the id is the stem

@@ -109,20 +109,28 @@ def save_png(image: torch.Tensor | np.ndarray, path: str | os.PathLike) -> str:
 
 
 def _picture_name(dataset, index: int, target: dict) -> str:
-    """The stem of the image's file name where the data set knows it (COCO), else its image id."""
+    """The image's file name without its suffix, relative to the image folder (subfolders kept, so no two
+    pictures collide) where the data set knows it (COCO), else its image id (VOC: the file's stem)."""
     image_id = target.get("image_id", index)
-    coco = getattr(dataset, "coco", None)
-    if coco is not None and image_id in getattr(coco, "imgs", {}):
-        return os.path.splitext(os.path.basename(str(coco.imgs[image_id]["file_name"])))[0]
-    return str(image_id)
+    name = None
+    if callable(getattr(dataset, "file_name", None)):
+        name = str(dataset.file_name(index))
+    else:
+        coco = getattr(dataset, "coco", None)
+        if coco is not None and image_id in getattr(coco, "imgs", {}):
+            name = str(coco.imgs[image_id]["file_name"])
+    if name is None:
+        return str(image_id)
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    return os.path.splitext("/".join(parts))[0] or str(image_id)
 
 
 @torch.no_grad()
 def visualize_dataset(model: torch.nn.Module, dataset, out_dir: str | os.PathLike, *, class_names: Sequence[str],
                       num_images: int = 4, device: str | torch.device = "cpu", score_thresh: float = 0.5) -> list[str]:
     """Draw ``model``'s detections scoring at least ``score_thresh`` (``test.vis_thresh``) on the first
-    ``num_images`` ORIGINAL images of ``dataset`` and save ``out_dir/<image file's stem>.png`` (COCO: the
-    ``file_name``'s stem; VOC: the image id, which is the stem); returns the paths.
+    ``num_images`` ORIGINAL images of ``dataset`` and save ``out_dir/<image file name>.png`` (COCO: the
+    ``file_name`` without its suffix, subfolders kept; VOC: the image id, which is the stem); returns the paths.
 
     ``dataset[i]`` gives the transformed input and ``dataset.load(i)`` the original image (see
     :class:`detres.data.dataset.DetectionDataset`); the boxes come from
