@@ -303,19 +303,17 @@ def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, 
     check_num_classes(cfg, train_set)
     logger.info("train: %s (%d images), test: %s (%d images)", cfg.data.train, len(train_set), cfg.data.test,
                 len(test_set))
-    # the checkpoint carries the class names and, for COCO data, the label -> category-id map (predictions
-    # are then written with the data's own ids)
-    extra: dict = {"class_names": list(train_set.class_names)}
-    coco_part = train_set if hasattr(train_set, "label_to_cat_id") else getattr(train_set, "datasets", [None])[0]
-    if hasattr(coco_part, "label_to_cat_id"):
-        extra["label_to_cat_id"] = {int(k): int(v) for k, v in coco_part.label_to_cat_id.items()}
     result = run_training(
         cfg, model=comm.wrap_model(model, dev), loss_fn=loss_fn or detection_loss,
         loader_factory=build_train_loader_factory(cfg, train_set),
         eval_fn=make_eval_fn(cfg, test_set, device=dev, output_dir=os.path.join(cfg.output_dir, "results"),
                              curves_path=os.path.join(cfg.output_dir, "pr_curves.png")),
         meta=model.weights_meta, device=dev, resume=resume, new_solver=new_solver, progress=progress,
-        extra_state=extra)
+        # the checkpoint keeps the class names and, for COCO data, the label -> category-id map (predictions
+        # are written with the data's own ids); ConcatDetection's parts share one map
+        extra_state={"class_names": list(train_set.class_names), "label_to_cat_id": {
+            int(k): int(v) for k, v in (getattr(train_set, "label_to_cat_id", None) or getattr(
+                (getattr(train_set, "datasets", None) or [None])[0], "label_to_cat_id", None) or {}).items()}})
     if comm.is_main_process() and cfg.test.num_vis_images > 0:
         names = getattr(test_set, "class_names", None) or class_names_for(cfg) or ()
         out = os.path.join(cfg.output_dir, "vis")
