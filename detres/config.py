@@ -155,6 +155,7 @@ class TestConfig:
     eval_period: int = 0  # evaluate every this many iterations (0 = only at the end)
     ims_per_batch: int = 1  # test images per process
     num_vis_images: int = 4  # test images drawn with their detections into the output directory
+    vis_thresh: float = 0.5  # pictures (vis/, tools/predict.py) draw detections from this score; results keep all
     has_labels: bool = True  # False: the test split has no public labels (VOC 2012 test): write the server's files, no AP
     fast_inference: bool = True  # evaluate/predict with detres.modeling.prepare_for_inference (same detections, faster)
 
@@ -489,6 +490,7 @@ _RULES: dict[str, tuple] = {
     "model.roi.bg_iou_thresh_hi": (*_IOU, "an IoU"),
     "model.roi.bg_iou_thresh_lo": (*_IOU, "an IoU"),
     "model.roi.score_thresh": (*_between(0, 1, hi_open=True), "a class probability; 1 or more keeps nothing"),
+    "test.vis_thresh": (*_between(0, 1), "a class probability"),
     "model.roi.nms_thresh": (*_NMS, "an IoU"),
     "model.roi.detections_per_img": (*_POS_INT, "detections kept per image"),
     "data.min_size": (*_POS_INT, "pixels"),

@@ -81,3 +81,29 @@ def test_settings_beyond_the_network_are_listed(tmp_path):
     assert "model.pooler.type" in text and "solver.weight_decay" in text and "model.backbone.name" not in text.split(
         "more than the network:")[1]
     assert "| model.pooler.type |" in format_compare_markdown(runs)
+
+
+def test_own_data_gets_no_paper_table(tmp_path):
+    shop = _run_dir(tmp_path, "shop", {"AP": 0.31, "AP50": 0.52, "per_category": {}},
+                    "model: {backbone: {name: resnet50}}\ndata: {dataset: coco, train: [/d/shop/train.json], "
+                    "test: /d/shop/val.json, classes: null}\n")
+    cars = _run_dir(tmp_path, "cars", {"mAP_11point": 0.61, "mAP_area": 0.63},
+                    "model: {backbone: {name: resnet50}}\ndata: {dataset: voc, train: [train], test: val, "
+                    "classes: [car, person]}\n")
+    demo = _run_dir(tmp_path, "demo", {"mAP_11point": 0.9, "mAP_area": 0.91},
+                    "model: {backbone: {name: resnet18}}\ndata: {dataset: shapes, train: [trainval], test: test}\n")
+    paper = _run_dir(tmp_path, "coco_r101", {"AP": 0.27, "AP50": 0.48},
+                     "model: {backbone: {name: resnet101}}\ndata: {dataset: coco, train: [train2014], test: val2014}\n")
+    runs = [load_run(d) for d in (shop, cars, demo)]
+    assert [r.benchmark for r in runs] == ["own"] * 3
+    assert [r.own_data for r in runs] == ["COCO JSON files of your own", "data.classes chosen", "the synthetic shapes set"]
+    text = format_compare_text(runs)
+    assert not [ln for ln in text.splitlines() if ln.startswith("paper")]  # no paper rows, no deltas
+    assert "Table" not in text and "48.4" not in text and "76.4" not in text and "Δ" not in text
+    lines = text.splitlines()
+    assert lines[0].startswith("Own data") and lines[1].split() == ["source", "backbone", "train", "data", "test",
+                                                                     "data", "mAP_11point", "mAP_area", "AP50", "AP"]
+    assert lines[3].split()[-4:] == ["-", "-", "52.0", "31.0"] and lines[4].split()[-4:] == ["61.0", "63.0", "-", "-"]
+    both = format_compare_text([load_run(paper), runs[0]])
+    assert "COCO val (paper Table 8)" in both and "48.4" in both and "Own data" in both
+    assert format_compare_markdown(runs).count("| paper |") == 0

@@ -47,3 +47,91 @@ def test_small_images_are_enlarged_and_boxes_follow(tmp_path):
     assert tuple(out[300, 300]) == (0, 0, 0)  # inside the box: the image is not covered
     big = np.zeros((600, 800, 3), np.uint8)
     assert draw_detections(big, box, torch.tensor([1]), torch.tensor([0.9]), ["c"]).shape == (600, 800, 3)
+
+
+def test_empty_pr_panels_say_why():
+    from detres.evaluation.plots import pr_panel_note
+
+    assert pr_panel_note([], [], None) == "no ground truth"
+    assert pr_panel_note([], [], 0.0) == "AP 0: no detection\nof this class"
+    assert pr_panel_note([0.0, 0.0], [0.0, 0.0], 0.0) == "AP 0: no detection\nmatches an object"
+    assert pr_panel_note([0.5, 1.0], [1.0, 1.0], 1.0) is None
+
+
+def test_coco_gets_pr_curves(tmp_path):
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from detres.data.coco import load_coco
+    from detres.evaluation.plots import coco_pr_curves
+    from tests._data_helpers import write_coco
+
+    _, ann, _ = write_coco(tmp_path, cat_ids=(1, 5, 90), degenerate=False)
+    gt = load_coco(ann)
+    # cat 1: its box found (AP 1); cat 5: a false positive outranks its true box (AP .5); cat 90: nothing found
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 5, 30, 20], "score": 0.9},
+            {"image_id": 3, "category_id": 5, "bbox": [1, 1, 20, 20], "score": 0.8},
+            {"image_id": 2, "category_id": 5, "bbox": [5, 10, 40, 50], "score": 0.7}]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+    curves = coco_pr_curves(ev)
+    assert list(curves) == ["cat1", "cat5", "cat90"]
+    rec, prec, ap = curves["cat5"]
+    assert rec.shape == (101,) and ap == pytest.approx(0.5) and np.allclose(prec, 0.5)
+    assert curves["cat1"][2] == pytest.approx(1.0) and curves["cat90"][2] == 0.0
+    assert _png_size(plot_pr_curves(curves, tmp_path / "coco_pr.png"))[0] > 0
+
+
+def test_fig7_is_titled_and_every_line_visible_where_runs_coincide(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_rgb
+
+    from detres.evaluation.degradation import FIG7_TITLE, _layer_response_figure, plot_layer_responses
+
+    same = [(f"l{i}", 1.0 + 0.01 * (i % 3)) for i in range(19)]
+    results = {"plain20": same, "plain56": [(f"l{i}", 13.0 - 0.2 * i) for i in range(55)], "resnet20": same,
+               "resnet56": [(f"l{i}", 1.0) for i in range(55)]}
+    fig, axes = _layer_response_figure(results)
+    assert fig._suptitle.get_text() == FIG7_TITLE
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].astype(int)
+    height = pixels.shape[0]
+    for ax in axes:
+        box = ax.get_window_extent()  # the plotting area only (the legend sits outside it)
+        crop = pixels[height - int(box.y1) + 2:height - int(box.y0) - 2, int(box.x0) + 2:int(box.x1) - 2]
+        for line in ax.get_lines():
+            rgb = np.array(to_rgb(line.get_color())) * 255
+            seen = (np.abs(crop - rgb).max(axis=2) <= 8).sum()
+            assert seen > 50, (line.get_label(), seen)  # plain20 under resnet20 (equal values) is still seen
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    assert _png_size(plot_layer_responses(results, tmp_path / "fig7.png"))[0] > 0
+
+
+def test_empty_pictures_get_a_caption_that_names_the_best_score():
+    from detres.evaluation.visualize import empty_caption
+
+    names = ["cup", "pen"]
+    assert empty_caption(torch.tensor([1, 2]), torch.tensor([0.31, 0.9947]), names, 0.995) == \
+        "no detection >= 0.995 (best: pen 0.994)"
+    assert empty_caption(torch.zeros(0, dtype=torch.int64), torch.zeros(0), names, 0.5) == \
+        "no detection >= 0.5 (the model returned none)"
+    assert empty_caption(torch.tensor([1]), torch.tensor([0.5]), names, 0.5) is None
+
+
+def test_trainer_pictures_are_named_by_the_image_file():
+    from types import SimpleNamespace
+
+    from detres.evaluation.visualize import _picture_name
+
+    by_method = SimpleNamespace(file_name=lambda i: ["a.jpg", "sub/b.JPG", "../up/c.png"][i])
+    assert [_picture_name(by_method, i, {"image_id": 100 + i}) for i in range(3)] == ["a", "sub/b", "up/c"]
+    by_coco = SimpleNamespace(coco=SimpleNamespace(imgs={7: {"file_name": "x/y.jpg"}}))
+    assert _picture_name(by_coco, 0, {"image_id": 7}) == "x/y"
+    assert _picture_name(SimpleNamespace(), 0, {"image_id": "000005"}) == "000005"  # VOC: the id is the stem

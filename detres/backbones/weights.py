@@ -81,7 +81,9 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """Read a weights file safely (`weights_only=True`). Returns (state_dict, meta)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"weights file not found: {path} (model.backbone.weights=null trains from random "
+                                "weights; or make the file with tools/convert_weights.py from torchvision's or the "
+                                "MSRA checkpoint: README, 'Three ways to get backbone weights')")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files

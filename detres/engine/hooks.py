@@ -22,7 +22,7 @@ from detres.engine.trainer import HookBase
 from detres.utils import comm
 from detres.utils.io import atomic_write_json
 
-__all__ = ["CheckpointHook", "EvalHook", "MetricsHook"]
+__all__ = ["CheckpointHook", "EvalHook", "MetricsHook", "format_log_line"]
 
 logger = logging.getLogger("detres")
 
@@ -125,10 +125,22 @@ class EvalHook(HookBase):
         self.evaluate()
 
 
+def format_log_line(iteration: int, max_iter: int, losses: dict[str, float], *, lr: float, images_per_s: float,
+                    eta_s: float) -> str:
+    """The plain log line of one logged iteration, e.g.
+    ``iter 20/100  total_loss 1.2346  loss_a 0.5000  lr 0.01  images/s 4.2  eta 00:31``."""
+    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    parts = [f"iter {iteration}/{max_iter}", f"total_loss {total:.4f}"]
+    parts += [f"{k} {v:.4f}" for k, v in sorted(losses.items())]
+    parts += [f"lr {lr:.6g}", f"images/s {images_per_s:.1f}", f"eta {format_seconds(eta_s)}"]
+    return "  ".join(parts)
+
+
 class MetricsHook(HookBase):
-    """Advances the progress bar every step and writes a metrics row (losses averaged over ranks, total
-    loss, lr, seconds per iteration, images/s, ETA, gradient norm) every ``period`` iterations, after
-    the first one and after the last one."""
+    """Advances the progress bar every step and, every ``period`` iterations, after the first one and after
+    the last one, writes a metrics row (losses averaged over ranks, total loss, lr, seconds per iteration,
+    images/s, ETA, gradient norm) and a plain log line (:func:`format_log_line`: log.txt, and stderr when
+    no bar is shown)."""
 
     def __init__(self, writer: MetricsWriter, *, period: int):
         self.writer, self.period = writer, period
@@ -151,3 +163,4 @@ class MetricsHook(HookBase):
             if t.grad_norm is not None:
                 row["grad_norm"] = t.grad_norm
             self.writer.write(done, row)
+            self.writer.log_line(format_log_line(done, t.max_iter, values, lr=t.lr, images_per_s=ips, eta_s=eta))

@@ -1,5 +1,7 @@
 """Run logging on rank 0: ``metrics.jsonl`` (one JSON object per logged iteration), TensorBoard events,
-a tqdm progress bar (loss, lr, images/s, ETA), and a text logger (``log.txt`` + stderr).
+a text logger (``log.txt`` + stderr) with a plain line per logged iteration (:meth:`MetricsWriter.log_line`),
+and a tqdm progress bar (loss, lr, images/s, ETA) only when stderr is a terminal: redirected to a file, a bar
+would be one endless line. While the bar is shown, the plain lines go to ``log.txt`` only.
 Other ranks get a logger that does nothing but warnings.
 """
 
@@ -51,6 +53,13 @@ def setup_logger(output_dir: str | None = None, *, name: str = "detres", main_pr
     return logger
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def format_seconds(s: float) -> str:
     if not math.isfinite(s):
         return "?"
@@ -84,7 +93,7 @@ class MetricsWriter:
                 self._tb = SummaryWriter(log_dir=output_dir, purge_step=start_iter if start_iter > 0 else None)
             except Exception as e:  # tensorboard missing or broken: keep the jsonl log
                 logging.getLogger("detres").warning("TensorBoard disabled: %s", e)
-        if progress:
+        if progress and _is_terminal(sys.stderr):
             from tqdm import tqdm
             self._bar = tqdm(total=max_iter, initial=start_iter, dynamic_ncols=True, desc="train",
                              file=sys.stderr, mininterval=1.0)
@@ -103,6 +112,23 @@ class MetricsWriter:
                 if k != "iteration" and isinstance(v, float) and math.isfinite(v):
                     self._tb.add_scalar(k, v, iteration)
             self._tb.flush()
+
+    @property
+    def shows_bar(self) -> bool:
+        return self._bar is not None
+
+    def log_line(self, text: str) -> None:
+        """One plain log line: into ``log.txt`` always, onto stderr only when no progress bar is shown."""
+        if not self.enabled:
+            return
+        logger = logging.getLogger("detres")
+        if self._bar is None:
+            logger.info(text)
+            return
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, text, None, None)
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
 
     def progress(self, n: int = 1, **postfix: Any) -> None:
         """Advance the bar by ``n`` iterations and show ``postfix`` (loss, lr, images/s, ETA)."""

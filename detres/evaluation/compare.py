@@ -13,6 +13,10 @@ Which number is compared with which figure:
 The delta is ours minus the paper's figure for the same backbone (VGG-16 or ResNet-101); other
 backbones are compared with the ResNet-101 figure (marked ``vs R101``).
 
+Runs on data of your own (the synthetic shapes set, ``data.classes`` chosen, COCO JSON files of your own, or
+VOC-format splits without a year) go into a table of their own, "own data", with their numbers and no paper
+rows or deltas: the paper's figures say nothing about them.
+
 A comparison is only the paper's when the runs differ in the network alone: :func:`config_differences`
 lists every other setting that differs (the weights' file and style, and the RoI size that follows the
 backbone, may differ), and the text and Markdown tables print it under "these runs differ in more than
@@ -46,7 +50,10 @@ BENCHMARK_TITLES = {
     "voc07": "PASCAL VOC 2007 test (paper Table 7, mAP = VOC07 11-point)",
     "voc12": "PASCAL VOC 2012 test (paper Table 7, mAP = VOC2010+ area AP)",
     "coco": "COCO val (paper Table 8)",
+    "own": "Own data (no paper figures: the paper's tables are for PASCAL VOC and COCO)",
 }
+#: Metrics shown for runs on their own data: VOC-rule and COCO evaluations.
+_OWN_METRICS = ("mAP_11point", "mAP_area", "AP50", "AP")
 _PAPER_BACKBONE_NAMES = {"vgg16": "VGG-16", "resnet101": "ResNet-101"}
 
 
@@ -62,6 +69,7 @@ class RunSummary:
     benchmark: str
     metrics: dict[str, float | None]
     config: dict[str, Any] | None = None
+    own_data: str | None = None  # why the run is on data of its own (then benchmark is "own"), else None
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -91,6 +99,20 @@ def _voc_data_label(train: str | None) -> str | None:
     if has07 or has12:
         return "07" if has07 else "12"
     return train
+
+
+def _own_data(data: dict, train: str | None, test: str | None) -> str | None:
+    """Why a run's data is not one of the paper's benchmarks, or None (also when the config does not say)."""
+    kind = _as_text(data.get("dataset"))
+    if kind == "shapes":
+        return "the synthetic shapes set"
+    if data.get("classes"):
+        return "data.classes chosen"
+    if any(x and x.lower().endswith(".json") for x in ((train or "").split("+") + [test])):
+        return "COCO JSON files of your own"
+    if kind in (None, "voc") and test is not None and not any(y in test for y in ("2007", "2012")):
+        return "VOC-format splits of your own" if kind == "voc" else None
+    return None
 
 
 def load_run(run_dir: str | os.PathLike) -> RunSummary:
@@ -127,6 +149,13 @@ def load_run(run_dir: str | os.PathLike) -> RunSummary:
     def pct(v: Any) -> float | None:
         return None if v is None else 100.0 * float(v)
 
+    own = _own_data(data, train, test)
+    if own is not None and "server_results" not in ev:
+        if not any(k in ev for k in _OWN_METRICS):
+            raise ValueError(f"{ev_path}: neither a VOC (mAP_11point/mAP_area) nor a COCO (AP/AP50) eval.json")
+        metrics = {k: pct(ev.get(k)) for k in _OWN_METRICS if k in ev}
+        return RunSummary(str(run_dir), backbone, train or "?", test or "?", "own", metrics,
+                          _flatten(cfg) if cfg_path.is_file() else None, own_data=own)
     if "server_results" in ev:  # VOC 2012 test: scored by the evaluation server, not here
         benchmark, metrics, train_label = "voc12", {"mAP": None}, _voc_data_label(train) or "?"
     elif "AP50" in ev or "AP" in ev:
@@ -192,9 +221,26 @@ def format_differences(runs: Sequence[RunSummary], *, markdown: bool = False) ->
     return "\n".join(lines)
 
 
+def _own_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
+    names = [m for m in _OWN_METRICS if any(m in r.metrics for r in runs)]
+    rows = [["source", "backbone", "train data", "test data"] + names]
+    for r in runs:
+        rows.append([r.run_dir, r.backbone, r.train_data, r.test_data]
+                    + ["-" if r.metrics.get(m) is None else f"{r.metrics[m]:.1f}" for m in names])
+    return rows
+
+
+def _text_columns(bench: str) -> int:
+    return 4 if bench == "own" else 3
+
+
 def compare_rows(runs: Sequence[RunSummary]) -> dict[str, list[list[str]]]:
-    """Rows per benchmark: the paper's rows first, then each run with its deltas."""
+    """Rows per benchmark: the paper's rows first, then each run with its deltas; runs on their own data
+    ("own") with their numbers only."""
     tables: dict[str, list[list[str]]] = {}
+    own = [r for r in runs if r.benchmark == "own"]
+    if own:
+        tables["own"] = _own_rows(own)
     for bench in ("voc07", "voc12", "coco"):
         these = [r for r in runs if r.benchmark == bench]
         if not these:
@@ -226,7 +272,8 @@ def format_compare_text(runs: Sequence[RunSummary]) -> str:
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         out.append(BENCHMARK_TITLES[bench])
         for k, row in enumerate(rows):
-            out.append("  ".join(cell.ljust(w) if c < 3 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))))
+            out.append("  ".join(cell.ljust(w) if c < _text_columns(bench) else cell.rjust(w)
+                                 for c, (cell, w) in enumerate(zip(row, widths))))
             if k == 0:
                 out.append("  ".join("-" * w for w in widths))
         out.append("")
@@ -241,7 +288,7 @@ def format_compare_markdown(runs: Sequence[RunSummary]) -> str:
     for bench, rows in compare_rows(runs).items():
         out.append(f"### {BENCHMARK_TITLES[bench]}\n")
         out.append("| " + " | ".join(rows[0]) + " |")
-        out.append("|" + "|".join("---" if c < 3 else "---:" for c in range(len(rows[0]))) + "|")
+        out.append("|" + "|".join("---" if c < _text_columns(bench) else "---:" for c in range(len(rows[0]))) + "|")
         for row in rows[1:]:
             out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
         out.append("")

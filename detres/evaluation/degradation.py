@@ -19,7 +19,7 @@ from torch import nn
 from detres.evaluation.plots import _pyplot, _save
 from detres.utils.io import atomic_write_json
 
-__all__ = ["layer_responses", "plot_layer_responses", "plot_error_curves", "PAPER_TABLE6", "format_table6"]
+__all__ = ["layer_responses", "plot_layer_responses", "FIG7_TITLE", "plot_error_curves", "PAPER_TABLE6", "format_table6"]
 
 #: He et al. 2015, Table 6: CIFAR-10 test error (%) of the residual nets (the plain nets have no row).
 PAPER_TABLE6: dict[str, float] = {"cifar_resnet20": 8.75, "cifar_resnet32": 7.51, "cifar_resnet44": 7.17,
@@ -77,25 +77,49 @@ def layer_responses(model: nn.Module, data_loader: Iterable, *, device: str | to
     return out
 
 
-def plot_layer_responses(results: Mapping[str, Sequence[tuple[str, float]]], path: str | os.PathLike) -> str:
-    """Fig. 7: ``results`` = run label -> :func:`layer_responses`. Top: std by layer index; bottom: sorted
-    by magnitude. Plain runs (label containing "plain") dashed. Writes the PNG and ``<path>.json``."""
-    if not results:
-        raise ValueError("plot_layer_responses: no runs")
+#: Fig. 7's title (the figure explains itself when found alone in docs/).
+FIG7_TITLE = "Fig. 7: std of each 3x3 layer's response (after BN, before the addition and ReLU)"
+
+
+def _layer_response_figure(results: Mapping[str, Sequence[tuple[str, float]]]):
+    """The figure of :func:`plot_layer_responses`. Every line stays visible where runs coincide (plain-20 and
+    ResNet-20 are both near 1): residual runs are drawn first, solid, plain runs over them, dashed and with
+    markers, each line thinner than the ones under it; each run has its own colour; the legend sits outside
+    the axes."""
     plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7))
-    for label, rows in results.items():
-        stds = [s for _, s in rows]
-        style = "--" if "plain" in label else "-"
-        top.plot(range(1, len(stds) + 1), stds, style, label=label)
-        bottom.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), style, label=label)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    order = sorted(results, key=lambda label: "plain" in label)  # residual first, plain on top
+    for k, label in enumerate(order):
+        stds = [s for _, s in results[label]]
+        plain = "plain" in label
+        style = dict(color=colours[list(results).index(label) % len(colours)], label=label, zorder=2 + k,
+                     lw=1.2 + 1.4 * (len(order) - 1 - k), ls="--" if plain else "-",
+                     marker="o" if plain else None, ms=3)
+        top.plot(range(1, len(stds) + 1), stds, **style)
+        bottom.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), **style)
     top.set_xlabel("layer index (original)")
     bottom.set_xlabel("layer index (sorted by magnitude)")
     for ax in (top, bottom):
         ax.set_ylabel("std")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        by_label = dict(zip(labels, handles))
+        ax.legend([by_label[k] for k in results], list(results), fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(FIG7_TITLE, fontsize=11)
     fig.tight_layout()
+    return fig, (top, bottom)
+
+
+def plot_layer_responses(results: Mapping[str, Sequence[tuple[str, float]]], path: str | os.PathLike) -> str:
+    """Fig. 7: ``results`` = run label -> :func:`layer_responses`. Top: std by layer index; bottom: sorted
+    by magnitude; titled. Plain runs (label containing "plain") dashed with markers over the residual runs'
+    solid lines, each thinner than those under it, so that coinciding curves stay visible. Writes the PNG and
+    ``<path>.json``."""
+    if not results:
+        raise ValueError("plot_layer_responses: no runs")
+    fig, _ = _layer_response_figure(results)
     atomic_write_json(f"{os.fspath(path)}.json", {k: [list(r) for r in v] for k, v in results.items()})
     return _save(fig, path)
 

@@ -1,7 +1,8 @@
 """Pictures of an evaluation and of a training run (matplotlib, no display needed).
 
 - :func:`plot_pr_curves`: one panel per class, precision against recall, the class's AP in its title
-  (written beside ``eval.json`` by the VOC evaluation).
+  (written beside ``eval.json`` by the VOC evaluation); an empty panel says why (:func:`pr_panel_note`).
+  :func:`coco_pr_curves` gives the same curves from a COCOeval (IoU 0.5, all areas, 100 detections).
 - :func:`plot_training_curves`: the losses against the iteration and, when evaluated more than once, mAP
   (written at the end of every training run, beside ``metrics.jsonl``).
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from detres.utils.io import atomic_write
 
-__all__ = ["plot_pr_curves", "plot_training_curves", "read_metrics"]
+__all__ = ["plot_pr_curves", "pr_panel_note", "coco_pr_curves", "plot_training_curves", "read_metrics"]
 
 
 def _pyplot():
@@ -36,10 +37,43 @@ def _save(fig, path: str | os.PathLike) -> str:
         plt.close(fig)
 
 
+def pr_panel_note(rec: Sequence[float], prec: Sequence[float], ap: float | None) -> str | None:
+    """Why a class's PR panel shows no curve, or None when it has one: no ground truth, no detection of
+    the class, or detections of which none matches an object (AP 0)."""
+    rec, prec = np.asarray(rec, float), np.asarray(prec, float)
+    if ap is None:
+        return "no ground truth"
+    if rec.size == 0:
+        return "AP 0: no detection\nof this class"
+    if not (prec > 0).any():
+        return "AP 0: no detection\nmatches an object"
+    return None
+
+
+def coco_pr_curves(coco_eval, *, iou: float = 0.5) -> dict[str, tuple[np.ndarray, np.ndarray, float | None]]:
+    """Class name -> (recall thresholds [101], interpolated precision [101], AP at ``iou``; None without
+    ground truth) from an evaluated and accumulated pycocotools ``COCOeval`` (all areas, the largest
+    max-detections setting), ready for :func:`plot_pr_curves`."""
+    params = coco_eval.params
+    thresholds = np.asarray(params.iouThrs)
+    t = int(np.argmin(np.abs(thresholds - iou)))
+    if abs(thresholds[t] - iou) > 1e-6:
+        raise ValueError(f"coco_pr_curves: IoU {iou} is not one of COCOeval's thresholds")
+    precision = coco_eval.eval["precision"]  # [T, R, K, A, M]
+    names = {c["id"]: c["name"] for c in coco_eval.cocoGt.loadCats(params.catIds)}
+    rec = np.asarray(params.recThrs, float)
+    out = {}
+    for k, cat_id in enumerate(params.catIds):
+        p = np.asarray(precision[t, :, k, 0, -1], float)
+        out[names[cat_id]] = (rec, np.clip(p, 0, None), None if (p < 0).all() else float(p[p > -1].mean()))
+    return out
+
+
 def plot_pr_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float | None]],
                    path: str | os.PathLike, *, title: str | None = None) -> str:
     """``curves``: class name -> (recall [D], precision [D], AP or None) in ranked order, as the VOC
-    evaluation computes them. One PNG, a panel per class; a class without ground truth says so."""
+    evaluation computes them (or :func:`coco_pr_curves`). One PNG, a panel per class; a panel without a
+    curve says why (:func:`pr_panel_note`)."""
     if not curves:
         raise ValueError("plot_pr_curves: no classes to draw")
     plt = _pyplot()
@@ -49,11 +83,13 @@ def plot_pr_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float], 
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), squeeze=False)
     for ax, (name, (rec, prec, ap)) in zip(axes.flat, curves.items()):
         rec, prec = np.asarray(rec, float), np.asarray(prec, float)
+        note = pr_panel_note(rec, prec, ap)
+        if note is not None:
+            ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9)
         if ap is None:
-            ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(name, fontsize=10)
         else:
-            if rec.size:
+            if note is None:
                 ax.plot(np.r_[0.0, rec], np.r_[prec[0] if prec.size else 1.0, prec], lw=1.5)
             ax.set_title(f"{name}: AP {100 * ap:.1f}", fontsize=10)
         ax.set_xlim(0, 1.02)

@@ -1,4 +1,6 @@
-"""detres.modeling: the C4 Faster R-CNN built from torchvision's own classes."""
+"""detres.modeling: the C4 Faster R-CNN built from torchvision's own classes, its fast inference path and export."""
 from .detector import C4RoIPooler, InputTransform, build_detector
+from .export import export_detector
+from .fast import prepare_for_inference
 
-__all__ = ["build_detector", "C4RoIPooler", "InputTransform"]
+__all__ = ["build_detector", "C4RoIPooler", "InputTransform", "prepare_for_inference", "export_detector"]

@@ -351,12 +351,16 @@ def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, 
         eval_fn=make_eval_fn(cfg, test_set, device=dev, output_dir=os.path.join(cfg.output_dir, "results"),
                              curves_path=os.path.join(cfg.output_dir, "pr_curves.png")),
         meta=model.weights_meta, device=dev, resume=resume, new_solver=new_solver, progress=progress,
-        extra_state={"class_names": list(train_set.class_names)})
+        # the checkpoint keeps the class names and, for COCO data, the label -> category-id map (predictions
+        # are written with the data's own ids); ConcatDetection's parts share one map
+        extra_state={"class_names": list(train_set.class_names), "label_to_cat_id": {
+            int(k): int(v) for k, v in (getattr(train_set, "label_to_cat_id", None) or getattr(
+                (getattr(train_set, "datasets", None) or [None])[0], "label_to_cat_id", None) or {}).items()}})
     if comm.is_main_process() and cfg.test.num_vis_images > 0:
         names = getattr(test_set, "class_names", None) or class_names_for(cfg) or ()
         out = os.path.join(cfg.output_dir, "vis")
         paths = visualize_dataset(model, test_set, out, class_names=names, num_images=cfg.test.num_vis_images,
-                                  device=dev)
+                                  device=dev, score_thresh=cfg.test.vis_thresh)
         logger.info("drew detections on %d test images in %s", len(paths), out)
     comm.barrier()
     return result

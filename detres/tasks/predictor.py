@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from detres.config import DetConfig, load_config
+from detres.data.coco import find_coco_files
 from detres.data.transforms import build_transforms, read_image_rgb
 from detres.engine.checkpoint import load_checkpoint
 from detres.evaluation.inference import predict_original
 from detres.tasks.detection import class_names_for, inference_model, load_model_from_checkpoint
+from detres.utils.io import data_root
 
 __all__ = ["Predictor", "as_rgb_array"]
 
@@ -55,7 +57,12 @@ class Predictor:
 
     ``predictor(image)`` returns ``{"boxes": float32 [N, 4] xyxy in the original image's pixels (0-based),
     "labels": int64 [N] in 1..K, "scores": float32 [N], "class_names": list of the N detections' names}``,
-    highest score first, for detections above the config's ``model.roi.score_thresh``.
+    highest score first, for detections above the config's ``model.roi.score_thresh`` (the model's test
+    threshold, 0.05 in the paper configs: every detection a mAP computation needs).
+
+    Attributes: ``class_names`` (label i + 1 is ``class_names[i]``), ``label_to_cat_id`` (label -> the
+    data's category id, from checkpoints of COCO-JSON runs; None otherwise), ``score_thresh`` (the model's
+    test threshold), ``vis_thresh`` (the config's ``test.vis_thresh``: what pictures draw).
     """
 
     def __init__(self, config_or_run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
@@ -76,9 +83,27 @@ class Predictor:
             raise ValueError(f"{ckpt}: holds no class names and the config's data set does not name them; "
                              "set data.classes in the config")
         self.class_names: tuple[str, ...] = tuple(names)
+        ids = state.get("label_to_cat_id")
+        self.label_to_cat_id: dict[int, int] | None = {int(k): int(v) for k, v in ids.items()} if ids else None
+        self.score_thresh = float(self.cfg.model.roi.score_thresh)
+        self.vis_thresh = float(self.cfg.test.vis_thresh)
         model = load_model_from_checkpoint(self.cfg, str(ckpt), device=self.device)
         self.model = inference_model(self.cfg, model, self.device)
         self.transform = build_transforms(train=False, min_size=self.cfg.data.min_size, max_size=self.cfg.data.max_size)
+
+    def test_annotations(self) -> tuple[Path, Path] | None:
+        """(annotation file, image folder) of the run's COCO test set, or None (not COCO data, or not found)."""
+        d = self.cfg.data
+        if d.dataset != "coco" or not d.test:
+            return None
+        if str(d.test).endswith(".json"):
+            ann = Path(d.test)
+            return (ann, Path(d.image_root) if d.image_root else ann.parent) if ann.is_file() else None
+        try:
+            image_dir, ann = find_coco_files(data_root(d.root), d.test)
+        except ValueError:
+            return None
+        return Path(ann), Path(image_dir)
 
     @torch.no_grad()
     def __call__(self, image: Any) -> dict[str, Any]:
