@@ -178,6 +178,13 @@ def load_model_from_checkpoint(cfg: DetConfig, checkpoint: str, *, device: str |
     return model.to(device).eval()
 
 
+def label_to_cat_id(dataset: Any) -> dict[int, int]:
+    """A COCO data set's label (1..K) -> category id map (a concatenation's first part; its parts share the
+    class names); ``{}`` for other formats."""
+    part = (getattr(dataset, "datasets", None) or [dataset])[0]
+    return {int(k): int(v) for k, v in (getattr(part, "label_to_cat_id", None) or {}).items()}
+
+
 def _checkpoint_num_classes(state: dict) -> int | None:
     """Classes (background included) of a detector checkpoint: its class names + 1, else its class-score
     layer's rows (None when neither is there, e.g. a converted detector)."""
@@ -352,10 +359,8 @@ def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, 
                              curves_path=os.path.join(cfg.output_dir, "pr_curves.png")),
         meta=model.weights_meta, device=dev, resume=resume, new_solver=new_solver, progress=progress,
         # the checkpoint keeps the class names and, for COCO data, the label -> category-id map (predictions
-        # are written with the data's own ids); ConcatDetection's parts share one map
-        extra_state={"class_names": list(train_set.class_names), "label_to_cat_id": {
-            int(k): int(v) for k, v in (getattr(train_set, "label_to_cat_id", None) or getattr(
-                (getattr(train_set, "datasets", None) or [None])[0], "label_to_cat_id", None) or {}).items()}})
+        # are written with the data's own ids)
+        extra_state={"class_names": list(train_set.class_names), "label_to_cat_id": label_to_cat_id(train_set)})
     if comm.is_main_process() and cfg.test.num_vis_images > 0:
         names = getattr(test_set, "class_names", None) or class_names_for(cfg) or ()
         out = os.path.join(cfg.output_dir, "vis")
