@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from detres.data.coco import COCODetection
+from detres.data.coco import COCODetection, load_coco
 from detres.evaluation.coco import COCOEvaluator, evaluate_coco_results, load_coco_results
 from tests._data_helpers import write_coco
 
 
 def _perfect(ds):
-    ev = COCOEvaluator(ds.coco, label_to_cat_id=ds.label_to_cat_id)
+    ev = COCOEvaluator(load_coco(ds.ann_file), label_to_cat_id=ds.label_to_cat_id)
     for i in range(len(ds)):
         t = ds.get_target(i)
         ev.process([t], [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}])
@@ -24,7 +24,7 @@ def test_perfect_detections_give_ap_one_with_gapped_ids(tmp_path):
     ds = COCODetection(image_dir, ann, train=False)
     ev = _perfect(ds)
     # the results carry the ORIGINAL category ids
-    assert sorted({r["category_id"] for r in ev._results}) == [1, 5, 90]
+    assert sorted(set(ev._local_arrays()["category_id"].tolist())) == [1, 5, 90]
     m = ev.evaluate()
     assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0) and m["AP75"] == pytest.approx(1.0)
     assert m["AR100"] == pytest.approx(1.0)
@@ -46,7 +46,8 @@ def test_wrong_category_mapping_is_not_perfect_and_results_file(tmp_path):
     results = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
     assert results[0] == {"image_id": 1, "category_id": 5, "bbox": [10.0, 5.0, 30.0, 20.0], "score": 1.0}
     # evaluating the written file gives the same numbers
-    again = evaluate_coco_results(ds.coco, load_coco_results(tmp_path / "out" / "coco_instances_results.json", ds.coco))
+    coco = load_coco(ann)  # a pycocotools COCO, as tools/eval.py passes it
+    again = evaluate_coco_results(coco, load_coco_results(tmp_path / "out" / "coco_instances_results.json", coco))
     assert again == m
 
 
@@ -58,9 +59,9 @@ def test_evaluator_accepts_a_dataset_and_bad_results(tmp_path):
     bad = tmp_path / "r.json"
     bad.write_text(json.dumps([{"image_id": 1, "category_id": 2, "bbox": [0, 0, 1, 1], "score": 0.5}]))
     with pytest.raises(ValueError, match=r"r.json: entry 0: category_id 2"):
-        load_coco_results(bad, ds.coco)
+        load_coco_results(bad, ann)
     bad.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1], "score": 0.5}]))
     with pytest.raises(ValueError, match=r"entry 0: bbox"):
-        load_coco_results(bad, ds.coco)
+        load_coco_results(bad, ann)
     empty = COCOEvaluator(ds).evaluate()
     assert empty["AP"] == 0.0
