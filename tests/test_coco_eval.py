@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,3 +66,76 @@ def test_evaluator_accepts_a_dataset_and_bad_results(tmp_path):
         load_coco_results(bad, ann)
     empty = COCOEvaluator(ds).evaluate()
     assert empty["AP"] == 0.0
+
+
+class _CompactCOCO:
+    """What the compact COCODetection offers the evaluator: no ``coco`` object, only the file and the maps."""
+
+    def __init__(self, ann_file, label_to_cat_id, ids):
+        self.ann_file, self.label_to_cat_id, self.ids = ann_file, label_to_cat_id, ids
+
+
+def _outputs_for(ann, image_id, *, shift=0.0):
+    data = json.loads(ann.read_text())
+    cat_to_label = {c["id"]: k + 1 for k, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
+    anns = [a for a in data["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
+    boxes = torch.tensor([[a["bbox"][0] + shift, a["bbox"][1], a["bbox"][0] + a["bbox"][2] + shift,
+                           a["bbox"][1] + a["bbox"][3]] for a in anns]).reshape(-1, 4)
+    return {"boxes": boxes, "labels": torch.tensor([cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+            "scores": torch.linspace(0.9, 0.5, len(anns))}
+
+
+def test_evaluator_reads_the_annotation_file_itself_lazily(tmp_path):
+    _, ann, _ = write_coco(tmp_path, cat_ids=(1, 5, 90), degenerate=False)
+    ds = _CompactCOCO(ann, {1: 1, 2: 5, 3: 90}, [1, 2, 3, 7])
+    for source in (ds, type("Concat", (), {"datasets": [ds]})()):
+        ev = COCOEvaluator(source)
+        for i in ds.ids:
+            ev.process([{"image_id": i}], [_outputs_for(ann, i)])
+        assert ev._gt is None  # nothing read before evaluate()
+        m = ev.evaluate()
+        assert m["AP"] == pytest.approx(1.0) and m["per_category"] == {"cat1": pytest.approx(1.0),
+                                                                        "cat5": pytest.approx(1.0),
+                                                                        "cat90": pytest.approx(1.0)}
+    other = tmp_path / "other.json"
+    other.write_text(ann.read_text())
+    two = type("Concat", (), {"datasets": [ds, _CompactCOCO(other, ds.label_to_cat_id, ds.ids)]})()
+    with pytest.raises(ValueError, match="joins several COCO files"):
+        COCOEvaluator(two)
+    ev = COCOEvaluator(ann, label_to_cat_id={1: 1, 2: 5, 3: 6})
+    ev.process([{"image_id": 1}], [_outputs_for(ann, 1)])
+    with pytest.raises(ValueError, match=r"instances_test.json\): \[6\]"):
+        ev.evaluate()
+
+
+def test_distributed_evaluation_gathers_compact_arrays(tmp_path, monkeypatch):
+    import detres.evaluation.coco as coco
+
+    _, ann, _ = write_coco(tmp_path, cat_ids=(1, 5, 90), degenerate=False)
+    l2c = {1: 1, 2: 5, 3: 90}
+    rank0, rank1 = COCOEvaluator(ann, label_to_cat_id=l2c, output_dir=tmp_path / "out"), COCOEvaluator(
+        ann, label_to_cat_id=l2c)
+    rank0.process([{"image_id": 1}, {"image_id": 3}], [_outputs_for(ann, 1), _outputs_for(ann, 3)])
+    rank1.process([{"image_id": 2}, {"image_id": 7}], [_outputs_for(ann, 2, shift=8.0), _outputs_for(ann, 7)])
+    gathered = []
+
+    def fake_gather(obj):
+        gathered.append(obj)
+        return [obj, rank1._local_arrays()]
+    monkeypatch.setattr(coco, "all_gather_objects", fake_gather)
+    m = rank0.evaluate()
+    assert isinstance(gathered[0], dict) and all(isinstance(v, np.ndarray) for v in gathered[0].values())
+    assert gathered[0]["images"].tolist() == [1, 3] and gathered[0]["bbox"].shape == (2, 4)
+    # the same numbers as one process seeing every image, and the results file holds all ranks' detections
+    single = COCOEvaluator(ann, label_to_cat_id=l2c)
+    for i, shift in ((1, 0.0), (3, 0.0), (2, 8.0), (7, 0.0)):
+        single.process([{"image_id": i}], [_outputs_for(ann, i, shift=shift)])
+    monkeypatch.setattr(coco, "all_gather_objects", lambda obj: [obj])
+    assert single.evaluate() == m and 0.0 < m["AP"] < 1.0
+    written = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert [r["image_id"] for r in written] == [1, 1, 2]
+    assert written[2] == {"image_id": 2, "category_id": 5, "bbox": [13.0, 10.0, 40.0, 50.0], "score": 0.9}
+    # another rank evaluates nothing itself: it never reads the ground truth and returns rank 0's metrics
+    monkeypatch.setattr(coco, "is_main_process", lambda: False)
+    monkeypatch.setattr(coco, "broadcast_object", lambda obj: ("ok", m))
+    assert rank1.evaluate() == m and rank1._gt is None
