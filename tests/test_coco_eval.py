@@ -139,3 +139,28 @@ def test_distributed_evaluation_gathers_compact_arrays(tmp_path, monkeypatch):
     monkeypatch.setattr(coco, "is_main_process", lambda: False)
     monkeypatch.setattr(coco, "broadcast_object", lambda obj: ("ok", m))
     assert rank1.evaluate() == m and rank1._gt is None
+
+
+def test_results_checked_in_bulk_still_name_the_bad_entry(tmp_path):
+    _, ann, _ = write_coco(tmp_path, cat_ids=(1, 5, 90))
+    good = [{"image_id": 1 + k % 2, "category_id": (1, 5, 90)[k % 3], "bbox": [k % 50, 3.5, 10, 12], "score": 0.5}
+            for k in range(300)]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(good))
+    assert load_coco_results(path, ann) == good
+    for bad, needle in (({"bbox": [1, 2, 3]}, "entry 300: bbox"), ({"bbox": [1, 2, "3", 4]}, "entry 300: bbox"),
+                        ({"score": float("inf")}, "entry 300: score"), ({"image_id": 4}, "entry 300: image_id 4"),
+                        ({"category_id": 1.5}, "entry 300: category_id 1.5"), ({"score": True}, "entry 300: score")):
+        path.write_text(json.dumps(good + [{**good[0], **bad}]))
+        with pytest.raises(ValueError, match=needle):
+            load_coco_results(path, ann)
+    # string image ids in the ground truth: an integer that reads like one of them is still refused
+    data = json.loads(ann.read_text())
+    for im in data["images"]:
+        im["id"] = str(im["id"])
+    for a in data["annotations"]:
+        a["image_id"] = str(a["image_id"])
+    (tmp_path / "str.json").write_text(json.dumps(data))
+    path.write_text(json.dumps([{**g, "image_id": str(g["image_id"])} for g in good] + [good[0]]))
+    with pytest.raises(ValueError, match="entry 300: image_id 1 is not"):
+        load_coco_results(path, tmp_path / "str.json")

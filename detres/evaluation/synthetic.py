@@ -32,7 +32,7 @@ def synthetic_coco_eval_inputs(*, num_images: int = 5000, num_objects: int = 367
     non-crowd box is found with probability 0.8 (a copy jittered by about 10% of its size; score higher on
     average), the rest of the 100 per image are random boxes of random categories; boxes are rounded to
     3 decimals and scores to 5, like :class:`~detres.evaluation.coco.COCOEvaluator`'s results file.
-    With the defaults, AP is about 0.3.
+    With the defaults AP is 0.19 and AP50 0.51 (seed 0).
     """
     if num_categories < 1 or num_categories > len(COCO_CATEGORY_IDS):
         raise ValueError(f"num_categories must be in 1..{len(COCO_CATEGORY_IDS)}, got {num_categories}")
