@@ -290,3 +290,20 @@ def test_tools_eval_path_repairs_repeated_ids(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="detres.evaluation.coco"):
         m = run_eval_results("coco", str(tmp_path / "dets.json"), ann_file=str(ann))
     assert m["AP"] == pytest.approx(1.0) and "annotation id 1 is used 2 times" in caplog.text
+
+
+def test_negative_sides_follow_pycocotools(tmp_path, caplog):
+    """A detection with one negative side has a negative area (w * h): COCOeval, in both libraries, reads it as
+    outside every area range and ignores it; with two negative sides the area is positive and it is a false
+    positive. The results check says so."""
+    gt = _gt([(1, 100, 100)], [(1, 1, [10, 10, 50, 50], 0)])
+    hit = _det(1, 1, [10, 10, 50, 50], 0.9)
+    assert _same_as_pycocotools(gt, [_det(1, 1, [60, 60, -5, 10], 0.95), hit])["AP"] == pytest.approx(1.0)
+    assert _same_as_pycocotools(gt, [_det(1, 1, [60, 60, -5, -10], 0.95), hit])["AP"] == pytest.approx(0.5)
+    from detres.evaluation.coco import load_coco_results
+
+    (tmp_path / "r.json").write_text(json.dumps([_det(1, 1, [60, 60, -5, 10], 0.95), hit,
+                                                 _det(1, 1, [60, 60, -5, -10], 0.95)]))
+    with caplog.at_level(logging.WARNING, logger="detres.evaluation.coco"):
+        load_coco_results(tmp_path / "r.json", _write(tmp_path, gt))
+    assert "1 detection(s) with a negative width or height and 1 with both negative" in caplog.text

@@ -298,10 +298,12 @@ def load_coco_results(path: str | os.PathLike, coco_gt: Any) -> list[dict]:
     if text_has_literals or not _results_look_valid(results, img_ids, cat_ids):
         for k, r in enumerate(results):
             _check_result(r, f"{path}: entry {k}", img_ids, cat_ids)
-    negative = sum(1 for r in results if r["bbox"][2] < 0 or r["bbox"][3] < 0)
-    if negative:
-        logger.warning("%s: %d detection(s) with a negative width or height; they overlap nothing and count as "
-                       "false positives", path, negative)
+    one = sum(1 for r in results if (r["bbox"][2] < 0) != (r["bbox"][3] < 0))
+    both = sum(1 for r in results if r["bbox"][2] < 0 and r["bbox"][3] < 0)
+    if one or both:
+        logger.warning("%s: %d detection(s) with a negative width or height and %d with both negative; they overlap "
+                       "nothing. As in pycocotools, the first kind have a negative area, outside every area range, "
+                       "and are ignored; the second kind count as false positives", path, one, both)
     return results
 
 
