@@ -307,3 +307,28 @@ def test_negative_sides_follow_pycocotools(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="detres.evaluation.coco"):
         load_coco_results(tmp_path / "r.json", _write(tmp_path, gt))
     assert "1 detection(s) with a negative width or height and 1 with both negative" in caplog.text
+
+
+def test_every_kind_of_ground_truth_source_and_no_detections(tmp_path):
+    from faster_coco_eval import COCO as FasterCOCO
+    from pycocotools.coco import COCO
+
+    gt = _gt([(1, 640, 480), (2, 640, 480)], [(1, 1, [10, 10, 50, 50], 0), (2, 2, [0, 0, 200, 200], 0)], cats=(1, 2))
+    dets = [_det(1, 1, [12, 10, 50, 50], 0.9), _det(2, 2, [0, 0, 150, 200], 0.8)]
+    want = _same_as_pycocotools(gt, dets)
+    path = _write(tmp_path, gt)
+    with contextlib.redirect_stdout(io.StringIO()):
+        sources = [path, str(path), COCO(str(path)), FasterCOCO(str(path)), load_coco_ground_truth(path)]
+    for source in sources:
+        assert evaluate_coco_results(source, copy.deepcopy(dets)) == want, type(source)
+    # no detections: 0 where there is ground truth, None (COCOeval's -1) where there is none
+    m = evaluate_coco_results(path, [])
+    assert m["AP"] == 0.0 and m["APm"] == 0.0 and m["APl"] == 0.0 and m["APs"] is None and m["ARs"] is None
+    assert m["per_category"] == {"c1": 0.0, "c2": 0.0}
+    with pytest.raises(ValueError, match=r"nope.json: annotation file not found"):
+        evaluate_coco_results(tmp_path / "nope.json", dets)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match=r"bad.json: not valid JSON"):
+        evaluate_coco_results(tmp_path / "bad.json", dets)
+    with pytest.raises(ValueError, match=r"image_id 9 is not in the ground truth"):
+        evaluate_coco_results(path, [_det(9, 1, [0, 0, 5, 5], 0.5)])
