@@ -117,6 +117,7 @@ def test_distributed_evaluation_gathers_compact_arrays(tmp_path, monkeypatch):
         ann, label_to_cat_id=l2c)
     rank0.process([{"image_id": 1}, {"image_id": 3}], [_outputs_for(ann, 1), _outputs_for(ann, 3)])
     rank1.process([{"image_id": 2}, {"image_id": 7}], [_outputs_for(ann, 2, shift=8.0), _outputs_for(ann, 7)])
+    rank1.process([{"image_id": 1}], [_outputs_for(ann, 1, shift=30.0)])  # a second copy (padded shard): not counted
     gathered = []
 
     def fake_gather(obj):
@@ -126,6 +127,7 @@ def test_distributed_evaluation_gathers_compact_arrays(tmp_path, monkeypatch):
     m = rank0.evaluate()
     assert isinstance(gathered[0], dict) and all(isinstance(v, np.ndarray) for v in gathered[0].values())
     assert gathered[0]["images"].tolist() == [1, 3] and gathered[0]["bbox"].shape == (2, 4)
+    assert gathered[0]["det_index"].tolist() == [0, 0]
     # the same numbers as one process seeing every image, and the results file holds all ranks' detections
     single = COCOEvaluator(ann, label_to_cat_id=l2c)
     for i, shift in ((1, 0.0), (3, 0.0), (2, 8.0), (7, 0.0)):

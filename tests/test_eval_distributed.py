@@ -4,7 +4,6 @@ Each rank processes half of the images (the halves of tests/_data_helpers' COCO 
 rank, one of them on both ranks); rank 0 alone reads the COCO annotation file and writes the results.
 """
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +16,8 @@ WORKER = r'''
 import json, os, sys
 import torch
 import torch.distributed as dist
-rank, port, ann, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+rank, store, ann, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
 from detres.evaluation.coco import COCOEvaluator
 from detres.evaluation.voc import VOCEvaluator
 from tests.test_coco_eval import _outputs_for
@@ -41,20 +40,14 @@ dist.destroy_process_group()
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_give_the_single_process_metrics(tmp_path):
     from detres.evaluation.coco import COCOEvaluator
     from tests.test_coco_eval import _outputs_for
 
     _, ann, _ = write_coco(tmp_path, cat_ids=(1, 5, 90), degenerate=False)
     root = Path(__file__).resolve().parents[1]
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), str(port), str(ann), str(tmp_path)], cwd=root,
+    store = tmp_path / "rendezvous"  # a file store: no port to race other test runs for
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), str(store), str(ann), str(tmp_path)], cwd=root,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     logs = [p.communicate(timeout=240)[0] for p in procs]
     for p, log in zip(procs, logs):

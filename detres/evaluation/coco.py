@@ -564,7 +564,7 @@ class COCOEvaluator:
 
     def reset(self) -> None:
         self._img_ids: list[int] = []
-        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # image, cat, xywh, score
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per image: category ids, xywh, scores
 
     def process(self, targets: Sequence[dict], outputs: Sequence[dict]) -> None:
         if len(targets) != len(outputs):
@@ -584,23 +584,40 @@ class COCOEvaluator:
                                  f"{int(labels[cats < 0][0])}")
             xywh = np.round(np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1), 3)
             self._img_ids.append(image_id)
-            self._parts.append((np.full(len(labels), image_id, np.int64), cats, xywh, np.round(scores, 5)))
+            self._parts.append((cats, xywh, np.round(scores, 5)))
 
     def _local_arrays(self) -> dict[str, np.ndarray]:
-        """This rank's images and detections as arrays (what is gathered)."""
+        """This rank's images and detections as flat arrays (what is gathered): ``images`` [I] (processing
+        order), per detection ``det_index`` (into ``images``), ``category_id``, ``bbox`` (xywh), ``score``."""
         def cat(k: int, empty: np.ndarray) -> np.ndarray:
             return np.concatenate([p[k] for p in self._parts]) if self._parts else empty
 
-        return {"images": np.asarray(self._img_ids, np.int64), "image_id": cat(0, np.zeros(0, np.int64)),
-                "category_id": cat(1, np.zeros(0, np.int64)), "bbox": cat(2, np.zeros((0, 4))),
-                "score": cat(3, np.zeros(0))}
+        counts = np.asarray([len(p[2]) for p in self._parts], np.int64)
+        return {"images": np.asarray(self._img_ids, np.int64), "det_index": np.repeat(np.arange(len(counts)), counts),
+                "category_id": cat(0, np.zeros(0, np.int64)), "bbox": cat(1, np.zeros((0, 4))),
+                "score": cat(2, np.zeros(0))}
+
+    @staticmethod
+    def _merge(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The ranks' arrays as one results mapping (:data:`RESULT_KEYS`, rank then processing order) plus
+        ``images``; an image processed more than once keeps its first detections only."""
+        images = np.concatenate([p["images"] for p in parts])
+        offsets = np.cumsum([0] + [len(p["images"]) for p in parts])
+        occurrence = np.concatenate([p["det_index"] + off for p, off in zip(parts, offsets)])
+        first = np.zeros(len(images), bool)
+        first[np.unique(images, return_index=True)[1]] = True
+        keep = first[occurrence]
+        merged = {k: np.concatenate([p[k] for p in parts])[keep] for k in ("category_id", "bbox", "score")}
+        merged["image_id"] = images[occurrence[keep]]
+        merged["images"] = images[first]
+        return merged
 
     def evaluate(self) -> dict[str, Any]:
         parts = all_gather_objects(self._local_arrays())
         payload: tuple[str, Any] = ("ok", None)
         error: Exception | None = None
         if is_main_process():
-            merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            merged = self._merge(parts)
             try:
                 if self.output_dir is not None:
                     results = [{"image_id": i, "category_id": c, "bbox": b, "score": s} for i, c, b, s in
