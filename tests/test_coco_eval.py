@@ -85,6 +85,14 @@ def _outputs_for(ann, image_id, *, shift=0.0):
             "scores": torch.linspace(0.9, 0.5, len(anns))}
 
 
+def _results_file(tmp_path, ann):
+    data = json.loads(ann.read_text())
+    path = tmp_path / "perfect.json"
+    path.write_text(json.dumps([{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                                 "score": 0.9} for a in data["annotations"] if not a["iscrowd"]]))
+    return path
+
+
 def test_evaluator_reads_the_annotation_file_itself_lazily(tmp_path):
     _, ann, _ = write_coco(tmp_path, cat_ids=(1, 5, 90), degenerate=False)
     ds = _CompactCOCO(ann, {1: 1, 2: 5, 3: 90}, [1, 2, 3, 7])
@@ -102,6 +110,9 @@ def test_evaluator_reads_the_annotation_file_itself_lazily(tmp_path):
     two = type("Concat", (), {"datasets": [ds, _CompactCOCO(other, ds.label_to_cat_id, ds.ids)]})()
     with pytest.raises(ValueError, match="joins several COCO files"):
         COCOEvaluator(two)
+    # a data set is also a ground truth for the plain functions
+    res = load_coco_results(_results_file(tmp_path, ann), ds)
+    assert evaluate_coco_results(ds, res)["AP"] == pytest.approx(1.0)
     ev = COCOEvaluator(ann, label_to_cat_id={1: 1, 2: 5, 3: 6})
     ev.process([{"image_id": 1}], [_outputs_for(ann, 1)])
     with pytest.raises(ValueError, match=r"instances_test.json\): \[6\]"):

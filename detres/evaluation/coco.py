@@ -18,7 +18,8 @@ checked and repaired BEFORE the evaluator's COCO object is built; every warning 
 
 - annotation ids are renumbered 1..N (they only mark matches). When the file's ids repeat or are not
   positive integers this is warned: pycocotools indexes annotations by id, so a repeated id turns every
-  box sharing it into copies of one box (perfect detections score AP 0.25 on such a file), and it reads
+  box sharing it into copies of one box (perfect detections then score far below 1: AP 0.25 in issue 21's
+  example), and it reads
   id 0 as "unmatched", counting a detection matched to box 0 as a false positive;
 - a bbox that is not 4 finite numbers is dropped with a warning: no detection can be matched to it, and
   the data sets leave the same box out of the training targets with a warning, so the rest of the file is
@@ -188,7 +189,7 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
             why = "crowd region without a bbox" if ann.get("iscrowd", 0) else "bbox not 4 finite numbers"
         if why:
             dropped[why] += 1
-            first.setdefault(why, ann_id if ann_id is not None else f"annotations[{k}]")
+            first.setdefault(why, f"id {ann_id!r}" if ann_id is not None else f"annotations[{k}]")
             continue
         new = dict(ann)
         new["id"] = len(out) + 1
@@ -199,11 +200,12 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
             w, h = ann["bbox"][2], ann["bbox"][3]
             new["area"] = float(w) * float(h)
             dropped["area missing or not a finite number (set to w * h)"] += 1
-            first.setdefault("area missing or not a finite number (set to w * h)", ann_id)
+            first.setdefault("area missing or not a finite number (set to w * h)",
+                             f"id {ann_id!r}" if ann_id is not None else f"annotations[{k}]")
         out.append(new)
     for why, n in sorted(dropped.items()):
         action = "" if why.startswith("area") else "; left out of the evaluation"
-        logger.warning("%s: %d annotation(s) %s (first: id %r)%s", source, n, why, first[why], action)
+        logger.warning("%s: %d annotation(s) %s (first: %s)%s", source, n, why, first[why], action)
     ids = [i for i in raw_ann_ids if i is not None]
     repeated = _first_repeat(ids)
     if repeated is not None:
@@ -224,12 +226,16 @@ def load_coco_ground_truth(source: Any) -> CocoGroundTruth:
     """Check, repair and index COCO ground truth for the evaluator (see the module docstring).
 
     ``source``: an annotation file path, its dict, a pycocotools or faster-coco-eval ``COCO`` (its
-    ``dataset`` is read, not changed), or a :class:`CocoGroundTruth` (returned as it is). ValueError (one
+    ``dataset`` is read, not changed), a ``COCODetection`` (its ``ann_file``) or a :class:`CocoGroundTruth`
+    (returned as it is). ValueError (one
     line naming the file) for what cannot be repaired."""
     from faster_coco_eval import COCO
 
     if isinstance(source, CocoGroundTruth):
         return source
+    dataset = _coco_dataset(source)
+    if dataset is not None:  # a COCODetection: its annotation file
+        source = Path(dataset.ann_file)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         with _gc_paused():
@@ -256,6 +262,9 @@ def _gt_id_sets(coco_gt: Any) -> tuple[set, set]:
         return imgs, set(coco_gt.cat_names)
     if hasattr(coco_gt, "getImgIds") and hasattr(coco_gt, "getCatIds"):
         return set(coco_gt.getImgIds()), set(coco_gt.getCatIds())
+    dataset = _coco_dataset(coco_gt)
+    if dataset is not None:
+        coco_gt = Path(dataset.ann_file)
     data = _read_json(Path(coco_gt)) if isinstance(coco_gt, (str, os.PathLike)) else coco_gt
     if not isinstance(data, Mapping):
         raise ValueError(f"COCO ground truth must be an annotation file, its dict or a COCO object, "
