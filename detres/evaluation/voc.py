@@ -497,7 +497,8 @@ class VOCEvaluator:
         if self._gt is None:
             g_counts = np.asarray([len(g[1]) for g in self._gt_t], np.int64)
             out.update(gt_image=np.repeat(np.arange(len(g_counts)), g_counts),
-                       gt_boxes=flat(self._gt_t, 0, np.zeros((0, 4))), gt_labels=flat(self._gt_t, 1, np.zeros(0, np.int64)),
+                       gt_boxes=flat(self._gt_t, 0, np.zeros((0, 4))),
+                       gt_labels=flat(self._gt_t, 1, np.zeros(0, np.int64)),
                        gt_difficult=flat(self._gt_t, 2, np.zeros(0, bool)))
         return out
 
