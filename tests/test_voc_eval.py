@@ -274,3 +274,62 @@ def test_results_for_unknown_class_or_image(tmp_path):
     (tmp_path / "comp4_det_test_cat.txt").write_text("000001 0.5 1 2 3 4\n\n000009 0.5 1 2 3 4\n")
     with pytest.raises(ValueError, match=r"comp4_det_test_cat.txt:3: image id '000009'"):
         read_voc_results(tmp_path, ["cat"], valid_ids={"000001"})
+
+
+def test_results_read_at_once_equal_the_line_by_line_reading(tmp_path):
+    from pathlib import Path
+
+    from detres.evaluation.voc import _parse_results_lines, _parse_results_lines_one_by_one
+
+    rng = np.random.default_rng(0)
+    fmts = [repr, lambda v: f"{v:.3f}", lambda v: f"{v:.6e}", lambda v: f"+{abs(v)!r}", lambda v: f"{v:.17g}"]
+    lines = []
+    for k in range(500):
+        f = fmts[k % len(fmts)]
+        nums = rng.normal(100, 80, 5)
+        sep = "  " if k % 7 == 0 else " "
+        lines.append(sep.join([f"{k:06d}"] + [f(float(v)) for v in nums]) + ("\t" if k % 11 == 0 else ""))
+        if k % 50 == 0:
+            lines.append("   ")
+    text = "\n".join(lines) + "\n"
+    ids, values = _parse_results_lines(Path("x.txt"), text, None)
+    ids2, values2 = _parse_results_lines_one_by_one(Path("x.txt"), text.splitlines(), None)
+    assert ids == ids2 and len(ids) == 500
+    assert values.dtype == np.float64 and np.array_equal(values.view(np.int64), values2.view(np.int64))
+    # a bad line far into a file (500 lines and 10 blank ones before it) is still named by its number
+    (tmp_path / "comp4_det_test_cat.txt").write_text(text + "000001 0.5 1 2 3 4 5\n")
+    with pytest.raises(ValueError, match=r"comp4_det_test_cat.txt:511: expected 6 fields"):
+        read_voc_results(tmp_path, ["cat"])
+
+
+def _rank_evaluator(images):
+    """An evaluator fed ``images``: id -> (gt box, detection box, label); ground truth from the targets."""
+    ev = VOCEvaluator(["a", "b"])
+    for image_id, (gt_box, det_box, label) in images.items():
+        target = {"image_id": image_id, "boxes": torch.tensor([gt_box], dtype=torch.float32),
+                  "labels": torch.tensor([label]), "difficult": torch.tensor([False])}
+        ev.process([target], [{"boxes": torch.tensor([det_box], dtype=torch.float32), "labels": torch.tensor([label]),
+                               "scores": torch.tensor([0.9])}])
+    return ev
+
+
+def test_distributed_evaluation_gathers_compact_arrays(monkeypatch):
+    import detres.evaluation.voc as voc
+
+    rank0 = {"000001": ([0, 0, 10, 10], [0, 0, 10, 10], 1), "000002": ([5, 5, 20, 20], [30, 30, 40, 40], 2)}
+    rank1 = {"000003": ([0, 0, 10, 10], [0, 0, 10, 10], 2),
+             "000001": ([0, 0, 10, 10], [50, 50, 60, 60], 1)}  # processed twice (a padded shard): the first copy counts
+    ev0, ev1 = _rank_evaluator(rank0), _rank_evaluator(rank1)
+    gathered = []
+
+    def fake_gather(obj):
+        gathered.append(obj)
+        return [obj, ev1._local_arrays()]
+    monkeypatch.setattr(voc, "all_gather_objects", fake_gather)
+    m = ev0.evaluate()
+    assert isinstance(gathered[0], dict) and all(isinstance(v, np.ndarray) for v in gathered[0].values())
+    assert gathered[0]["ids"].tolist() == ["000001", "000002"] and gathered[0]["det_image"].tolist() == [0, 1]
+    single = _rank_evaluator({**rank0, "000003": rank1["000003"]}).evaluate()
+    assert m == single
+    # b: the miss on 000002 ties with the hit on 000003 and is processed first: prec [0, 1/2] at rec [0, 1/2]
+    assert m["AP_area"] == {"a": pytest.approx(1.0), "b": pytest.approx(0.25)}

@@ -292,6 +292,49 @@ def write_voc_results(detections: Mapping[str, ClassDetections], out_dir: str | 
     return paths
 
 
+def _parse_results_lines(path: Path, text: str, valid_ids: set[str] | None) -> tuple[list[str], np.ndarray]:
+    """Image ids and float64 [N, 5] (score, x1, y1, x2, y2) of a results file's text, in file order.
+
+    The whole text is split and converted at once (``float`` of each field, as before); when anything is
+    wrong the lines are read again one by one, so that the error names the first bad line."""
+    lines = text.splitlines()
+    if all(len(line.split()) in (0, 6) for line in lines):
+        tokens = text.split()  # line breaks are whitespace too: the same fields, in the same order
+        table = np.array(tokens, dtype=object).reshape(-1, 6)
+        try:
+            values = table[:, 1:].astype(np.float64)
+        except (ValueError, TypeError):
+            values = None
+        ids = tokens[0::6]
+        if (values is not None and bool(np.isfinite(values).all())
+                and (valid_ids is None or valid_ids.issuperset(ids))):
+            return ids, values
+    return _parse_results_lines_one_by_one(path, lines, valid_ids)
+
+
+def _parse_results_lines_one_by_one(path: Path, lines: list[str], valid_ids: set[str] | None
+                                    ) -> tuple[list[str], np.ndarray]:
+    ids, values = [], []
+    for lineno, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise ValueError(f"{path}:{lineno}: expected 6 fields '<image_id> <score> <x1> <y1> <x2> <y2>', "
+                             f"got {len(fields)}")
+        try:
+            nums = [float(v) for v in fields[1:]]
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: non-numeric score or coordinate in {line.strip()!r}") from None
+        if not all(np.isfinite(nums)):
+            raise ValueError(f"{path}:{lineno}: non-finite score or coordinate in {line.strip()!r}")
+        if valid_ids is not None and fields[0] not in valid_ids:
+            raise ValueError(f"{path}:{lineno}: image id {fields[0]!r} is not in the ground-truth image set")
+        ids.append(fields[0])
+        values.append(nums)
+    return ids, np.asarray(values, np.float64).reshape(-1, 5)
+
+
 def read_voc_results(results_dir: str | os.PathLike, class_names: Sequence[str], *,
                      valid_ids: set[str] | None = None) -> dict[str, ClassDetections]:
     """Read ``comp<N>_det_<split>_<class>.txt`` files from ``results_dir``.
@@ -324,29 +367,11 @@ def read_voc_results(results_dir: str | os.PathLike, class_names: Sequence[str],
         if path is None:
             logger.warning("%s: no results file for class %r; it has no detections", results_dir, cls)
             continue
-        ids, values = [], []
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not a UTF-8 text file ({e})") from None
-        for lineno, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise ValueError(f"{path}:{lineno}: expected 6 fields '<image_id> <score> <x1> <y1> <x2> <y2>', "
-                                 f"got {len(fields)}")
-            try:
-                nums = [float(v) for v in fields[1:]]
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: non-numeric score or coordinate in {line.strip()!r}") from None
-            if not all(np.isfinite(nums)):
-                raise ValueError(f"{path}:{lineno}: non-finite score or coordinate in {line.strip()!r}")
-            if valid_ids is not None and fields[0] not in valid_ids:
-                raise ValueError(f"{path}:{lineno}: image id {fields[0]!r} is not in the ground-truth image set")
-            ids.append(fields[0])
-            values.append(nums)
-        arr = np.asarray(values, np.float64).reshape(-1, 5)
+        ids, arr = _parse_results_lines(path, text, valid_ids)
         inverted = int(((arr[:, 3] < arr[:, 1]) | (arr[:, 4] < arr[:, 2])).sum())
         if inverted:
             logger.warning("%s: %d detection(s) with x2 < x1 or y2 < y1; they overlap nothing and count as false "
@@ -408,9 +433,10 @@ class VOCEvaluator:
 
     :meth:`process` takes ``targets`` (with ``image_id``) and ``outputs`` (``boxes`` in ORIGINAL
     image pixels, 0-based xyxy; ``labels`` 1..K; ``scores``). :meth:`evaluate` evaluates the
-    images seen by ``process`` (on all ranks: it gathers with ``all_gather_object`` and returns the
-    same metrics on every rank), writes the results files to ``output_dir`` on rank 0 when given,
-    and returns the ``--json-out`` VOC schema.
+    images seen by ``process`` on all ranks: it gathers each rank's compact arrays (image ids, and per
+    detection the image index, label, score and box; the targets' ground truth likewise), keeps the first
+    time an image was processed, and returns the same metrics on every rank; it writes the results files
+    to ``output_dir`` on rank 0 when given, and returns the ``--json-out`` VOC schema.
     """
 
     def __init__(self, class_names: Sequence[str], *, gt_source: Any = None, output_dir: str | os.PathLike | None = None,
@@ -424,68 +450,109 @@ class VOCEvaluator:
 
     def reset(self) -> None:
         self._ids: list[str] = []
-        self._gt_from_targets: dict[str, GroundTruth] = {}
-        self._dets: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []  # (id, labels, scores, boxes 1-based)
+        # per processed image: (labels int64 [n], scores float64 [n], boxes float64 [n, 4] in 1-based VOC pixels)
+        self._dets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # per processed image when the ground truth comes from the targets: (boxes 0-based [m, 4], labels, difficult)
+        self._gt_t: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _record(self, target: dict, out: dict) -> str:
         """Keep one image's detections (1-based VOC pixels); returns its id."""
         image_id = str(target["image_id"])
-        self._ids.append(image_id)
         boxes = torch.as_tensor(out["boxes"]).detach().cpu().to(torch.float64).numpy().reshape(-1, 4)
         boxes = boxes + np.array([1.0, 1.0, 0.0, 0.0])
         labels = torch.as_tensor(out["labels"]).detach().cpu().numpy().astype(np.int64).reshape(-1)
         scores = torch.as_tensor(out["scores"]).detach().cpu().to(torch.float64).numpy().reshape(-1)
-        self._dets.append((image_id, labels, scores, boxes))
+        if not len(boxes) == len(labels) == len(scores):
+            raise ValueError(f"{type(self).__name__}: image {image_id!r} has {len(boxes)} boxes, {len(scores)} scores "
+                             f"and {len(labels)} labels")
+        bad = (labels < 1) | (labels > len(self.class_names))
+        if bad.any():
+            raise ValueError(f"VOCEvaluator: image {image_id!r} has a detection with label {int(labels[bad][0])}, "
+                             f"outside 1..{len(self.class_names)}")
+        self._ids.append(image_id)
+        self._dets.append((labels, scores, boxes))
         return image_id
 
     def process(self, targets: Sequence[dict], outputs: Sequence[dict]) -> None:
         if len(targets) != len(outputs):
             raise ValueError(f"{type(self).__name__}.process: {len(targets)} targets but {len(outputs)} outputs")
         for target, out in zip(targets, outputs):
-            image_id = self._record(target, out)
+            self._record(target, out)
             if self._gt is None:
                 gt_boxes = to_original(torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4), target)
                 labels_t = torch.as_tensor(target["labels"]).reshape(-1)
                 diff = torch.as_tensor(target.get("difficult", torch.zeros(len(labels_t), dtype=torch.bool))).reshape(-1)
-                self._gt_from_targets[image_id] = GroundTruth(gt_boxes.double().numpy(), labels_t.numpy(), diff.numpy())
+                self._gt_t.append((gt_boxes.double().numpy(), labels_t.numpy().astype(np.int64),
+                                   diff.numpy().astype(bool)))
+
+    def _local_arrays(self) -> dict[str, np.ndarray]:
+        """This rank's images, detections and (from the targets) ground truth as flat arrays: what is gathered."""
+        def flat(parts: list, k: int, empty: np.ndarray) -> np.ndarray:
+            return np.concatenate([p[k] for p in parts]) if parts else empty
+
+        counts = np.asarray([len(d[0]) for d in self._dets], np.int64)
+        out = {"ids": np.asarray(self._ids, dtype=str), "det_image": np.repeat(np.arange(len(counts)), counts),
+               "labels": flat(self._dets, 0, np.zeros(0, np.int64)), "scores": flat(self._dets, 1, np.zeros(0)),
+               "boxes": flat(self._dets, 2, np.zeros((0, 4)))}
+        if self._gt is None:
+            g_counts = np.asarray([len(g[1]) for g in self._gt_t], np.int64)
+            out.update(gt_image=np.repeat(np.arange(len(g_counts)), g_counts),
+                       gt_boxes=flat(self._gt_t, 0, np.zeros((0, 4))),
+                       gt_labels=flat(self._gt_t, 1, np.zeros(0, np.int64)),
+                       gt_difficult=flat(self._gt_t, 2, np.zeros(0, bool)))
+        return out
+
+    @staticmethod
+    def _merge(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+        """The ranks' arrays as one, in rank then processing order; an image processed more than once keeps
+        its first detections (and ground truth) only. ``ids`` becomes a list of unique ids."""
+        offsets = np.cumsum([0] + [len(p["ids"]) for p in parts])
+        ids_all = np.concatenate([p["ids"] for p in parts]) if parts else np.zeros(0, str)
+        _, first = np.unique(ids_all, return_index=True)
+        keep = np.zeros(len(ids_all), bool)
+        keep[first] = True
+        position = np.cumsum(keep) - 1  # occurrence -> index among the kept ones
+        merged: dict[str, Any] = {"ids": ids_all[keep].tolist()}
+        for image_key, keys in (("det_image", ("labels", "scores", "boxes")),
+                                ("gt_image", ("gt_boxes", "gt_labels", "gt_difficult"))):
+            if image_key not in parts[0]:
+                continue
+            occ = np.concatenate([p[image_key] + off for p, off in zip(parts, offsets)])
+            sel = keep[occ]
+            merged[image_key] = position[occ[sel]]
+            for k in keys:
+                merged[k] = np.concatenate([p[k] for p in parts])[sel]
+        return merged
 
     def detections(self) -> dict[str, ClassDetections]:
         """This process's detections per class, in processing order (1-based VOC pixels)."""
-        return self._collect(self._dets)
+        return self._collect(self._merge([self._local_arrays()]))
 
-    def _collect(self, dets) -> dict[str, ClassDetections]:
-        per_class: dict[str, tuple[list, list, list]] = {n: ([], [], []) for n in self.class_names}
-        for image_id, labels, scores, boxes in dets:
-            for label in np.unique(labels):
-                if not 1 <= label <= len(self.class_names):
-                    raise ValueError(f"VOCEvaluator: image {image_id!r} has a detection with label {label}, "
-                                     f"outside 1..{len(self.class_names)}")
-                sel = labels == label
-                ids, sc, bx = per_class[self.class_names[label - 1]]
-                ids.extend([image_id] * int(sel.sum()))
-                sc.append(scores[sel])
-                bx.append(boxes[sel])
-        return {n: ClassDetections(ids, np.concatenate(sc) if sc else np.zeros(0),
-                                   np.concatenate(bx) if bx else np.zeros((0, 4)))
-                for n, (ids, sc, bx) in per_class.items()}
+    def _collect(self, merged: Mapping[str, Any]) -> dict[str, ClassDetections]:
+        ids = np.asarray(merged["ids"], dtype=object)
+        labels, det_image = merged["labels"], merged["det_image"]
+        out = {}
+        for label, name in enumerate(self.class_names, start=1):
+            sel = np.flatnonzero(labels == label)
+            out[name] = ClassDetections(ids[det_image[sel]].tolist(), merged["scores"][sel], merged["boxes"][sel])
+        return out
 
     def evaluate(self) -> dict[str, Any]:
-        parts = all_gather_objects((self._ids, self._dets, self._gt_from_targets))
-        ids, dets, gt_t = [], [], {}
-        for p_ids, p_dets, p_gt in parts:
-            ids.extend(p_ids)
-            dets.extend(p_dets)
-            gt_t.update(p_gt)
-        ids = list(dict.fromkeys(ids))  # de-duplicate, keep order
-        gt = self._gt if self._gt is not None else gt_t
+        merged = self._merge(all_gather_objects(self._local_arrays()))
+        ids = merged["ids"]
         if self._gt is not None:
+            gt = self._gt
             missing = [i for i in ids if i not in gt]
             if missing:
                 raise ValueError(f"VOCEvaluator: image {missing[0]!r} is not in the ground-truth source")
             if len(ids) < len(gt):
                 logger.warning("VOC eval: %d of %d ground-truth images were processed; evaluating those only",
                                len(ids), len(gt))
-        per_class = self._collect(dets)
+        else:
+            bounds = np.searchsorted(merged["gt_image"], np.arange(len(ids) + 1))
+            gt = {image_id: GroundTruth(merged["gt_boxes"][s:e], merged["gt_labels"][s:e], merged["gt_difficult"][s:e])
+                  for image_id, s, e in zip(ids, bounds[:-1], bounds[1:])}
+        per_class = self._collect(merged)
         if self.output_dir is not None and is_main_process():
             write_voc_results(per_class, self.output_dir, class_names=self.class_names)
         curves: dict = {}
@@ -535,10 +602,9 @@ class VOCServerResults(VOCEvaluator):
             self._record(target, out)  # no ground truth to collect
 
     def evaluate(self) -> dict[str, Any]:
-        parts = all_gather_objects((self._ids, self._dets))
-        ids = list(dict.fromkeys(i for p_ids, _ in parts for i in p_ids))
-        dets = [d for _, p_dets in parts for d in p_dets]
-        per_class = self._collect(dets)
+        merged = self._merge(all_gather_objects(self._local_arrays()))
+        ids = merged["ids"]
+        per_class = self._collect(merged)
         archive = self.output_dir.with_name(self.output_dir.name + ".tar.gz")
         if is_main_process():
             write_server_results(per_class, self.output_dir, class_names=self.class_names, year=self.year,

@@ -35,7 +35,6 @@ from detres.data.shapes import SHAPES_CLASSES, generate_shapes_voc
 from detres.data.transforms import build_transforms
 from detres.data.voc import VOC_CLASSES, VOCDetection, build_voc
 from detres.engine.checkpoint import CheckpointError, load_checkpoint
-from detres.data.coco import load_coco
 from detres.data.voc import find_voc_dir
 from detres.evaluation.coco import COCOEvaluator, evaluate_coco_results, format_coco_table, load_coco_results
 from detres.evaluation.inference import inference_on_dataset
@@ -408,8 +407,7 @@ def run_eval_results(benchmark: str, results: str, *, root: str | None = None, s
     split = split or default_split
     if benchmark == "coco":
         ann = ann_file or data_root(root) / "coco" / "annotations" / f"instances_{split}.json"
-        coco_gt = load_coco(ann)
-        return evaluate_coco_results(coco_gt, load_coco_results(results, coco_gt))
+        return evaluate_coco_results(ann, load_coco_results(results, ann))  # errors name the file
     if (benchmark, split) == ("voc12", "test"):
         dataset = VOCDetection(find_voc_dir(data_root(root), year), split=split, labelled=False, check_images=False)
         dets = read_voc_results(results, dataset.class_names, valid_ids=set(dataset.ids))
