@@ -177,3 +177,30 @@ def test_results_checked_in_bulk_still_name_the_bad_entry(tmp_path):
     path.write_text(json.dumps([{**g, "image_id": str(g["image_id"])} for g in good] + [good[0]]))
     with pytest.raises(ValueError, match="entry 300: image_id 1 is not"):
         load_coco_results(path, tmp_path / "str.json")
+
+
+def test_coco_pr_curves_are_drawn_from_the_evaluation(tmp_path, monkeypatch):
+    """COCO runs get pr_curves.png too: one panel per category, from faster-coco-eval's accumulated precision
+    (perfect detections: precision 1 at every recall threshold up to 1)."""
+    import detres.evaluation.coco as coco_mod
+
+    image_dir, ann, _ = write_coco(tmp_path, cat_ids=(1, 5, 90), degenerate=False)
+    ds = COCODetection(image_dir, ann, train=False)
+    drawn = {}
+    real_plot = coco_mod.plot_pr_curves
+
+    def spy(curves, path, **kw):
+        drawn.update(curves)
+        return real_plot(curves, path, **kw)
+
+    monkeypatch.setattr(coco_mod, "plot_pr_curves", spy)
+    ev = COCOEvaluator(ds, curves_path=tmp_path / "pr.png")
+    for i in range(len(ds)):
+        t = ds.get_target(i)
+        ev.process([t], [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}])
+    ev.evaluate()
+    assert (tmp_path / "pr.png").stat().st_size > 0
+    assert sorted(drawn) == ["cat1", "cat5", "cat90"]
+    for recall, precision, ap in drawn.values():
+        assert len(recall) == 101 and ap == pytest.approx(1.0)
+        np.testing.assert_allclose(precision, 1.0)

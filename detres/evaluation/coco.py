@@ -45,6 +45,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from detres.evaluation.plots import coco_pr_curves, plot_pr_curves
 from detres.utils.comm import all_gather_objects, broadcast_object, is_main_process
 from detres.utils.io import atomic_write_text
 
@@ -453,14 +454,16 @@ def _results_coco(gt: CocoGroundTruth, arrays: Mapping[str, np.ndarray]):
 
 
 def evaluate_coco_results(coco_gt: Any, results: Any, *, img_ids: Sequence | None = None,
-                          cat_ids: Sequence[int] | None = None) -> dict[str, Any]:
+                          cat_ids: Sequence[int] | None = None,
+                          curves_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """COCOeval (bbox) of ``results`` with faster-coco-eval: the 12 statistics and ``per_category``.
 
     ``coco_gt``: an annotation file path, its dict, a pycocotools or faster-coco-eval ``COCO``, or a
     :class:`CocoGroundTruth` (checked and repaired first, see the module docstring). ``results``: a list of
     COCO result dicts or the compact mapping of arrays (:data:`RESULT_KEYS`), in the file's own ids.
     ``img_ids`` / ``cat_ids`` restrict the evaluated images / categories (default: all; a detector trained
-    on some classes is scored on those). With no detections every statistic with ground truth is 0."""
+    on some classes is scored on those). With no detections every statistic with ground truth is 0.
+    ``curves_path``: also draw each category's precision/recall curve at IoU 0.5 there (one PNG)."""
     from faster_coco_eval import COCOeval_faster
 
     gt = load_coco_ground_truth(coco_gt)
@@ -507,6 +510,9 @@ def evaluate_coco_results(coco_gt: Any, results: Any, *, img_ids: Sequence | Non
         p = p[p > -1]
         per_cat[gt.cat_names[int(cat_id)]] = float(p.mean()) if p.size else None
     metrics["per_category"] = per_cat
+    if curves_path is not None:
+        plot_pr_curves(coco_pr_curves(ev), curves_path, title=f"COCO AP@[.5,.95] {100 * (metrics['AP'] or 0):.1f}; "
+                       "curves at IoU 0.5")
     return metrics
 
 
@@ -542,7 +548,7 @@ class COCOEvaluator:
     """
 
     def __init__(self, coco_gt: Any, *, label_to_cat_id: Mapping[int, int] | None = None,
-                 output_dir: str | os.PathLike | None = None) -> None:
+                 output_dir: str | os.PathLike | None = None, curves_path: str | os.PathLike | None = None) -> None:
         dataset = _coco_dataset(coco_gt)
         if dataset is not None:
             coco_gt = Path(dataset.ann_file)
@@ -558,6 +564,7 @@ class COCOEvaluator:
         for label, cat in self.label_to_cat_id.items():
             self._lut[label] = cat
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.curves_path = curves_path
         self.reset()
 
     @property
@@ -635,7 +642,8 @@ class COCOEvaluator:
                     atomic_write_text(self.output_dir / "coco_instances_results.json", json.dumps(results))
                     del results
                 metrics = evaluate_coco_results(self.ground_truth, merged, img_ids=merged["images"].tolist(),
-                                                cat_ids=sorted(self.label_to_cat_id.values()))
+                                                cat_ids=sorted(self.label_to_cat_id.values()),
+                                                curves_path=self.curves_path)
                 payload = ("ok", metrics)
             except ValueError as exc:  # every rank raises it, instead of waiting for rank 0
                 payload, error = ("error", str(exc)), exc

@@ -302,7 +302,7 @@ def build_evaluator(cfg: DetConfig, dataset: Any, output_dir: str | None = None,
         return VOCServerResults(names, output_dir=output_dir or os.path.join(cfg.output_dir, "results"),
                                 year=year, split=split or "test")
     if _dataset_kind(cfg) == "coco":
-        return COCOEvaluator(dataset, output_dir=output_dir)
+        return COCOEvaluator(dataset, output_dir=output_dir, curves_path=curves_path)
     names = getattr(dataset, "class_names", None) or class_names_for(cfg)
     return VOCEvaluator(names, gt_source=dataset, output_dir=output_dir, curves_path=curves_path)
 
