@@ -17,6 +17,7 @@ setup(
         "torchvision==0.29.1",
         "numpy",
         "pycocotools>=2.0.7",
+        "msgspec>=0.18",  # COCO annotation files decoded without building their polygons (data/coco.py)
         "faster-coco-eval>=1.8,<2",  # the COCO evaluator (pycocotools' numbers, C++ speed); pycocotools is its test oracle
         "albumentations>=2.0,<2.1",
         "opencv-python-headless",
