@@ -27,6 +27,7 @@ setup(
         "pillow",
         "matplotlib",
         "scikit-learn",
+        "psutil",  # tools/benchmark.py scale: memory (PSS) of a process and its DataLoader workers
     ],
     # onnx/onnxruntime: tools/export.py --format onnx and its check; the tests exercise both
     extras_require={"test": ["pytest>=8", "onnx", "onnxruntime"], "onnx": ["onnx", "onnxruntime"]},
