@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.ops import FrozenBatchNorm2d
 
-from _engine_helpers import write_tiny_config
+from _engine_helpers import same_detections, write_tiny_config
 from detres.backbones.resnet import BasicBlock, Bottleneck
 from detres.config import load_config
 from detres.modeling import build_detector
@@ -54,26 +54,6 @@ def trained(tmp_path_factory):
     return model.eval()
 
 
-def _match(a, b, *, box_tol=0.5, score_tol=1e-3):
-    """True when detections a and b are the same: same count, and one-to-one pairs with the same label,
-    boxes within box_tol px and scores within score_tol."""
-    if len(a["labels"]) != len(b["labels"]):
-        return False
-    used = set()
-    for i in range(len(a["labels"])):
-        ok = False
-        for j in range(len(b["labels"])):
-            if j in used or int(a["labels"][i]) != int(b["labels"][j]):
-                continue
-            if (a["boxes"][i] - b["boxes"][j]).abs().max() <= box_tol and abs(a["scores"][i] - b["scores"][j]) <= score_tol:
-                used.add(j)
-                ok = True
-                break
-        if not ok:
-            return False
-    return True
-
-
 def _images():
     g = torch.Generator().manual_seed(3)
     return [torch.rand(3, 64, 64, generator=g), torch.rand(3, 96, 80, generator=g)]  # two sizes
@@ -89,14 +69,14 @@ def test_same_detections_as_eager(trained, options):
         eager, got = trained(_images()), fast(_images())
     assert sum(len(d["labels"]) for d in eager) > 0
     for e, f in zip(eager, got):
-        assert _match(e, f), (e, f)
+        assert same_detections(e, f), (e, f)
     # the given model is left as it was: same modules, same values, eval/train flag untouched
     assert isinstance(trained.backbone.bn1, (FrozenBatchNorm2d, torch.nn.BatchNorm2d))
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
 
 
 def test_a_wrong_transform_would_be_caught(trained, monkeypatch):
-    """Negative control: a fold that forgets the shift changes the detections, and _match sees it."""
+    """Negative control: a fold that forgets the shift changes the detections, and same_detections sees it."""
     import detres.modeling.fast as fast_mod
 
     real = fast_mod._bn_scale_shift
@@ -104,7 +84,7 @@ def test_a_wrong_transform_would_be_caught(trained, monkeypatch):
     fast = prepare_for_inference(trained)
     with torch.no_grad():
         eager, got = trained(_images()), fast(_images())
-    assert not all(_match(e, f) for e, f in zip(eager, got))
+    assert not all(same_detections(e, f) for e, f in zip(eager, got))
 
 
 def test_disabled_and_bf16_policy():
