@@ -74,8 +74,9 @@ def test_four_iterations_write_every_artefact(tmp_path):
 ])
 def test_lr_linear_scaling_rule(tmp_path, base_lr, ims, iter_size, reference, world, total, lr):
     """The rate scales with processes x ims_per_batch x iter_size / reference_batch (the one copy of this test)."""
-    cfg = load_config(write_tiny_config(tmp_path), [f"solver.base_lr={base_lr}", f"solver.ims_per_batch={ims}",
-                                                    f"solver.iter_size={iter_size}", f"solver.reference_batch={reference}"])
+    cfg = load_config(write_tiny_config(tmp_path), [
+        f"solver.base_lr={base_lr}", f"solver.ims_per_batch={ims}", f"solver.iter_size={iter_size}",
+        f"solver.reference_batch={reference}"])
     assert scaled_lr(cfg, world_size=world) == (pytest.approx(lr, rel=1e-12), total)
 
 
