@@ -10,6 +10,7 @@ from detres.modeling.fast import prepare_for_inference
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
+
 def _batch(device):
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 96, 128, generator=g).to(device), torch.rand(3, 128, 96, generator=g).to(device)]

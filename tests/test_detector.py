@@ -9,6 +9,7 @@ from _engine_helpers import TINY_DETECTOR
 from detres.backbones import MSRA_META, build_classifier
 from detres.modeling import C4RoIPooler, build_detector
 
+
 def _batch():
     images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
     targets = [
