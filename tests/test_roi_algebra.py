@@ -14,7 +14,6 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, roi_align
 
 import detres.modeling.roi_algebra as roi_algebra
-
 from detres.backbones.resnet import Bottleneck
 from detres.modeling import build_detector
 from detres.modeling.detector import C4RoIPooler

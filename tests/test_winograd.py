@@ -42,8 +42,8 @@ def _control_input():
 
 @pytest.mark.parametrize("matrix", ["_BT", "_G", "_AT"])
 def test_a_wrong_coefficient_is_caught(matrix, monkeypatch):
-    """Negative control: every entry of each transform matrix (B^T, G, A^T), moved by 1e-3 (less than the gap
-    between any two of its coefficients, e.g. 1/24 and 1/25), fails the check above; the right ones pass."""
+    """Negative control: every entry of each transform matrix (B^T, G, A^T), moved by 1e-3 (less than a typo
+    such as 1/25 for 1/24, 1.7e-3), fails the check above; the right matrices pass it."""
     x, w = _control_input()
     assert _relative_error(x, w) <= TOL
     right = getattr(winograd, matrix)
