@@ -1,4 +1,5 @@
-"""Shared helpers for the engine tests: a tiny shapes config, and the DDP gradient worker.
+"""Shared helpers for the tests: a tiny shapes config, the tiny detector's settings, a detection
+comparison, and the DDP gradient worker.
 
 Not a test module (leading underscore); imported by tests/test_*.py and run as a script by test_ddp.py.
 """
@@ -26,6 +27,35 @@ TINY = {
     "test": {"eval_period": 2, "ims_per_batch": 2, "num_vis_images": 1},
     "seed": 0,
 }
+
+
+#: ``build_detector`` keyword arguments of a small, fast detector for 64-128 px images: few anchor sizes,
+#: proposals and sampled anchors/RoIs (the one copy; tests add their own options beside it).
+TINY_DETECTOR = dict(anchor_sizes=(16, 32, 64), rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=32,
+                     rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=16, box_batch_size_per_image=16,
+                     rpn_batch_size_per_image=32)
+
+
+def same_detections(a: dict, b: dict, *, box_tol: float = 0.5, score_tol: float = 1e-3) -> bool:
+    """True when the detections ``a`` and ``b`` (``{"boxes" [N, 4] xyxy px, "labels" [N], "scores" [N]}``) are
+    the same: the same count, and one-to-one pairs with the same label, boxes within ``box_tol`` px and scores
+    within ``score_tol`` (order-free: near-ties may swap places)."""
+    if len(a["labels"]) != len(b["labels"]):
+        return False
+    used = set()
+    for i in range(len(a["labels"])):
+        ok = False
+        for j in range(len(b["labels"])):
+            if j in used or int(a["labels"][i]) != int(b["labels"][j]):
+                continue
+            if ((a["boxes"][i] - b["boxes"][j]).abs().max() <= box_tol
+                    and abs(float(a["scores"][i]) - float(b["scores"][j])) <= score_tol):
+                used.add(j)
+                ok = True
+                break
+        if not ok:
+            return False
+    return True
 
 
 def _merge(base: dict, over: dict) -> dict:

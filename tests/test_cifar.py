@@ -178,18 +178,71 @@ def test_a_tiny_cifar_run_learns_and_the_study_tools_read_it(tmp_path):
     assert tool.main(["table", str(runs[1])]) == 0
 
 
-def test_degradation_demo_wires_the_four_nets_and_reports_what_it_observed(tmp_path):
-    """The demo's plumbing at a toy size (its effect needs the full 1,200 iterations: README)."""
-    from detres.tasks.study import degradation_demo
+def test_degradation_demo_wires_the_four_nets_and_reports_what_it_observed(tmp_path, monkeypatch):
+    """The demo's plumbing at a toy size (its effect needs the full 1,200 iterations: README).
 
-    summary = degradation_demo(tmp_path, settings={"max_iter": 4, "batch": 32, "eval_period": 2, "log_period": 2})
-    assert set(summary["nets"]) == {"cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56"}
-    for row in summary["nets"].values():
-        assert 0 <= row["train_error"] <= 1 and 0 <= row["test_error"] <= 1
-    assert set(summary["mean_response_std"]) == {"plain20", "plain56", "resnet20", "resnet56"}
-    observed = summary["observed"]
-    te = {k: v["train_error"] for k, v in summary["nets"].items()}
-    assert observed["deep plain trains worse than shallow plain"] == (te["cifar_plain56"] > te["cifar_plain20"])
-    for name in ("fig6_error_curves.png", "fig7_responses.png", "summary.json"):
-        assert (tmp_path / name).is_file()
-    assert json.loads((tmp_path / "summary.json").read_text())["observed"] == observed
+    The four nets really train; their real final errors and responses are checked for what is knowable (a
+    count out of 1,500 training or 297 test digits, one response per 3x3 conv), then the errors and the
+    responses the demo compares are replaced by values set here, so each observation has a known answer.
+    Two sets, ties included, pin down each comparison's direction and strictness."""
+    import detres.tasks.study as study
+
+    real_error, real_responses = study._final_train_error, study.responses
+    seen = {"errors": {}, "responses": {}}
+    designed = {}
+
+    def final_error(cfg, model):
+        if designed["real"]:
+            seen["errors"][cfg.model.name] = real_error(cfg, model)
+        return designed["errors"][cfg.model.name]
+
+    def fake_responses(run_dirs, out_png, **kw):
+        path = real_responses(run_dirs, out_png, **kw) if designed["real"] else str(out_png)
+        if designed["real"]:
+            seen["responses"] = json.loads(pathlib.Path(f"{path}.json").read_text())
+        pathlib.Path(f"{path}.json").write_text(json.dumps(
+            {k: [[f"layer{i}", s] for i, s in enumerate(v)] for k, v in designed["responses"].items()}))
+        return path
+
+    monkeypatch.setattr(study, "_final_train_error", final_error)
+    monkeypatch.setattr(study, "responses", fake_responses)
+    # 1) trained for real; ties: deep plain not strictly worse, deep residual not worse, resnet56 not smaller
+    designed.update(real=True, errors={"cifar_plain20": 0.25, "cifar_plain56": 0.25, "cifar_resnet20": 0.2,
+                                       "cifar_resnet56": 0.2},
+                    responses={"plain20": [1.0, 3.0], "plain56": [2.0, 2.0], "resnet20": [1.0, 1.0],
+                               "resnet56": [1.5, 2.5]})
+    summary = study.degradation_demo(tmp_path, settings={"max_iter": 4, "batch": 32, "eval_period": 2,
+                                                          "log_period": 2})
+    nets = ("cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56")
+    assert set(summary["nets"]) == set(seen["errors"]) == set(nets)
+    for name in nets:
+        real = seen["errors"][name]
+        assert 0 <= real <= 1 and real * 1500 == pytest.approx(round(real * 1500), abs=1e-9)  # k of 1,500 digits
+        row = summary["nets"][name]
+        assert row["train_error"] == designed["errors"][name]  # what the comparison reads
+        eval_json = json.loads((tmp_path / name / "eval.json").read_text())
+        assert row["test_error"] == eval_json["top1_error_center"]
+        assert row["test_error"] * 297 == pytest.approx(round(row["test_error"] * 297), abs=1e-9)  # k of 297
+    # Fig. 7's real responses: one positive std per 3x3 conv (the stem and two per block: 19 and 55)
+    assert {k: len(v) for k, v in seen["responses"].items()} == {"plain20": 19, "plain56": 55, "resnet20": 19,
+                                                                 "resnet56": 55}
+    assert all(s > 0 for v in seen["responses"].values() for _, s in v)
+    assert summary["mean_response_std"] == {"plain20": 2.0, "plain56": 2.0, "resnet20": 1.0, "resnet56": 2.0}
+    assert summary["observed"] == {"deep plain trains worse than shallow plain": False,
+                                   "deep residual trains at least as well as shallow residual": True,
+                                   "residual responses smaller than plain (same depth)": False}
+    for name in ("fig6_error_curves.png", "fig7_responses.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "summary.json").read_text())["observed"] == summary["observed"]
+
+    # 2) the same folders without training again; every answer is the other way round
+    monkeypatch.setattr(study, "run_train", lambda cfg, **kw: None)
+    designed.update(real=False, errors={"cifar_plain20": 0.1, "cifar_plain56": 0.3, "cifar_resnet20": 0.2,
+                                        "cifar_resnet56": 0.3},
+                    responses={"plain20": [2.0], "plain56": [3.0], "resnet20": [1.0], "resnet56": [2.5]})
+    summary = study.degradation_demo(tmp_path, settings={"max_iter": 4, "batch": 32, "eval_period": 2,
+                                                          "log_period": 2})
+    assert summary["observed"] == {"deep plain trains worse than shallow plain": True,
+                                   "deep residual trains at least as well as shallow residual": False,
+                                   "residual responses smaller than plain (same depth)": True}
+    assert json.loads((tmp_path / "summary.json").read_text())["observed"] == summary["observed"]

@@ -5,12 +5,9 @@ import pytest
 import torch
 from torchvision.models.detection import FasterRCNN
 
+from _engine_helpers import TINY_DETECTOR
 from detres.backbones import MSRA_META, build_classifier
 from detres.modeling import C4RoIPooler, build_detector
-
-TINY = dict(anchor_sizes=(16, 32, 64), rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=32,
-            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=16, box_batch_size_per_image=16,
-            rpn_batch_size_per_image=32)
 
 
 def _batch():
@@ -24,8 +21,10 @@ def _batch():
 
 @pytest.mark.parametrize("backbone", ["resnet50", "resnet101", "vgg16"])
 def test_detector_trains_and_predicts(backbone):
+    # score_thresh 0: every class of every proposal is a candidate, so each image has detections of both classes
     model = build_detector(backbone=backbone, num_classes=3, norm="bn" if backbone != "vgg16" else "frozen_bn",
-                           pooler_resolution=None if backbone == "vgg16" else 8, **TINY)
+                           pooler_resolution=None if backbone == "vgg16" else 8, box_score_thresh=0.0,
+                           **TINY_DETECTOR)
     assert type(model) is FasterRCNN
     pool = model.roi_heads.box_roi_pool
     assert isinstance(pool, C4RoIPooler) and pool.spatial_scale == 1 / 16
@@ -40,11 +39,20 @@ def test_detector_trains_and_predicts(backbone):
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2
-    for det in out:
+    for det, image in zip(out, images):
         assert set(det) == {"boxes", "labels", "scores"}
-        assert det["boxes"].shape[1] == 4 and det["boxes"].shape[0] == det["labels"].shape[0]
-        if len(det["labels"]):
-            assert det["labels"].min() >= 1  # 0 is the background and is never returned
+        boxes, labels, scores = det["boxes"], det["labels"], det["scores"]
+        n = len(labels)
+        assert boxes.shape == (n, 4) and scores.shape == (n,)
+        # both object classes (1, 2) and nothing else: 0 is the background and never returned
+        assert sorted(set(labels.tolist())) == [1, 2]
+        # at most one box per class per proposal, all inside the image (xyxy, clipped), best score first
+        assert n <= 2 * TINY_DETECTOR["rpn_post_nms_top_n_test"]
+        h, w = image.shape[-2:]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+        assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert ((scores > 0) & (scores < 1)).all() and torch.equal(scores, scores.sort(descending=True).values)
 
 
 def test_paper_defaults():
@@ -88,7 +96,7 @@ def test_normalisation_follows_the_weights(tmp_path):
 
 
 def test_no_second_resize_by_default():
-    model = build_detector(backbone="resnet18", num_classes=3, **TINY).eval()
+    model = build_detector(backbone="resnet18", num_classes=3, **TINY_DETECTOR).eval()
     images, _ = _batch()
     image_list, _ = model.transform(images)
     assert image_list.image_sizes == [(64, 80), (72, 64)]

@@ -5,13 +5,16 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import FrozenBatchNorm2d
 
-from _engine_helpers import write_tiny_config
+import detres.modeling.roi_algebra as roi_algebra
+from _engine_helpers import TINY_DETECTOR, same_detections, write_tiny_config
 from detres.backbones.resnet import BasicBlock, Bottleneck
 from detres.config import load_config
 from detres.modeling import build_detector
 from detres.modeling.fast import cpu_has_native_bf16, fold_batchnorm, prepare_for_inference
+from detres.modeling.roi_algebra import CommutedC4Block
 from detres.tasks.detection import build_model, run_train
 
 
@@ -54,26 +57,6 @@ def trained(tmp_path_factory):
     return model.eval()
 
 
-def _match(a, b, *, box_tol=0.5, score_tol=1e-3):
-    """True when detections a and b are the same: same count, and one-to-one pairs with the same label,
-    boxes within box_tol px and scores within score_tol."""
-    if len(a["labels"]) != len(b["labels"]):
-        return False
-    used = set()
-    for i in range(len(a["labels"])):
-        ok = False
-        for j in range(len(b["labels"])):
-            if j in used or int(a["labels"][i]) != int(b["labels"][j]):
-                continue
-            if (a["boxes"][i] - b["boxes"][j]).abs().max() <= box_tol and abs(a["scores"][i] - b["scores"][j]) <= score_tol:
-                used.add(j)
-                ok = True
-                break
-        if not ok:
-            return False
-    return True
-
-
 def _images():
     g = torch.Generator().manual_seed(3)
     return [torch.rand(3, 64, 64, generator=g), torch.rand(3, 96, 80, generator=g)]  # two sizes
@@ -89,14 +72,14 @@ def test_same_detections_as_eager(trained, options):
         eager, got = trained(_images()), fast(_images())
     assert sum(len(d["labels"]) for d in eager) > 0
     for e, f in zip(eager, got):
-        assert _match(e, f), (e, f)
+        assert same_detections(e, f), (e, f)
     # the given model is left as it was: same modules, same values, eval/train flag untouched
     assert isinstance(trained.backbone.bn1, (FrozenBatchNorm2d, torch.nn.BatchNorm2d))
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
 
 
 def test_a_wrong_transform_would_be_caught(trained, monkeypatch):
-    """Negative control: a fold that forgets the shift changes the detections, and _match sees it."""
+    """Negative control: a fold that forgets the shift changes the detections, and same_detections sees it."""
     import detres.modeling.fast as fast_mod
 
     real = fast_mod._bn_scale_shift
@@ -104,7 +87,7 @@ def test_a_wrong_transform_would_be_caught(trained, monkeypatch):
     fast = prepare_for_inference(trained)
     with torch.no_grad():
         eager, got = trained(_images()), fast(_images())
-    assert not all(_match(e, f) for e, f in zip(eager, got))
+    assert not all(same_detections(e, f) for e, f in zip(eager, got))
 
 
 def test_disabled_and_bf16_policy():
@@ -116,3 +99,50 @@ def test_disabled_and_bf16_policy():
     assert fast.inference_options["bf16"] == cpu_has_native_bf16()
     with pytest.raises(ValueError, match="roi_chunk"):
         prepare_for_inference(model, roi_chunk=0)
+
+
+def test_bottleneck_detector_commutes_its_head_with_the_same_detections(monkeypatch):
+    """End to end on a bottleneck ResNet (ResNet-50 at width 8, so its head's first block has 1x1 convs and a
+    projection shortcut): the fast path really moves that block before RoIAlign and runs it there, and the
+    detections are the eager model's."""
+    torch.manual_seed(0)
+    model = build_detector(backbone="resnet50", num_classes=3, width=8, box_score_thresh=0.0,
+                           **TINY_DETECTOR).eval()
+    _random_stats(model)  # frozen BN with non-trivial statistics: folding and the bias order matter
+    # The paper's predictor init (std 0.01, 0.001) gives scores ~1/3 and boxes ~the proposals whatever the head
+    # computes; scaled to the head's real output, scores and boxes depend on it, so a wrong head shows.
+    features = []
+    hook = model.roi_heads.box_head.register_forward_hook(lambda m, i, out: features.append(out))
+    with torch.no_grad():
+        model(_images())
+    hook.remove()
+    scale = torch.cat(features).std().item() * model.roi_heads.box_predictor.cls_score.in_features ** 0.5
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 2.0 / scale)
+        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.2 / scale)
+
+    fast = prepare_for_inference(model)
+    pool = fast.roi_heads.box_roi_pool
+    assert isinstance(pool, CommutedC4Block) and isinstance(pool.block, Bottleneck)
+    assert isinstance(pool.block.bn1, torch.nn.Identity)  # folded first
+    head = fast.roi_heads.box_head
+    assert len(getattr(head, "module", head).blocks) == 2  # the head keeps conv5's other two blocks
+    calls = []
+    forward = CommutedC4Block.forward
+    monkeypatch.setattr(CommutedC4Block, "forward", lambda self, *a: calls.append(len(a[1])) or forward(self, *a))
+    with torch.no_grad():
+        eager, got = model(_images()), fast(_images())
+    assert calls == [2]  # one call, for both images
+    for e, f in zip(eager, got):
+        assert sorted(set(e["labels"].tolist())) == [1, 2]
+        assert same_detections(e, f), (e, f)
+    # the comparison sees a head that does not commute: the first convs' bias pooled (RoIAlign is not affine)
+    monkeypatch.setattr(roi_algebra, "_conv_no_bias", lambda conv, x: F.conv2d(x, conv.weight, conv.bias))
+    with torch.no_grad():
+        wrong = fast(_images())
+    assert not any(same_detections(e, f) for e, f in zip(eager, wrong))
+    # a head whose first conv is not 1x1 is not commuted: the fast path keeps RoIAlign then the whole head
+    odd = copy.deepcopy(model)
+    first = odd.roi_heads.box_head.layer4[0]
+    first.conv1 = torch.nn.Conv2d(first.conv1.in_channels, first.conv1.out_channels, 3, padding=1, bias=False)
+    assert not isinstance(prepare_for_inference(odd).roi_heads.box_roi_pool, CommutedC4Block)

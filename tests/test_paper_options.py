@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from _engine_helpers import FirstKSampler, write_tiny_config
+from _engine_helpers import TINY_DETECTOR, FirstKSampler, write_tiny_config
 from detres.config import load_config
 from detres.engine.solver import build_sgd
 from detres.engine.trainer import Trainer
@@ -18,10 +18,6 @@ from detres.evaluation.inference import predict_original
 from detres.modeling import build_detector
 from detres.tasks.common import build_solver, scaled_lr, warmup_iters
 from detres.tasks.detection import build_model, detection_loss
-
-TINY = dict(anchor_sizes=(16, 32, 64), rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=64,
-            rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=64, rpn_batch_size_per_image=64,
-            box_batch_size_per_image=32, norm="frozen_bn")
 
 
 def _batch():
@@ -59,10 +55,12 @@ def _outside(anchors, hw):
 
 def test_allowed_border_zero_samples_no_cross_boundary_anchor():
     torch.manual_seed(0)
-    sampled, sizes = _rpn_samples(build_detector(backbone="resnet18", num_classes=3, rpn_allowed_border=0, **TINY))
+    sampled, sizes = _rpn_samples(build_detector(backbone="resnet18", num_classes=3, rpn_allowed_border=0,
+                                                 **TINY_DETECTOR))
     assert all(len(a) > 0 and not _outside(a, hw).any() for a, hw in zip(sampled, sizes))
     torch.manual_seed(0)  # torchvision's choice (keep all anchors) does sample anchors across the border
-    sampled, sizes = _rpn_samples(build_detector(backbone="resnet18", num_classes=3, rpn_allowed_border=-1, **TINY))
+    sampled, sizes = _rpn_samples(build_detector(backbone="resnet18", num_classes=3, rpn_allowed_border=-1,
+                                                 **TINY_DETECTOR))
     assert any(_outside(a, hw).any() for a, hw in zip(sampled, sizes))
 
 
@@ -83,7 +81,7 @@ def _roi_samples(model):
 @pytest.mark.parametrize("lo", [0.1, 0.3])
 def test_background_rois_have_iou_at_least_lo(lo):
     torch.manual_seed(0)
-    rec = _roi_samples(build_detector(backbone="resnet18", num_classes=3, box_bg_iou_thresh_lo=lo, **TINY))
+    rec = _roi_samples(build_detector(backbone="resnet18", num_classes=3, box_bg_iou_thresh_lo=lo, **TINY_DETECTOR))
     n_bg = 0
     for props, labels, t in zip(rec["proposals"], rec["labels"], rec["targets"]):
         best = box_iou(t["boxes"], props).max(dim=0).values
@@ -92,7 +90,7 @@ def test_background_rois_have_iou_at_least_lo(lo):
         n_bg += int((labels == 0).sum())
     assert n_bg > 0
     torch.manual_seed(0)  # with lo = 0 (torchvision) far-away proposals are sampled as background
-    rec = _roi_samples(build_detector(backbone="resnet18", num_classes=3, box_bg_iou_thresh_lo=0.0, **TINY))
+    rec = _roi_samples(build_detector(backbone="resnet18", num_classes=3, box_bg_iou_thresh_lo=0.0, **TINY_DETECTOR))
     assert any((box_iou(t["boxes"], p).max(dim=0).values[lab == 0] < lo).any()
                for p, lab, t in zip(rec["proposals"], rec["labels"], rec["targets"]))
 
@@ -118,7 +116,7 @@ def test_rpn_min_size_is_taken_at_the_original_scale_per_image():
                 "size": torch.tensor([64, 80]), "orig_size": torch.tensor([32, 40])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
                 "size": torch.tensor([72, 64]), "orig_size": torch.tensor([72, 64])}]
-    model = build_detector(backbone="resnet18", num_classes=3, rpn_min_size=12, **TINY)
+    model = build_detector(backbone="resnet18", num_classes=3, rpn_min_size=12, **TINY_DETECTOR)
     props = _proposals(model, images, targets)
 
     def sides(b):
@@ -132,7 +130,7 @@ def test_rpn_min_size_is_taken_at_the_original_scale_per_image():
 
 
 def test_predict_original_gives_the_rpn_each_images_scale():
-    model = build_detector(backbone="resnet18", num_classes=3, rpn_min_size=16, **TINY)
+    model = build_detector(backbone="resnet18", num_classes=3, rpn_min_size=16, **TINY_DETECTOR)
     seen = []
     filter_proposals = model.rpn.filter_proposals
 
@@ -210,13 +208,6 @@ def test_iter_size_two_equals_one_batch_of_two(tmp_path):
     start = {k: v.detach().clone() for k, v in build_model(cfg).named_parameters()}
     moved = [k for k in batched if not torch.equal(batched[k], start[k])]
     assert moved
-
-
-def test_iter_size_counts_in_the_linear_scaling_rule(tmp_path):
-    cfg = load_config(write_tiny_config(tmp_path), ["solver.ims_per_batch=1", "solver.iter_size=2",
-                                                    "solver.reference_batch=1", "solver.base_lr=0.01"])
-    lr, total = scaled_lr(cfg, world_size=4)
-    assert total == 8 and lr == pytest.approx(0.08)
 
 
 def test_automatic_warmup_only_when_scaling_raises_the_rate(tmp_path, caplog):

@@ -67,13 +67,17 @@ def test_four_iterations_write_every_artefact(tmp_path):
     assert not list(out.glob("*.tmp.*"))  # atomic writes leave no temporaries
 
 
-def test_lr_linear_scaling_rule(tmp_path):
-    cfg = load_config(write_tiny_config(tmp_path), ["solver.base_lr=0.02", "solver.reference_batch=16",
-                                                    "solver.ims_per_batch=2"])
-    lr, total = scaled_lr(cfg, world_size=8)
-    assert total == 16 and lr == pytest.approx(0.02)
-    lr, total = scaled_lr(cfg, world_size=1)
-    assert total == 2 and lr == pytest.approx(0.02 * 2 / 16)
+@pytest.mark.parametrize("base_lr, ims, iter_size, reference, world, total, lr", [
+    (0.02, 2, 1, 16, 8, 16, 0.02),  # the reference batch: the base rate
+    (0.02, 2, 1, 16, 1, 2, 0.0025),  # 1/8 of it: 1/8 of the rate
+    (0.01, 1, 2, 1, 4, 8, 0.08),  # gradient accumulation counts: 4 processes x 1 image x 2 steps
+])
+def test_lr_linear_scaling_rule(tmp_path, base_lr, ims, iter_size, reference, world, total, lr):
+    """The rate scales with processes x ims_per_batch x iter_size / reference_batch (the one copy of this test)."""
+    cfg = load_config(write_tiny_config(tmp_path), [
+        f"solver.base_lr={base_lr}", f"solver.ims_per_batch={ims}", f"solver.iter_size={iter_size}",
+        f"solver.reference_batch={reference}"])
+    assert scaled_lr(cfg, world_size=world) == (pytest.approx(lr, rel=1e-12), total)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -6,8 +6,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import detres.modeling.winograd as winograd
 from detres.modeling.winograd import (MAX_POSITIONS, WinogradConv2d, replace_convs, use_winograd,
                                       winograd_conv3x3, winograd_weight)
+
+#: Winograd's output against the direct convolution's: at most this fraction of the output's largest value.
+#: Not bit-exact (the transforms round differently): a correct transform is ~1e-5 off in fp32, far below this;
+#: any wrong coefficient or tile offset is far above it (the negative controls below).
+TOL = 1e-4
+
+
+def _relative_error(x, w, b=None):
+    """max |Winograd - direct| / max |direct| for conv2d(x, w, b, padding=1)."""
+    expect = F.conv2d(x, w, b, padding=1)
+    got = winograd_conv3x3(x.contiguous(memory_format=torch.channels_last), winograd_weight(w), b)
+    assert got.shape == expect.shape
+    return float((got - expect).abs().max() / expect.abs().max())
 
 
 @pytest.mark.parametrize("shape", [(2, 128, 7, 7), (1, 130, 13, 9), (3, 128, 1, 1), (1, 128, 4, 8), (1, 128, 38, 63)])
@@ -18,21 +32,34 @@ def test_equals_direct_convolution(shape, bias):
     k = 96
     w = torch.randn(k, shape[1], 3, 3, generator=g) / (9 * shape[1]) ** 0.5
     b = torch.randn(k, generator=g) if bias else None
-    expect = F.conv2d(x, w, b, padding=1)
-    got = winograd_conv3x3(x.contiguous(memory_format=torch.channels_last), winograd_weight(w), b)
-    assert got.shape == expect.shape
-    # not bit-exact: the transforms round differently; 1e-4 of the output's scale is far above fp32 noise
-    # of a correct transform (~1e-5) and far below any wrong coefficient or tile offset
-    assert (got - expect).abs().max() <= 1e-4 * expect.abs().max()
+    assert _relative_error(x, w, b) <= TOL
 
 
-def test_a_wrong_transform_is_caught():
-    """Negative control: one tile offset wrong (padding on the other side) fails the tolerance above."""
-    x = torch.randn(1, 128, 9, 11)
-    w = torch.randn(32, 128, 3, 3) / 34
+def _control_input():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, 128, 9, 11, generator=g), torch.randn(32, 128, 3, 3, generator=g) / 34
+
+
+@pytest.mark.parametrize("matrix", ["_BT", "_G", "_AT"])
+def test_a_wrong_coefficient_is_caught(matrix, monkeypatch):
+    """Negative control: every entry of each transform matrix (B^T, G, A^T), moved by 1e-3 (less than a typo
+    such as 1/25 for 1/24, 1.7e-3), fails the check above; the right matrices pass it."""
+    x, w = _control_input()
+    assert _relative_error(x, w) <= TOL
+    right = getattr(winograd, matrix)
+    for idx in range(right.numel()):
+        wrong = right.clone()
+        wrong.view(-1)[idx] += 1e-3
+        monkeypatch.setattr(winograd, matrix, wrong)
+        assert _relative_error(x, w) > TOL, (matrix, divmod(idx, right.shape[1]))
+
+
+def test_a_wrong_tile_offset_is_caught():
+    """Negative control: the tiles one column off (padding on the other side) fail the check above."""
+    x, w = _control_input()
     expect = F.conv2d(x, w, padding=1)
     shifted = winograd_conv3x3(torch.roll(x, 1, dims=3), winograd_weight(w))
-    assert (shifted - expect).abs().max() > 1e-4 * expect.abs().max()
+    assert (shifted - expect).abs().max() > TOL * expect.abs().max()
 
 
 def test_which_convs_qualify():
