@@ -146,3 +146,9 @@ def test_bottleneck_detector_commutes_its_head_with_the_same_detections(monkeypa
     first = odd.roi_heads.box_head.layer4[0]
     first.conv1 = torch.nn.Conv2d(first.conv1.in_channels, first.conv1.out_channels, 3, padding=1, bias=False)
     assert not isinstance(prepare_for_inference(odd).roi_heads.box_roi_pool, CommutedC4Block)
+    # ... nor one whose projection shortcut is not 1x1 (it fell through to CommutedC4Block's ValueError before)
+    odd = copy.deepcopy(model)
+    conv = odd.roi_heads.box_head.layer4[0].downsample[0]
+    odd.roi_heads.box_head.layer4[0].downsample[0] = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3,
+                                                                      stride=conv.stride, padding=1, bias=False)
+    assert not isinstance(prepare_for_inference(odd).roi_heads.box_roi_pool, CommutedC4Block)

@@ -116,9 +116,11 @@ def _can_commute(model: nn.Module) -> bool:
     """RoIAlign pooler and a ResNet head whose first block is a bottleneck with a projection shortcut."""
     pool, head = model.roi_heads.box_roi_pool, model.roi_heads.box_head
     first = getattr(getattr(head, "layer4", None), "__getitem__", lambda i: None)(0)
-    return (getattr(pool, "kind", None) == "roi_align" and pool.output_size % 2 == 0 and first is not None
-            and hasattr(first, "conv3") and isinstance(first.downsample, nn.Sequential)
-            and first.conv1.kernel_size == (1, 1))
+    if not (getattr(pool, "kind", None) == "roi_align" and pool.output_size % 2 == 0 and first is not None
+            and hasattr(first, "conv3") and isinstance(first.downsample, nn.Sequential)):
+        return False
+    shortcut = first.downsample[0]  # both 1x1 convs move before the pooling; anything else stays per RoI
+    return first.conv1.kernel_size == (1, 1) and getattr(shortcut, "kernel_size", None) == (1, 1)
 
 
 class _PooledHead(nn.Module):
