@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detres.benchmarks.train import time_cls_step  # noqa: E402
 from detres.config import ClsConfig, load_config  # noqa: E402
 from detres.tasks.classification import run_train  # noqa: E402
+from detres.tasks.common import check_output_dir  # noqa: E402
 from detres.utils import comm  # noqa: E402
 from detres.utils.cli import add_training_args, check_training_args, run_tool  # noqa: E402
 
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_training_args(args)
-    cfg = load_config(args.config, args.overrides, schema=ClsConfig)
+    cfg = load_config(args.config, args.overrides, schema=ClsConfig, task="classification", allow_empty=False)
+    check_output_dir(cfg, inputs=[args.config], overwrite=args.overwrite)
     if args.time_step:
         result = time_cls_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")
         print(json.dumps({"config": args.config, **result}))
