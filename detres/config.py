@@ -555,13 +555,25 @@ def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = (), s
     if not data and not allow_empty:
         raise ValueError(f"{path}: the config file has no keys, so every setting would be a default "
                          "(VOC 2007 under ./data, output_dir output/run); write the keys you mean (see configs/)")
-    if task is not None:
-        found = data.get("task", "detection" if schema is None else getattr(schema(), "task", task))
-        if found != task:
-            tools = {"detection": "tools/train_det.py", "classification": "tools/train_cls.py"}
-            raise ValueError(f"{path}: a {found!r} config (its 'task' key), but this tool runs {task!r} configs"
-                             f"{'; use ' + tools[str(found)] if str(found) in tools else ''}")
-    cfg = config_from_dict(data, schema, source=path)
+    tools = {"detection": "tools/train_det.py", "classification": "tools/train_cls.py"}
+    if task is not None and "task" in data and data["task"] != task:
+        found = data["task"]
+        raise ValueError(f"{path}: a {found!r} config (its 'task' key), but this tool runs {task!r} configs"
+                         f"{'; use ' + tools[str(found)] if str(found) in tools else ''}")
+    try:
+        cfg = config_from_dict(data, schema, source=path)
+    except ValueError:
+        if task is not None and "task" not in data:  # no 'task' key: is it the other task's config?
+            for other, other_schema in CONFIG_SCHEMAS.items():
+                if other == task:
+                    continue
+                try:
+                    config_from_dict(data, other_schema, source=path)
+                except ValueError:
+                    continue
+                raise ValueError(f"{path}: its keys are those of a {other!r} config, but this tool runs {task!r} "
+                                 f"configs; use {tools.get(other, 'the ' + other + ' tool')}") from None
+        raise
     return validate_config(apply_overrides(cfg, list(overrides)))
 
 

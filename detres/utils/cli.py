@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Callable
 
-__all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_tool", "check_device", "device_arg",
+__all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_tool", "check_device",
            "add_training_args", "check_training_args"]
 
 #: Exception types that describe a mistake in the user's input rather than a bug.
@@ -64,13 +64,6 @@ def check_device(device: str | None) -> str | None:
     return device
 
 
-def device_arg(text: str) -> str:
-    """argparse ``type=`` for ``--device``: the spelling only (availability is checked when the run starts)."""
-    if not _DEVICE_RE.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
-    return text
-
-
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """The options every training tool shares: the config, its overrides, and what to do with output_dir."""
     parser.add_argument("config", help="YAML config file (see configs/)")
@@ -80,8 +73,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                         help="with --resume: apply the config's solver settings (learning rate, schedule) from the "
                              "checkpoint's iteration instead of the checkpoint's own")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
-    parser.add_argument("--device", default=None, type=device_arg,
-                        help="cpu | cuda | cuda:N (default: cuda when available)")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
 
 
