@@ -458,6 +458,8 @@ CASES += [
     Case("diverged run", "train_det", lambda t: _cfg(t, "solver.max_iter=6", "solver.base_lr=1e6", "solver.warmup_iters=0",
                                                        "solver.clip_grad_norm=null"), "failure", "non-finite"),
     Case("check_data: truncated and junk images", "check_data", _check_data_case, "error", "4 problem(s)"),
+    Case("train_det --check-data: truncated and junk images", "train_det", lambda t: _check_data_case(t) + ["--check-data"],
+         "error", "4 problem(s)"),
 ]
 
 

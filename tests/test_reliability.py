@@ -294,10 +294,14 @@ def test_inputs_inside_output_dir(tmp_path):
     cfg = DetConfig()
     cfg.output_dir = str(tmp_path / "run")
     check_output_dir(cfg, inputs=[tmp_path / "cfg.yaml"])
-    with pytest.raises(ValueError, match="would overwrite config.yaml, which it reads"):
-        check_output_dir(cfg, inputs=[tmp_path / "run" / "config.yaml"])
+    own = tmp_path / "run" / "config.yaml"
+    with pytest.raises(ValueError, match="the run would overwrite config.yaml, which it reads"):
+        check_output_dir(cfg, inputs=[own])
+    check_output_dir(cfg, inputs=[own], resume=True)  # a run resumed from its own saved config
+    check_output_dir(cfg, inputs=[own], overwrite=True)  # or redone from it
     cfg.model.backbone.weights = str(tmp_path / "run" / "model_0000100.pth")
-    with pytest.raises(ValueError, match=r"would delete model_0000100.pth, which it reads \(model.backbone.weights\)"):
+    check_output_dir(cfg, resume=True)
+    with pytest.raises(ValueError, match=r"--overwrite would delete model_0000100.pth, which the run reads"):
         check_output_dir(cfg, overwrite=True)
     cfg.model.backbone.weights = str(tmp_path / "run" / "imagenet.pth")  # not a name a run writes
     check_output_dir(cfg, overwrite=True)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["check_data", "check_detection_item", "format_problems", "SPLITS"]
+__all__ = ["check_data", "check_detection_item", "format_problems", "require_clean_data", "SPLITS"]
 
 logger = logging.getLogger("detres")
 
@@ -154,3 +154,13 @@ def format_problems(problems: list[tuple[str, str]], *, limit: int | None = None
         lines.append(f"... and {len(problems) - limit} more")
     return "\n".join(lines)
 
+
+def require_clean_data(cfg: Any, *, source: str, workers: int | None = None, limit: int = 200) -> None:
+    """:func:`check_data` on every split; the problems are printed (one per line, on stderr) and a ValueError
+    counts them. The training tools' ``--check-data``."""
+    import sys
+
+    problems = check_data(cfg, workers=workers)
+    if problems:
+        print(format_problems(problems, limit=limit), file=sys.stderr)
+        raise ValueError(f"{source}: {len(problems)} problem(s) in the data (listed above); fix them before training")

@@ -128,22 +128,31 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output_dir(cfg: Any, *, inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False) -> None:
-    """Refuse an ``output_dir`` where the run would replace or delete what it reads: a file among ``inputs``
-    (the config file; ``model.backbone.weights`` and the data folders are added here) that has the name of
-    a run file (config.yaml, log.txt, model_*.pth, ...) in output_dir, or output_dir being a data folder.
-    These are refused even with ``overwrite``, which would delete them first."""
+def check_output_dir(cfg: Any, *, inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
+                     resume: bool = False) -> None:
+    """Refuse an ``output_dir`` where the run would replace or delete what it reads.
+
+    ``inputs`` (the config file) that have the name of a run file in output_dir (``config.yaml``, ...) would be
+    replaced: refused unless ``overwrite`` or ``resume`` (the run's own saved config, read again).
+    ``model.backbone.weights`` named like a checkpoint in output_dir would be deleted by ``overwrite`` first:
+    refused then. output_dir being a data folder (``data.root``, ``data.image_root``) is always refused."""
     out = Path(cfg.output_dir).resolve()
     model, data = getattr(cfg, "model", None), getattr(cfg, "data", None)
-    files = [(p, "input") for p in inputs if p]
-    weights = getattr(getattr(model, "backbone", None), "weights", None)
-    if weights:
-        files.append((weights, "model.backbone.weights"))
-    for p, what in files:
+
+    def run_file(p: str | os.PathLike) -> Path | None:
         path = Path(p).resolve()
-        if path.parent == out and any(path.match(pattern) for pattern in RUN_FILES):
-            raise ValueError(f"output_dir {cfg.output_dir}: the run would {'delete' if overwrite else 'overwrite'} "
-                             f"{path.name}, which it reads ({what}); choose another output_dir")
+        return path if path.parent == out and any(path.match(pattern) for pattern in RUN_FILES) else None
+
+    for p in inputs:
+        path = run_file(p) if p else None
+        if path is not None and not (overwrite or resume):
+            raise ValueError(f"output_dir {cfg.output_dir}: the run would overwrite {path.name}, which it reads; "
+                             "choose another output_dir (or --resume / --overwrite to continue or redo that run)")
+    weights = getattr(getattr(model, "backbone", None), "weights", None)
+    path = run_file(weights) if weights else None
+    if path is not None and overwrite:
+        raise ValueError(f"output_dir {cfg.output_dir}: --overwrite would delete {path.name}, which the run reads "
+                         "(model.backbone.weights); copy it elsewhere or choose another output_dir")
     for key in ("root", "image_root"):
         folder = getattr(data, key, None)
         if folder and Path(folder).resolve() == out:
@@ -286,7 +295,7 @@ def start_run(cfg: Any, *, device: str | None, resume: bool = False, overwrite: 
     dev = comm.init_distributed(device=device)
     main = comm.is_main_process()
     if main:
-        check_output_dir(cfg, overwrite=overwrite)
+        check_output_dir(cfg, overwrite=overwrite, resume=resume)
         existed = os.path.isdir(cfg.output_dir)
         acquire_run_lock(cfg.output_dir)
         try:

@@ -75,6 +75,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
+    parser.add_argument("--check-data", action="store_true",
+                        help="first decode and check every image and annotation (as tools/check_data.py); stop on problems")
 
 
 def check_training_args(args: argparse.Namespace) -> None:
