@@ -436,6 +436,8 @@ CASES += [
     Case("classification config to train_det", "train_det", lambda t: [str(_file(
         t, "cls.yaml", "task: classification\nmodel:\n  name: resnet18\n"))], "error", "tools/train_cls.py"),
     Case("detection config to train_cls", "train_cls", lambda t: _cfg(t), "error", "tools/train_det.py"),
+    Case("train_cls --time-step --steps 0", "train_cls", lambda t: [str(ROOT / "configs" / "imagenet_r18.yaml"),
+                                                                     "--time-step", "--steps", "0"], "error", "--steps"),
     Case("--device gpu", "train_det", lambda t: _cfg(t) + ["--device", "gpu"], "error", "--device"),
     Case("--device cuda:9", "train_det", lambda t: _cfg(t) + ["--device", "cuda:9"], "error", "--device cuda:9"),
     Case("step beyond max_iter", "train_det", lambda t: _cfg(t, "solver.steps=[50]"), "warning", "never take effect"),
@@ -589,14 +591,14 @@ def _classify(repo: pathlib.Path) -> list[tuple[str, str]]:
                 kind = "payload ran"
             elif "Traceback" in err:
                 kind = "traceback"
+            elif case.expect == "ok":
+                kind = "accepted" if p.returncode == 0 else "wrongly refused"
             elif p.returncode != 0 and errors and case.needle in errors[-1]:
                 kind = "clear error"
             elif p.returncode != 0:
                 kind = "unclear error"
             elif case.expect == "warning" and case.needle in err:
                 kind = "warned"
-            elif case.expect == "ok":
-                kind = "accepted"
             else:
                 kind = "silent"
             rows.append((case.name, kind))

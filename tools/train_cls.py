@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.check_data:
         require_clean_data(cfg, source=args.config)
     if args.time_step:
+        if args.steps < 1 or args.batch < 1:
+            raise ValueError(f"--time-step: --steps and --batch must be >= 1, got {args.steps} and {args.batch}")
         result = time_cls_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")
         print(json.dumps({"config": args.config, **result}))
         return 0
