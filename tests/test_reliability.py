@@ -260,6 +260,26 @@ def test_run_lock(tmp_path, caplog):
     release_run_lock(out)
 
 
+def test_run_lock_held_by_a_running_process_then_killed(tmp_path, caplog):
+    from detres.tasks.common import acquire_run_lock, release_run_lock
+
+    code = ("import sys, time; from detres.tasks.common import acquire_run_lock; acquire_run_lock(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"another run is using this output_dir \(pid {p.pid} on"):
+            acquire_run_lock(tmp_path / "r")
+    finally:
+        p.kill()  # no exit handler runs: the lock file stays, naming a process that is gone
+        p.wait()
+    with caplog.at_level(logging.WARNING, logger="detres"):
+        acquire_run_lock(tmp_path / "r")
+    assert f"taking over the lock of a run that is gone (pid {p.pid}" in caplog.text
+    release_run_lock(tmp_path / "r")
+    assert not (tmp_path / "r" / "run.lock").exists()
+
+
 def test_run_lock_is_released_when_the_process_ends(tmp_path):
     code = ("import sys; from detres.tasks.common import acquire_run_lock; acquire_run_lock(sys.argv[1]); "
             "print(open(sys.argv[1] + '/run.lock').read())")

@@ -15,6 +15,11 @@ import shutil
 import socket
 import sys
 import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: the pid check alone
+    fcntl = None  # type: ignore[assignment]
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -187,7 +192,8 @@ def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> Non
 # --------------------------------------------------------------------------------------------------
 # one run per output_dir
 # --------------------------------------------------------------------------------------------------
-_held_locks: set[str] = set()
+#: This process's run locks: resolved lock path -> the open file holding its flock.
+_held_locks: dict[str, int] = {}
 
 
 def _process_start_time(pid: int) -> float | None:
@@ -212,76 +218,104 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _lock_is_stale(info: dict) -> bool:
-    """True when the lock's holder is gone: same host and its pid is not running, or runs a process that
-    started after the lock was taken (the pid was reused)."""
+def _holder_alive(info: dict) -> bool:
+    """Whether the process a lock names may still run: another host's cannot be checked (assumed alive); on
+    this host its pid must run a process that started before the lock was taken (else the pid was reused)."""
     if info.get("host") != socket.gethostname():
-        return False
-    pid = int(info.get("pid", -1))
-    if pid <= 0 or not _pid_alive(pid):
         return True
-    started = _process_start_time(pid)
-    return started is not None and started > float(info.get("time", 0)) + 2.0
+    try:
+        pid = int(info.get("pid", -1))
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0 or not _pid_alive(pid):
+        return False
+    started, taken = _process_start_time(pid), info.get("time")
+    return not (started is not None and isinstance(taken, (int, float)) and started > float(taken) + 2.0)
+
+
+def _read_lock(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 1 << 16).decode("utf-8") or "{}")
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _holder(info: dict) -> str:
+    return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}"
 
 
 def acquire_run_lock(output_dir: str | os.PathLike) -> Path:
-    """Take ``output_dir/run.lock`` (pid, host, start time) for this process, creating the folder.
+    """Take ``output_dir/run.lock`` for this process (creating the folder): an ``flock`` held while the process
+    lives, and the holder's pid, host and start time written in the file for people and other hosts.
 
-    A lock held by a live run is a ValueError naming its holder; a stale one (its process is gone, same
-    host) is taken over with a warning; this process's own lock (a second run in one Python session) is
-    kept. Released at exit (:func:`release_run_lock`)."""
+    A lock held by a live run is a ValueError naming its holder (a run on another host too: its pid cannot
+    be checked from here). A stale one (its process is gone, or its pid now runs a younger process) is taken
+    over with a warning. This process's own lock (a second run in one Python session) is kept. Released at
+    exit or by :func:`release_run_lock`."""
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: output_dir exists and is not a folder")
     os.makedirs(out, exist_ok=True)
     path = out / LOCK_FILE
+    key = str(path.resolve())
+    if key in _held_locks:
+        return path
     me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv)[:500]}
-    for _ in range(3):
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                info = json.loads(path.read_text(encoding="utf-8") or "{}")
-                if not isinstance(info, dict):
-                    raise ValueError
-            except (OSError, ValueError):
-                info = {}
-            if info.get("pid") == me["pid"] and info.get("host") == me["host"]:
-                _held_locks.add(str(path))
-                return path
-            if info and not _lock_is_stale(info):
-                raise ValueError(
-                    f"{out}: another run is using this output_dir (pid {info.get('pid')} on {info.get('host')}, "
-                    f"started {info.get('started')}; {path.name}); wait for it, choose another output_dir, or, if "
-                    f"that run is gone{' (it runs on another machine)' if info.get('host') != me['host'] else ''}, "
-                    f"delete {path}") from None
-            logger.warning("%s: taking over the lock of a run that is gone (%s)", path,
-                           f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}"
-                           if info else "unreadable lock file")
-            try:
-                path.unlink()
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a live process holds it
+                    raise ValueError(f"{out}: another run is using this output_dir ({_holder(_read_lock(fd))}; "
+                                     f"{path.name}); wait for it or choose another output_dir") from None
+                except OSError:  # a file system without flock: the pid check below still applies
+                    pass
+            try:  # the file we locked may have been removed by its holder's exit meanwhile: lock the new one
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    os.close(fd)
+                    continue
             except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(me, f)
-        _held_locks.add(str(path))
+                os.close(fd)
+                continue
+            info = _read_lock(fd)
+            if info and (info.get("pid"), info.get("host")) != (me["pid"], me["host"]):
+                if _holder_alive(info):
+                    other = info.get("host") != me["host"]
+                    raise ValueError(f"{out}: another run is using this output_dir ({_holder(info)}; {path.name}); "
+                                     f"wait for it, choose another output_dir, or, if that run is gone"
+                                     f"{' (it runs on another machine)' if other else ''}, delete {path}")
+                logger.warning("%s: taking over the lock of a run that is gone (%s)", path, _holder(info))
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(me).encode("utf-8"))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        _held_locks[key] = fd
         return path
-    raise ValueError(f"{path}: could not take the run lock (another run keeps taking it)")
+    raise ValueError(f"{path}: could not take the run lock (other runs keep taking it)")
 
 
 def release_run_lock(output_dir: str | os.PathLike | None = None) -> None:
-    """Remove this process's run lock(s) (of ``output_dir``, or all); a lock of another process is left."""
-    paths = [str(Path(output_dir) / LOCK_FILE)] if output_dir is not None else list(_held_locks)
-    for p in paths:
-        if p not in _held_locks:
+    """Remove and unlock this process's run lock(s) (of ``output_dir``, or all); another process's is left."""
+    keys = [str((Path(output_dir) / LOCK_FILE).resolve())] if output_dir is not None else list(_held_locks)
+    for key in keys:
+        fd = _held_locks.pop(key, None)
+        if fd is None:
             continue
-        _held_locks.discard(p)
         try:
-            info = json.loads(Path(p).read_text(encoding="utf-8"))
-            if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-                os.remove(p)
-        except (OSError, ValueError, AttributeError):
+            if _read_lock(fd).get("pid") == os.getpid() and os.stat(key).st_ino == os.fstat(fd).st_ino:
+                os.remove(key)
+        except OSError:
             pass
+        finally:
+            os.close(fd)
 
 
 atexit.register(release_run_lock)
