@@ -328,17 +328,22 @@ def start_run(cfg: Any, *, device: str | None, resume: bool = False, overwrite: 
     Returns this process's device."""
     dev = comm.init_distributed(device=device)
     main = comm.is_main_process()
+    refused: BaseException | None = None
     if main:
-        check_output_dir(cfg, overwrite=overwrite, resume=resume)
         existed = os.path.isdir(cfg.output_dir)
-        acquire_run_lock(cfg.output_dir)
         try:
+            check_output_dir(cfg, overwrite=overwrite, resume=resume)
+            acquire_run_lock(cfg.output_dir)
             prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
-        except BaseException:
+        except Exception as e:  # noqa: BLE001 - raised below, after every rank knows
+            refused = e
             release_run_lock(cfg.output_dir)
-            if not existed:
-                shutil.rmtree(cfg.output_dir, ignore_errors=True)
-            raise
+            if not existed and os.path.isdir(cfg.output_dir) and not any(os.scandir(cfg.output_dir)):
+                os.rmdir(cfg.output_dir)
+    if comm.all_reduce_flag(refused is not None):  # the other ranks stop too, instead of waiting at a barrier
+        if refused is not None:
+            raise refused
+        raise ValueError(f"output_dir {cfg.output_dir}: refused by rank 0 (its error says why)")
     comm.barrier()
     setup_logger(cfg.output_dir, main_process=main)
     if main:
