@@ -474,6 +474,8 @@ def _safe_yaml(text: str) -> Any:
             raise _YAMLBoundError(f"its aliases expand to {size} values (at most {MAX_YAML_NODES}); a config "
                                   "needs a few hundred")
         return loader.construct_document(node)
+    except RecursionError:  # yaml composes nested lists and mappings recursively
+        raise _YAMLBoundError("lists or mappings nested too deeply; a config needs a few levels") from None
     finally:
         loader.dispose()
 

@@ -418,6 +418,8 @@ CASES += [
     # configs: duplicates, bombs, encodings, non-finite and oversized numbers, the wrong task, the device
     Case("YAML key given twice", "train_det", _dup_yaml, "error", "given twice"),
     Case("YAML alias bomb", "train_det", _bomb_yaml, "error", "aliases"),
+    Case("YAML nested 50,000 deep", "train_det", lambda t: [str(_file(
+        t, "deep.yaml", "solver:\n  steps: " + "[" * 50000 + "]" * 50000 + "\n"))], "error", "nested too deeply"),
     Case("config of 2 MiB", "train_det", lambda t: [str(_file(t, "big.yaml", "# " + "x" * (2 << 20) + "\n"))],
          "error", "too big"),
     Case("config in Latin-1", "train_det", lambda t: [str(_file(t, "latin.yaml", b"seed: 0  # caf\xe9\n"))],
@@ -446,6 +448,8 @@ CASES += [
     Case("output_dir locked by a live run", "train_det", lambda t: _lock(t, 1), "error", "another run"),
     Case("stale lock taken over", "train_det", lambda t: _lock(t, _dead_pid()), "warning", "taking over"),
     Case("config file is output_dir/config.yaml", "train_det", _config_in_output, "error", "config.yaml"),
+    Case("output_dir is a file", "train_det", lambda t: _cfg(t, f"output_dir={_file(t, 'out.txt', 'notes')}"), "error",
+         "out.txt"),
     Case("--overwrite would delete the weights", "train_det", _weights_in_output, "error", "model_final.pth"),
     # resume
     Case("resume with reordered classes", "train_det", lambda t: _trained(t, "data.classes=[dog,cat]", voc=True), "error",
@@ -460,6 +464,8 @@ CASES += [
     Case("diverged run", "train_det", lambda t: _cfg(t, "solver.max_iter=6", "solver.base_lr=1e6", "solver.warmup_iters=0",
                                                        "solver.clip_grad_norm=null"), "failure", "non-finite"),
     Case("check_data: truncated and junk images", "check_data", _check_data_case, "error", "4 problem(s)"),
+    Case("check_data: data folder missing", "check_data", lambda t: _cfg(t, "data.dataset=voc", f"data.root={t / 'none'}"),
+         "error", "problem(s)"),
     Case("train_det --check-data: truncated and junk images", "train_det", lambda t: _check_data_case(t) + ["--check-data"],
          "error", "4 problem(s)"),
 ]

@@ -50,6 +50,11 @@ def test_yaml_is_bounded_before_it_is_built(tmp_path):
     with pytest.raises(ValueError, match=r"bomb.yaml: its aliases expand to 1234571 values"):
         load_config(_write(tmp_path / "bomb.yaml", f"solver:\n  steps: [{', '.join(levels)}]\n"))
     assert time.perf_counter() - t < 5
+    (tmp_path / "deep.yaml").write_text("solver:\n  steps: " + "[" * 50000 + "]" * 50000 + "\n")
+    with pytest.raises(ValueError, match="deep.yaml: lists or mappings nested too deeply"):
+        load_config(tmp_path / "deep.yaml")
+    with pytest.raises(ValueError, match="override 'solver.steps=...': lists or mappings nested too deeply"):
+        load_config(_write(tmp_path / "c.yaml", ""), ["solver.steps=" + "[" * 50000 + "]" * 50000])
     (tmp_path / "big.yaml").write_text("#" * ((1 << 20) + 1))
     with pytest.raises(ValueError, match="too big for a config file"):
         load_config(tmp_path / "big.yaml")
