@@ -15,13 +15,13 @@ import shutil
 import socket
 import sys
 import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 try:
     import fcntl
 except ImportError:  # Windows: the pid check alone
     fcntl = None  # type: ignore[assignment]
-from pathlib import Path
-from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -127,10 +127,6 @@ def _remove_run_files(out: Path) -> None:
     for name in RUN_FOLDERS:
         if (out / name).is_dir() and not (out / name).is_symlink():
             shutil.rmtree(out / name)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def check_output_dir(cfg: Any, *, inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
