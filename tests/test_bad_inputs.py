@@ -368,8 +368,11 @@ def _weights_in_output(tmp):
 
 def _trained(tmp, *overrides, voc=False):
     """Train one iteration (a checkpoint in tmp/out) and return the argv that resumes it with ``overrides``."""
+    from detres.config import load_config
+    from detres.tasks.detection import run_train
+
     first = _voc_cfg(tmp, _voc(tmp), "data.classes=[cat,dog]") if voc else _cfg(tmp)
-    assert _tool("train_det").main(first + ["--no-progress"]) == 0
+    run_train(load_config(first[0], first[1:]), progress=False)  # the library of the checkout under test
     return first + list(overrides) + ["solver.max_iter=2", "--resume"]
 
 
