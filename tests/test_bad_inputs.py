@@ -381,7 +381,8 @@ def _cls_root(tmp, empty_class=True):
         for c in ("n01", "n02"):
             (tmp / "inet" / split / c).mkdir(parents=True)
             if not (empty_class and split == "train" and c == "n02"):
-                cv2.imwrite(str(tmp / "inet" / split / c / "a.png"), np.full((48, 48, 3), 90, np.uint8))
+                for name in ("a.png", "b.png"):  # two images: one batch of the training set
+                    cv2.imwrite(str(tmp / "inet" / split / c / name), np.full((48, 48, 3), 90, np.uint8))
     return [str(ROOT / "configs" / "imagenet_r18.yaml"), f"data.root={tmp / 'inet'}", f"output_dir={tmp / 'out'}",
             "model.num_classes=2", "solver.max_iter=1", "solver.steps=[]", "solver.ims_per_batch=2",
             "solver.checkpoint_period=0", "test.eval_period=0", "test.ten_crop=false", "test.ims_per_batch=2",
@@ -581,13 +582,15 @@ def test_resume_with_changed_solver_keeps_the_old_rate_unless_asked(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # the before/after table: python tests/test_bad_inputs.py [--repo DIR]
 # --------------------------------------------------------------------------------------------------
-def _classify(repo: pathlib.Path) -> list[tuple[str, str]]:
+def _classify(repo: pathlib.Path, only: str | None = None) -> list[tuple[str, str]]:
     import os
     import subprocess
     import tempfile
 
     rows = []
     for case in CASES:
+        if only is not None and only not in case.name:
+            continue
         with tempfile.TemporaryDirectory() as d:
             tmp = pathlib.Path(d)
             argv = case.build(tmp)
@@ -620,8 +623,9 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="classify every bad-input case against a checkout")
     parser.add_argument("--repo", default=str(ROOT), help="the checkout to run (default: this one)")
+    parser.add_argument("--only", default=None, help="only the cases whose name contains this text")
     args = parser.parse_args()
-    rows = _classify(pathlib.Path(args.repo).resolve())
+    rows = _classify(pathlib.Path(args.repo).resolve(), args.only)
     for name, kind in rows:
         print(f"{kind:14s} {name}")
     print(dict(collections.Counter(k for _, k in rows)), f"({len(rows)} cases)")
