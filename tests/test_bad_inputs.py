@@ -371,8 +371,13 @@ def _trained(tmp, *overrides, voc=False):
     from detres.config import load_config
     from detres.tasks.detection import run_train
 
+    import detres.tasks.common as common
+
     first = _voc_cfg(tmp, _voc(tmp), "data.classes=[cat,dog]") if voc else _cfg(tmp)
-    run_train(load_config(first[0], first[1:]), progress=False)  # the library of the checkout under test
+    cfg = load_config(first[0], first[1:])
+    run_train(cfg, progress=False)  # the library of the checkout under test
+    if hasattr(common, "release_run_lock"):  # this process goes on living: free output_dir for the tool's run
+        common.release_run_lock(cfg.output_dir)
     return first + list(overrides) + ["solver.max_iter=2", "--resume"]
 
 
