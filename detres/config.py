@@ -19,8 +19,11 @@ key (and the file) and suggesting the closest valid key. ``save_config`` writes 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
+import logging
+import math
 import os
 import types
 import typing
@@ -30,6 +33,8 @@ from typing import Any, Optional, Union
 import yaml
 
 from detres.utils.io import atomic_write
+
+logger = logging.getLogger("detres")
 
 __all__ = [
     "BackboneConfig", "PoolerConfig", "ShapesConfig", "RPNConfig", "RoIConfig", "ModelConfig", "DataConfig",
@@ -263,6 +268,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+#: Largest integer a config key accepts (what a C ``long long`` holds; torch and numpy need no more).
+MAX_INT = 2 ** 63 - 1
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it converted (lists, int->float)."""
     origin = typing.get_origin(tp)
@@ -294,20 +303,28 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ValueError(f"config key '{key}': expected bool (true/false), got {value!r}")
     if tp is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                raise ValueError(f"config key '{key}': {value} is too large for an integer setting "
+                                 f"(at most {MAX_INT} in size)")
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
         raise ValueError(f"config key '{key}': expected int, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; it is a number here
+            number = float(value) if abs(value) < 1e308 or isinstance(value, float) else math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; it is a number here
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ValueError(f"config key '{key}': expected float, got {value!r}")
+        if number is None:
+            raise ValueError(f"config key '{key}': expected float, got {value!r}")
+        if not math.isfinite(number):  # NaN passes every range check and inf breaks them: refuse both here
+            raise ValueError(f"config key '{key}': must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -346,8 +363,12 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise ValueError(f"override '{item}' has an empty key")
     raw = raw.strip()
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"override '{key}=...': the value is {len(raw)} characters long (at most {MAX_CONFIG_BYTES})")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _safe_yaml(raw) if raw != "" else ""
+    except _YAMLBoundError as e:
+        raise ValueError(f"override '{key}=...': {e}") from None
     except yaml.YAMLError:
         value = raw  # keep as plain string (e.g. paths with ':')
     return key, value
@@ -388,14 +409,108 @@ def config_from_dict(data: dict, schema: type | None = None, *, source: str = "<
     return cfg
 
 
+#: Bounds checked before a config is parsed or expanded: a config is a few kB of keys, never a data file.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 100_000
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build objects) that also refuses a key given twice in one mapping
+    (YAML keeps the last one without a word) and counts aliases (``*name``) as it composes."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.alias_count = 0
+
+    def compose_node(self, parent, index):  # noqa: D102 - counts aliases, then yaml's own
+        if self.check_event(yaml.AliasEvent):
+            self.alias_count += 1
+            if self.alias_count > MAX_YAML_ALIASES:
+                raise _YAMLBoundError(f"more than {MAX_YAML_ALIASES} aliases (*name); a config needs few or none")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: D102 - refuses duplicates, then yaml's own
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    raise _YAMLBoundError(f"key '{key_node.value}' is given twice, at lines {seen[key_node.value]} "
+                                          f"and {line} (YAML would silently keep the second); merge them")
+                seen[key_node.value] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _YAMLBoundError(ValueError):
+    """A config YAML is too big, has too many aliases, expands too far, or repeats a key."""
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Nodes the document would have with every alias copied out (linear time: shared nodes memoised)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts once
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        memo[key] = 1 + sum(_expanded_size(c, memo) for c in children)
+    return memo[key]
+
+
+def _safe_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`_ConfigLoader`, refusing a document that expands past MAX_YAML_NODES
+    (an alias "bomb") before it is built. Raises _YAMLBoundError or yaml.YAMLError."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise _YAMLBoundError(f"its aliases expand to {size} values (at most {MAX_YAML_NODES}); a config "
+                                  "needs a few hundred")
+        return loader.construct_document(node)
+    except RecursionError:  # yaml composes nested lists and mappings recursively
+        raise _YAMLBoundError("lists or mappings nested too deeply; a config needs a few levels") from None
+    finally:
+        loader.dispose()
+
+
+def _decode_config(path: str, raw: bytes) -> str:
+    """UTF-8 (a BOM allowed), or UTF-16/32 with their BOM; anything else is refused naming the file."""
+    for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                     (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if raw.startswith(bom):
+            break
+    else:
+        enc = "utf-8"
+    try:
+        return raw.decode(enc)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text file in UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start} cannot be "
+                         "decoded); save it as UTF-8") from None
+
+
 def _read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from None
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: {size} bytes is too big for a config file (at most {MAX_CONFIG_BYTES}); "
+                         "is it the right file?")
+    with open(path, "rb") as f:
+        text = _decode_config(path, f.read(MAX_CONFIG_BYTES + 1))
+    try:
+        data = _safe_yaml(text)
+    except _YAMLBoundError as e:
+        raise ValueError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -428,15 +543,40 @@ def load_yaml_with_base(path: str) -> dict:
     return _deep_merge(base_data, data)
 
 
-def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = (), schema: type | None = None) -> Any:
+def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = (), schema: type | None = None, *,
+                task: str | None = None, allow_empty: bool = True) -> Any:
     """Load ``path`` (YAML, optional ``_base_``) into a schema instance, then apply ``overrides``.
 
     The schema is ``schema`` if given, else ``CONFIG_SCHEMAS[yaml["task"]]`` (default "detection").
-    Raises ValueError naming the file and key for unknown keys or wrong types.
+    ``task``: the task the caller runs; a file whose ``task`` key names another is refused (a tool given the
+    other task's config). ``allow_empty=False`` refuses a file without keys (it would run every default).
+    Raises ValueError naming the file and key for unknown keys, wrong types, non-finite numbers, a key given
+    twice in one mapping, and YAML too big or expanding too far (checked before it is built).
     """
     path = os.fspath(path)
     data = load_yaml_with_base(path)
-    cfg = config_from_dict(data, schema, source=path)
+    if not data and not allow_empty:
+        raise ValueError(f"{path}: the config file has no keys, so every setting would be a default "
+                         "(VOC 2007 under ./data, output_dir output/run); write the keys you mean (see configs/)")
+    tools = {"detection": "tools/train_det.py", "classification": "tools/train_cls.py"}
+    if task is not None and "task" in data and data["task"] != task:
+        found = data["task"]
+        raise ValueError(f"{path}: a {found!r} config (its 'task' key), but this tool runs {task!r} configs"
+                         f"{'; use ' + tools[str(found)] if str(found) in tools else ''}")
+    try:
+        cfg = config_from_dict(data, schema, source=path)
+    except ValueError:
+        if task is not None and "task" not in data:  # no 'task' key: is it the other task's config?
+            for other, other_schema in CONFIG_SCHEMAS.items():
+                if other == task:
+                    continue
+                try:
+                    config_from_dict(data, other_schema, source=path)
+                except ValueError:
+                    continue
+                raise ValueError(f"{path}: its keys are those of a {other!r} config, but this tool runs {task!r} "
+                                 f"configs; use {tools.get(other, 'the ' + other + ' tool')}") from None
+        raise
     return validate_config(apply_overrides(cfg, list(overrides)))
 
 
@@ -464,16 +604,20 @@ _NONNEG = _between(0, None)
 _POS_INT = _between(1, None)
 _IOU = _between(0, 1)
 _NMS = _between(0, 1, lo_open=True)
+#: An image side: at most 16384 px (PIL's decompression-bomb limit is ~9500 x 9500), so that no setting asks
+#: for an image that cannot be allocated.
+_PIXELS = _between(1, 16384)
 
 #: key -> (check, allowed values in words, why). A key missing from a schema is skipped; None (where the
 #: type allows it) always passes.
 _RULES: dict[str, tuple] = {
     "model.backbone.freeze_at": (*_between(0, 5), "stages frozen: 0 none .. 5 all"),
-    "model.backbone.width": (*_POS_INT, "channels"),
-    "model.width": (*_POS_INT, "channels"),
+    "model.backbone.width": (*_between(1, 512), "channels; the paper's 64, at most 8 times it"),
+    "model.width": (*_between(1, 512), "channels; the paper's 64, at most 8 times it"),
+    "seed": (*_between(0, 2 ** 31 - 1), "a seed (each rank adds its rank)"),
     "model.num_classes": (*_between(2, None), "classes including the background"),
-    "model.pooler.resolution": (*_POS_INT, "the RoI feature size"),
-    "model.pooler.sampling_ratio": (*_NONNEG, "0 is adaptive"),
+    "model.pooler.resolution": (*_between(1, 64), "the RoI feature size"),
+    "model.pooler.sampling_ratio": (*_between(0, 64), "0 is adaptive"),
     "model.rpn.pre_nms_top_n_train": (*_POS_INT, "proposals kept before NMS"),
     "model.rpn.post_nms_top_n_train": (*_POS_INT, "proposals kept after NMS"),
     "model.rpn.pre_nms_top_n_test": (*_POS_INT, "proposals kept before NMS"),
@@ -493,19 +637,19 @@ _RULES: dict[str, tuple] = {
     "test.vis_thresh": (*_between(0, 1), "a class probability"),
     "model.roi.nms_thresh": (*_NMS, "an IoU"),
     "model.roi.detections_per_img": (*_POS_INT, "detections kept per image"),
-    "data.min_size": (*_POS_INT, "pixels"),
-    "data.max_size": (*_POS_INT, "pixels"),
+    "data.min_size": (*_PIXELS, "pixels"),
+    "data.max_size": (*_PIXELS, "pixels"),
     "data.flip_prob": (*_PROB, "a probability"),
     "data.num_workers": (*_NONNEG, "worker processes"),
     "data.shapes.num_train": (*_POS_INT, "images"),
     "data.shapes.num_test": (*_POS_INT, "images"),
-    "data.shapes.image_size": (*_between(16, None), "pixels"),
+    "data.shapes.image_size": (*_between(16, 4096), "pixels of a synthetic square image"),
     "data.shapes.min_objects": (*_NONNEG, "objects per image"),
     "data.shapes.max_objects": (*_POS_INT, "objects per image"),
-    "data.min_scale": (*_POS_INT, "pixels"),
-    "data.max_scale": (*_POS_INT, "pixels"),
-    "data.crop": (*_POS_INT, "pixels"),
-    "data.test_resize": (*_POS_INT, "pixels"),
+    "data.min_scale": (*_PIXELS, "pixels"),
+    "data.max_scale": (*_PIXELS, "pixels"),
+    "data.crop": (*_PIXELS, "pixels"),
+    "data.test_resize": (*_PIXELS, "pixels"),
     "data.pca_lighting": (*_NONNEG, "a noise strength"),
     "data.val_size": (*_NONNEG, "images"),
     "data.padding": (*_NONNEG, "pixels"),
@@ -556,8 +700,13 @@ def validate_config(cfg: Any) -> Any:
         steps = list(s.steps)
         if any(b <= a for a, b in zip(steps, steps[1:])):
             raise _refuse("solver.steps", "must be strictly increasing", steps)
-        if steps and (steps[0] < 1 or steps[-1] >= s.max_iter):
-            raise _refuse("solver.steps", f"must lie in [1, solver.max_iter={s.max_iter})", steps)
+        if steps and steps[0] < 1:
+            raise _refuse("solver.steps", "must be iterations >= 1", steps)
+        late = [x for x in steps if x >= s.max_iter]
+        if late:  # as detectron2: a schedule shortened by max_iter alone keeps working
+            logger.warning("config key 'solver.steps': %s at or past solver.max_iter=%d never take effect and are "
+                           "dropped", late, s.max_iter)
+            s.steps = [x for x in steps if x < s.max_iter]
         if s.amp not in (None, "bf16", "fp16"):
             raise _refuse("solver.amp", "must be bf16, fp16 or null", s.amp)
         if s.warmup_method not in ("linear", "constant"):

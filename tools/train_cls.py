@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detres.benchmarks.train import time_cls_step  # noqa: E402
 from detres.config import ClsConfig, load_config  # noqa: E402
 from detres.tasks.classification import run_train  # noqa: E402
+from detres.tasks.check_data import require_clean_data  # noqa: E402
+from detres.tasks.common import check_output_dir  # noqa: E402
 from detres.utils import comm  # noqa: E402
 from detres.utils.cli import add_training_args, check_training_args, run_tool  # noqa: E402
 
@@ -41,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_training_args(args)
-    cfg = load_config(args.config, args.overrides, schema=ClsConfig)
+    cfg = load_config(args.config, args.overrides, schema=ClsConfig, task="classification", allow_empty=False)
+    check_output_dir(cfg, inputs=[args.config], overwrite=args.overwrite, resume=args.resume)
+    if args.check_data:
+        require_clean_data(cfg, source=args.config)
     if args.time_step:
+        if args.steps < 1 or args.batch < 1:
+            raise ValueError(f"--time-step: --steps and --batch must be >= 1, got {args.steps} and {args.batch}")
         result = time_cls_step(cfg, batch_size=args.batch, steps=args.steps, device=args.device or "cpu")
         print(json.dumps({"config": args.config, **result}))
         return 0

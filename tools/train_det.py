@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detres.config import load_config  # noqa: E402
 from detres.tasks.detection import run_train  # noqa: E402
+from detres.tasks.check_data import require_clean_data  # noqa: E402
+from detres.tasks.common import check_output_dir  # noqa: E402
 from detres.utils import comm  # noqa: E402
 from detres.utils.cli import add_training_args, check_training_args, run_tool  # noqa: E402
 
@@ -31,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_training_args(args)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, task="detection", allow_empty=False)
+    check_output_dir(cfg, inputs=[args.config], overwrite=args.overwrite, resume=args.resume)
+    if args.check_data:
+        require_clean_data(cfg, source=args.config)
     try:
         result = run_train(cfg, resume=args.resume, overwrite=args.overwrite, new_solver=args.new_solver,
                            device=args.device, progress=not args.no_progress)

@@ -121,8 +121,13 @@ def _to_tensor(value: Any, *, key: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":  # object, string, complex, void...: not weights
+            raise ValueError(f"key '{key}': expected an array of numbers, found dtype {value.dtype} "
+                             f"(shape {value.shape})")
         if value.dtype == np.float64:
             value = value.astype(np.float32)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"key '{key}': holds NaN or infinite values")
         return torch.tensor(np.ascontiguousarray(value))
     raise ValueError(f"key '{key}': expected an array, found {type(value).__name__}")
 

@@ -34,6 +34,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from detres.data.loader import worker_init
+from detres.data.transforms import pil_to_rgb8
 from detres.data.samplers import InfiniteBatchSampler, shard_range
 
 __all__ = [
@@ -63,10 +64,12 @@ CENTER_VIEW = 4
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file to ``uint8 [3, H, W]`` RGB; ValueError naming the file if it cannot be read."""
+    """Decode an image file to ``uint8 [3, H, W]`` RGB (16-bit and float images scaled, not clipped: see
+    :func:`detres.data.transforms.pil_to_rgb8`); ValueError naming the file if it cannot be read."""
     try:
         with Image.open(path) as im:  # PIL also reads ImageNet's few CMYK JPEGs and PNGs named .JPEG
-            return TF.pil_to_tensor(im.convert("RGB"))
+            im.load()
+            return torch.from_numpy(pil_to_rgb8(im)).permute(2, 0, 1).contiguous()
     except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file; say which
         raise ValueError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
 
@@ -98,12 +101,18 @@ class ImageNetFolder(Dataset):
         self.classes = list(classes)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
+        empty = []
         for c in self.classes:
             folder = self.root / c
             if not folder.is_dir():
                 continue
             names = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+            if not names:
+                empty.append(c)
             self.samples.extend((os.fspath(folder / n), self.class_to_idx[c]) for n in names)
+        if empty:  # a class without images would get an output it never learns (torchvision's ImageFolder refuses too)
+            raise ValueError(f"{self.root}: class folder(s) without images ({IMAGE_EXTENSIONS}): {empty[:5]}"
+                             f"{' ...' if len(empty) > 5 else ''}; remove them or add their images")
         if not self.samples:
             raise ValueError(f"{self.root}: no images with extensions {IMAGE_EXTENSIONS}")
         self.transform = transform

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from albumentations.augmentations.geometric.resize import SmallestMaxSize
 
-__all__ = ["read_image_rgb", "ShortSideResize", "DetectionTransform", "build_transforms", "to_original"]
+__all__ = ["pil_to_rgb8", "read_image_rgb", "ShortSideResize", "DetectionTransform", "build_transforms", "to_original"]
 
 _EXIF_ORIENTATION = 0x0112
 _warned_exif: list[str] = []
@@ -39,10 +39,32 @@ _warned_exif: list[str] = []
 #: Minimum box side (pixels) below which a box counts as degenerate.
 MIN_BOX_SIDE = 1e-3
 
+def pil_to_rgb8(im: Image.Image) -> np.ndarray:
+    """A decoded PIL image as HWC uint8 RGB, every mode scaled to 0..255 rather than clipped.
+
+    PIL's own ``convert("RGB")`` clips the modes with more than 8 bits (a 16-bit grey PNG becomes white
+    wherever it exceeds 255). Here 16-bit grey (``I;16*``, and ``I``, which PIL uses for 16-bit PNGs) is
+    divided by 257 (65535 -> 255), 32-bit float grey (``F``) is read as 0..1; 16-bit RGB PNGs are reduced
+    to 8 bits by PIL itself. Grey, palette, CMYK, YCbCr and alpha modes are converted by PIL."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        grey = np.asarray(im, dtype=np.float64)
+        grey = np.rint(np.clip(grey, 0, 65535) / 257.0)
+    elif mode == "F":
+        grey = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(grey).all():
+            raise ValueError("float image with NaN or infinite pixels")
+        grey = np.rint(np.clip(grey, 0.0, 1.0) * 255.0)
+    else:
+        return np.array(im.convert("RGB"))
+    return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
+
+
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to HWC uint8 RGB.
 
-    Grayscale, palette, CMYK and alpha images are converted to RGB. EXIF orientation is NOT applied: boxes
+    Grayscale, palette, CMYK and alpha images are converted to RGB; 16-bit and float images are scaled to
+    0..255 (:func:`pil_to_rgb8`), never clipped. EXIF orientation is NOT applied: boxes
     refer to the pixel grid as stored in the file, as VOC, COCO and the labelling tools that export them
     save it. The whole file is decoded (PIL's ``LOAD_TRUNCATED_IMAGES`` stays off), so a truncated or
     damaged image is a ValueError naming the file, never a half-grey picture.
@@ -55,7 +77,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
                 logging.getLogger(__name__).warning(
                     "%s: its EXIF orientation tag is ignored; images and boxes are used in the pixel grid stored "
                     "in the file, as VOC, COCO and labelling tools save boxes (warned once)", path)
-            return np.array(im.convert("RGB"))
+            return pil_to_rgb8(im)
     except FileNotFoundError:
         raise ValueError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

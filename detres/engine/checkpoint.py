@@ -8,8 +8,9 @@ Because it has "model" and "meta", it is also usable as ``model.backbone.weights
 Writes go to a temporary file in the same folder, are fsync'ed and then renamed over the final name
 (``os.replace`` is atomic on POSIX), so a killed process leaves either the old file or the new one.
 A ``<file>.sha256`` sidecar is written next to each checkpoint (after the checkpoint itself, so a
-sidecar never vouches for a file that is not there yet); :func:`load_checkpoint` checks it and also
-turns torch's zip-reader errors into a one-line :class:`CheckpointError` naming the file.
+sidecar never vouches for a file that is not there yet); :func:`load_checkpoint` checks it, or, without
+one (a checkpoint copied alone), the CRC-32 that the zip format stores for every member, and turns torch's
+zip-reader errors into a one-line :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from detres.utils.io import atomic_write, atomic_write_text, sha256_file
+from detres.utils.io import atomic_write, atomic_write_text, check_zip_crc, sha256_file
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "find_last_checkpoint",
            "checkpoint_name", "LAST_CHECKPOINT_FILE"]
@@ -67,6 +68,11 @@ def load_checkpoint(path: str, *, map_location: str | torch.device = "cpu", veri
             raise CheckpointError(
                 f"checkpoint {path}: sha256 mismatch with {os.path.basename(side)} (file truncated or corrupt; "
                 f"size {os.path.getsize(path)} bytes) - refusing to load it")
+    elif verify:  # no sidecar (a copied file): the CRC-32 of every member that torch's zip format stores
+        try:
+            check_zip_crc(path)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {e} - refusing to load it") from None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError for cut files

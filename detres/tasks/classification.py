@@ -152,4 +152,5 @@ def run_train(cfg: ClsConfig, *, resume: bool = False, overwrite: bool = False, 
                                          world_size=comm.get_world_size(), pin_memory=dev.type == "cuda")
     return run_training(cfg, model=comm.wrap_model(model, dev), loss_fn=classification_loss, loader_factory=factory,
                         eval_fn=build_eval_fn(cfg, val_set, device=dev), meta=cls_meta(cfg), device=dev,
-                        resume=resume, new_solver=new_solver, progress=progress)
+                        resume=resume, new_solver=new_solver, progress=progress,
+                        extra_state={"class_names": list(train_set.classes)})

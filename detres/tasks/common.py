@@ -7,12 +7,21 @@ warmup_iters, warmup_factor, max_iter, checkpoint_period, log_period, clip_grad_
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+try:
+    import fcntl
+except ImportError:  # Windows: the pid check alone
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 from torch import nn
@@ -27,7 +36,8 @@ from detres.evaluation.plots import plot_training_curves
 from detres.utils import comm
 from detres.utils.io import atomic_write_text
 
-__all__ = ["check_choice", "scaled_lr", "warmup_iters", "build_solver", "start_run", "run_training", "AUTO_WARMUP_ITERS"]
+__all__ = ["check_choice", "scaled_lr", "warmup_iters", "build_solver", "check_output_dir", "prepare_output_dir",
+           "acquire_run_lock", "release_run_lock", "start_run", "run_training", "AUTO_WARMUP_ITERS", "LOCK_FILE"]
 
 logger = logging.getLogger("detres")
 
@@ -88,48 +98,248 @@ def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, tor
 
 #: What a run writes into its output_dir (all of it goes with --overwrite).
 RUN_FILES = ("model_*.pth", "model_*.pth.sha256", "last_checkpoint", "metrics.jsonl", "eval.json", "log.txt",
-             "config.yaml", "events.out.tfevents.*", "*.tmp.*", "training_curves.png")
+             "config.yaml", "events.out.tfevents.*", "*.tmp.*", "training_curves.png", "pr_curves.png")
 RUN_FOLDERS = ("results", "vis")
+#: The files of a run that produced something: a fresh run refuses a folder holding any of them (an empty
+#: metrics.jsonl, config.yaml, log.txt and TensorBoard's first file are what a run that failed at its start
+#: leaves, and are replaced).
+_RESULT_FILES = ("model_*.pth", "eval.json", "metrics.jsonl", "training_curves.png", "pr_curves.png")
+LOCK_FILE = "run.lock"
+
+
+def _earlier_results(out: Path) -> list[str]:
+    found = []
+    for pattern in _RESULT_FILES:
+        for p in sorted(out.glob(pattern)):
+            if p.is_file() and (p.name != "metrics.jsonl" or p.stat().st_size > 0):
+                found.append(p.name)
+    for name in RUN_FOLDERS:
+        if (out / name).is_dir() and any((out / name).iterdir()):
+            found.append(f"{name}/")
+    return found
+
+
+def _remove_run_files(out: Path) -> None:
+    for pattern in RUN_FILES:
+        for p in out.glob(pattern):
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+    for name in RUN_FOLDERS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            shutil.rmtree(out / name)
+
+
+def check_output_dir(cfg: Any, *, inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
+                     resume: bool = False) -> None:
+    """Refuse an ``output_dir`` where the run would replace or delete what it reads.
+
+    ``inputs`` (the config file) that have the name of a run file in output_dir (``config.yaml``, ...) would be
+    replaced: refused unless ``overwrite`` or ``resume`` (the run's own saved config, read again).
+    ``model.backbone.weights`` named like a checkpoint in output_dir would be deleted by ``overwrite`` first:
+    refused then. output_dir being a data folder (``data.root``, ``data.image_root``) is always refused."""
+    out = Path(cfg.output_dir).resolve()
+    model, data = getattr(cfg, "model", None), getattr(cfg, "data", None)
+
+    def run_file(p: str | os.PathLike) -> Path | None:
+        path = Path(p).resolve()
+        return path if path.parent == out and any(path.match(pattern) for pattern in RUN_FILES) else None
+
+    for p in inputs:
+        path = run_file(p) if p else None
+        if path is not None and not (overwrite or resume):
+            raise ValueError(f"output_dir {cfg.output_dir}: the run would overwrite {path.name}, which it reads; "
+                             "choose another output_dir (or --resume / --overwrite to continue or redo that run)")
+    weights = getattr(getattr(model, "backbone", None), "weights", None)
+    path = run_file(weights) if weights else None
+    if path is not None and overwrite:
+        raise ValueError(f"output_dir {cfg.output_dir}: --overwrite would delete {path.name}, which the run reads "
+                         "(model.backbone.weights); copy it elsewhere or choose another output_dir")
+    for key in ("root", "image_root"):
+        folder = getattr(data, key, None)
+        if folder and Path(folder).resolve() == out:
+            raise ValueError(f"output_dir {cfg.output_dir}: is the data folder (data.{key}); choose another output_dir")
 
 
 def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:
-    """Protect finished work: a fresh run refuses a folder that holds checkpoints unless ``overwrite``
-    (which removes the earlier run's files first); ``resume`` removes temporary files left by a write that
-    was killed. Rank 0 only."""
+    """Protect finished work: a fresh run refuses a folder that holds an earlier run's results (checkpoints,
+    eval.json, metrics, pictures, results/ or vis/) unless ``overwrite`` (which removes the earlier run's
+    files first); what a run that failed at its start left (config.yaml, log.txt, an empty metrics.jsonl) is
+    replaced. ``resume`` removes temporary files left by a write that was killed. Rank 0 only."""
     out = Path(output_dir)
     if not out.exists():
         return
     if not out.is_dir():
         raise ValueError(f"{out}: output_dir exists and is not a folder")
-    checkpoints = sorted(p.name for p in out.glob("model_*.pth"))
     if resume:
         for tmp in out.glob("*.tmp.*"):
             logger.info("removing %s, left by a write that was interrupted", tmp)
             tmp.unlink()
         return
-    if checkpoints and not overwrite:
-        raise ValueError(f"{out}: holds the checkpoints of an earlier run ({', '.join(checkpoints[:3])}"
-                         f"{', ...' if len(checkpoints) > 3 else ''}); pass --resume to continue it, --overwrite to "
+    earlier = _earlier_results(out)
+    if earlier and not overwrite:
+        raise ValueError(f"{out}: holds an earlier run's files ({', '.join(earlier[:4])}"
+                         f"{', ...' if len(earlier) > 4 else ''}); pass --resume to continue it, --overwrite to "
                          "replace it, or choose another output_dir")
-    if overwrite:
-        for pattern in RUN_FILES:
-            for p in out.glob(pattern):
-                p.unlink()
-        for name in RUN_FOLDERS:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-        if checkpoints:
-            logger.warning("--overwrite: removed the earlier run's files from %s", out)
+    _remove_run_files(out)
+    if earlier:
+        logger.warning("--overwrite: removed the earlier run's files from %s", out)
+
+
+# --------------------------------------------------------------------------------------------------
+# one run per output_dir
+# --------------------------------------------------------------------------------------------------
+#: This process's run locks: resolved lock path -> the open file holding its flock.
+_held_locks: dict[str, int] = {}
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Unix time at which process ``pid`` started (Linux /proc), or None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _holder_alive(info: dict) -> bool:
+    """Whether the process a lock names may still run: another host's cannot be checked (assumed alive); on
+    this host its pid must run a process that started before the lock was taken (else the pid was reused)."""
+    if info.get("host") != socket.gethostname():
+        return True
+    try:
+        pid = int(info.get("pid", -1))
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0 or not _pid_alive(pid):
+        return False
+    started, taken = _process_start_time(pid), info.get("time")
+    return not (started is not None and isinstance(taken, (int, float)) and started > float(taken) + 2.0)
+
+
+def _read_lock(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 1 << 16).decode("utf-8") or "{}")
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _holder(info: dict) -> str:
+    return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}"
+
+
+def acquire_run_lock(output_dir: str | os.PathLike) -> Path:
+    """Take ``output_dir/run.lock`` for this process (creating the folder): an ``flock`` held while the process
+    lives, and the holder's pid, host and start time written in the file for people and other hosts.
+
+    A lock held by a live run is a ValueError naming its holder (a run on another host too: its pid cannot
+    be checked from here). A stale one (its process is gone, or its pid now runs a younger process) is taken
+    over with a warning. This process's own lock (a second run in one Python session) is kept. Released at
+    exit or by :func:`release_run_lock`."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: output_dir exists and is not a folder")
+    os.makedirs(out, exist_ok=True)
+    path = out / LOCK_FILE
+    key = str(path.resolve())
+    if key in _held_locks:
+        return path
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv)[:500]}
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a live process holds it
+                    raise ValueError(f"{out}: another run is using this output_dir ({_holder(_read_lock(fd))}; "
+                                     f"{path.name}); wait for it or choose another output_dir") from None
+                except OSError:  # a file system without flock: the pid check below still applies
+                    pass
+            try:  # the file we locked may have been removed by its holder's exit meanwhile: lock the new one
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    os.close(fd)
+                    continue
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            info = _read_lock(fd)
+            if info and (info.get("pid"), info.get("host")) != (me["pid"], me["host"]):
+                if _holder_alive(info):
+                    other = info.get("host") != me["host"]
+                    raise ValueError(f"{out}: another run is using this output_dir ({_holder(info)}; {path.name}); "
+                                     f"wait for it, choose another output_dir, or, if that run is gone"
+                                     f"{' (it runs on another machine)' if other else ''}, delete {path}")
+                logger.warning("%s: taking over the lock of a run that is gone (%s)", path, _holder(info))
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(me).encode("utf-8"))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        _held_locks[key] = fd
+        return path
+    raise ValueError(f"{path}: could not take the run lock (other runs keep taking it)")
+
+
+def release_run_lock(output_dir: str | os.PathLike | None = None) -> None:
+    """Remove and unlock this process's run lock(s) (of ``output_dir``, or all); another process's is left."""
+    keys = [str((Path(output_dir) / LOCK_FILE).resolve())] if output_dir is not None else list(_held_locks)
+    for key in keys:
+        fd = _held_locks.pop(key, None)
+        if fd is None:
+            continue
+        try:
+            if _read_lock(fd).get("pid") == os.getpid() and os.stat(key).st_ino == os.fstat(fd).st_ino:
+                os.remove(key)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+atexit.register(release_run_lock)
 
 
 def start_run(cfg: Any, *, device: str | None, resume: bool = False, overwrite: bool = False) -> torch.device:
-    """Join torchrun's process group (if any), check the output folder (see :func:`prepare_output_dir`), log
-    to ``output_dir/log.txt`` on rank 0 and save the merged config there as ``config.yaml`` (loadable
-    again). Returns this process's device."""
+    """Join torchrun's process group (if any), take the output folder's run lock and check the folder (see
+    :func:`acquire_run_lock`, :func:`check_output_dir` and :func:`prepare_output_dir`), log to
+    ``output_dir/log.txt`` on rank 0 and save the merged config there as ``config.yaml`` (loadable again).
+    Returns this process's device."""
     dev = comm.init_distributed(device=device)
     main = comm.is_main_process()
+    refused: BaseException | None = None
     if main:
-        prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
+        existed = os.path.isdir(cfg.output_dir)
+        try:
+            check_output_dir(cfg, overwrite=overwrite, resume=resume)
+            acquire_run_lock(cfg.output_dir)
+            prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
+        except Exception as e:  # noqa: BLE001 - raised below, after every rank knows
+            refused = e
+            release_run_lock(cfg.output_dir)
+            if not existed and os.path.isdir(cfg.output_dir) and not any(os.scandir(cfg.output_dir)):
+                os.rmdir(cfg.output_dir)
+    if comm.all_reduce_flag(refused is not None):  # the other ranks stop too, instead of waiting at a barrier
+        if refused is not None:
+            raise refused
+        raise ValueError(f"output_dir {cfg.output_dir}: refused by rank 0 (its error says why)")
     comm.barrier()
     setup_logger(cfg.output_dir, main_process=main)
     if main:
@@ -164,12 +374,61 @@ def _trim_metrics(output_dir: str, iteration: int) -> None:
         logger.info("metrics.jsonl: removed %d row(s) logged after iteration %d", len(lines) - len(kept), iteration)
 
 
-def _resume(trainer: Trainer, cfg: Any, device: torch.device, *, new_solver: bool) -> None:
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _class_change(old: list[str], new: list[str]) -> str:
+    if sorted(old) == sorted(new):
+        moved = [f"{c} {old.index(c) + 1}->{new.index(c) + 1}" for c in new if old.index(c) != new.index(c)]
+        return (f"the same classes in another order, so labels would be swapped (label of {', '.join(moved[:4])}"
+                f"{', ...' if len(moved) > 4 else ''})")
+    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+    parts = ([f"added {added[:5]}"] if added else []) + ([f"removed {removed[:5]}"] if removed else [])
+    return f"{len(old)} -> {len(new)} classes ({'; '.join(parts) or 'renamed'})"
+
+
+def check_resume_fits(model: nn.Module, state: dict, cfg: Any, *, source: str,
+                      class_names: list[str] | None = None) -> None:
+    """Refuse (ValueError, one line) to resume ``state`` into ``model`` when the class names (their order
+    included) or any parameter's shape differ, saying what changed (config keys under ``model.`` and
+    ``data.classes`` that differ from the checkpoint's config, and the first differing tensor)."""
+    old_names = state.get("class_names")
+    if class_names is not None and old_names is not None and list(old_names) != list(class_names):
+        raise ValueError(f"--resume: {source} was trained on other classes: {_class_change(list(old_names), list(class_names))}; "
+                         "restore data.classes / the data, or start a new run (another output_dir, or --overwrite)")
+    own = comm.unwrap_model(model).state_dict()
+    theirs = state.get("model") or {}
+    diff = [k for k in own if k in theirs and tuple(own[k].shape) != tuple(theirs[k].shape)]
+    missing, unexpected = [k for k in own if k not in theirs], [k for k in theirs if k not in own]
+    if not (diff or missing or unexpected):
+        return
+    old_cfg, new_cfg = _flat((state.get("config") or {}).get("model") or {}, "model."), _flat(config_to_dict(cfg).get("model", {}), "model.")
+    changed = [f"{k}: {old_cfg[k]!r} -> {v!r}" for k, v in new_cfg.items() if k in old_cfg and old_cfg[k] != v]
+    if diff:
+        k = diff[0]
+        detail = f"{k} is {list(theirs[k].shape)} in the checkpoint, {list(own[k].shape)} now"
+    else:
+        detail = f"parameters {'missing' if missing else 'unexpected'}: {(missing or unexpected)[:2]}"
+    raise ValueError(f"--resume: {source} holds another model ({'; '.join(changed[:4]) or 'changed architecture'}; "
+                     f"{detail}); restore those settings, or start a new run (another output_dir, or --overwrite)")
+
+
+def _resume(trainer: Trainer, cfg: Any, device: torch.device, *, new_solver: bool,
+            class_names: list[str] | None = None) -> None:
     path = find_last_checkpoint(cfg.output_dir)
     if path is None:
         logger.info("--resume: no checkpoint in %s, starting from iteration 0", cfg.output_dir)
+        if comm.is_main_process():
+            _trim_metrics(cfg.output_dir, 0)  # rows of an earlier attempt that wrote no checkpoint
         return
     state = load_checkpoint(path, map_location=device)
+    check_resume_fits(trainer.model, state, cfg, source=path, class_names=class_names)
     changes = _solver_changes(cfg, state)
     trainer.load_state_dict(state, source=path, keep_solver=not new_solver)
     trainer.last_checkpoint = path
@@ -206,7 +465,7 @@ def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, An
                       loader_factory=loader_factory, max_iter=s.max_iter, device=device, amp=s.amp,
                       clip_grad_norm=s.clip_grad_norm, iter_size=s.iter_size, batch_size_fn=batch_size_fn)
     if resume:
-        _resume(trainer, cfg, device, new_solver=new_solver)
+        _resume(trainer, cfg, device, new_solver=new_solver, class_names=(extra_state or {}).get("class_names"))
     with MetricsWriter(cfg.output_dir, max_iter=s.max_iter, start_iter=trainer.start_iter,
                        enabled=comm.is_main_process(), progress=progress) as writer:
         hooks = [MetricsHook(writer, period=s.log_period),

@@ -1,4 +1,5 @@
-"""How every tool ends: a user's mistake is one line ``error: <file or key>: <what is wrong>`` and exit 2.
+"""How every tool ends: a user's mistake is one line ``error: <file or key>: <what is wrong>`` and exit 2;
+a diverged run (``FloatingPointError``) or memory that ran out is one line with what to try and exit 1.
 
 detres raises ``ValueError`` (and its subclasses) for anything wrong with what the user gave: a file, a
 config key, an option. Operating-system refusals of a path (missing, not a folder, no permission, disk full,
@@ -11,10 +12,12 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 from typing import Callable
 
-__all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_tool"]
+__all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_tool", "check_device",
+           "add_training_args", "check_training_args"]
 
 #: Exception types that describe a mistake in the user's input rather than a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
@@ -39,6 +42,28 @@ def one_line(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
+_DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` if it is ``cpu``, ``cuda`` or ``cuda:N`` (N an existing GPU) or None; else ValueError. A name
+    torch would read otherwise (``gpu``, ``mps``, ``cuda0``) is refused rather than trained on the CPU."""
+    if device is None:
+        return None
+    if not _DEVICE_RE.match(device):
+        raise ValueError(f"--device {device!r}: must be cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """The options every training tool shares: the config, its overrides, and what to do with output_dir."""
     parser.add_argument("config", help="YAML config file (see configs/)")
@@ -48,14 +73,31 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                         help="with --resume: apply the config's solver settings (learning rate, schedule) from the "
                              "checkpoint's iteration instead of the checkpoint's own")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
-    parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
+    parser.add_argument("--check-data", action="store_true",
+                        help="first decode and check every image and annotation (as tools/check_data.py); stop on problems")
 
 
 def check_training_args(args: argparse.Namespace) -> None:
     """ValueError for option combinations that make no sense."""
     if args.new_solver and not args.resume:
         raise ValueError("--new-solver: only with --resume")
+    check_device(getattr(args, "device", None))
+
+
+_DIVERGED_HINT = (" Try a lower solver.base_lr, more solver.warmup_iters or solver.clip_grad_norm (e.g. 10), or "
+                  "solver.amp=null, and check the data with tools/check_data.py.")
+
+
+def _diverged(exc: BaseException) -> str:
+    """The one line of a FloatingPointError: its message, what to try (unless it says so itself), how to
+    continue and how to see the traceback."""
+    msg = one_line(exc)
+    if "try " not in msg.lower():
+        msg += _DIVERGED_HINT
+    return msg + " Continue from a good checkpoint with --resume (--new-solver to apply changed solver settings); " \
+                 "--debug shows the traceback"
 
 
 def run_tool(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int | None],
@@ -72,7 +114,19 @@ def run_tool(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs right here
-        if debug or not is_user_error(exc):
+        if debug:
+            raise
+        if isinstance(exc, FloatingPointError):  # the run diverged (or a file holds NaN): not a bug of detres
+            logging.shutdown()
+            print(f"error: {_diverged(exc)}", file=sys.stderr)
+            return 1
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            logging.shutdown()
+            what = one_line(exc) if str(exc) else "a memory allocation failed"
+            print(f"error: out of memory: {what}; try a smaller solver.ims_per_batch, data.min_size/max_size or "
+                  "model, or fewer data.num_workers (--debug shows where)", file=sys.stderr)
+            return 1
+        if not is_user_error(exc):
             raise
         logging.shutdown()
         print(f"error: {one_line(exc)}", file=sys.stderr)

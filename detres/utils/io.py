@@ -17,10 +17,13 @@ import json
 import os
 import pickle
 import shutil
+import zipfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "sha256_file", "data_root",
+import numpy as np
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "sha256_file", "check_zip_crc", "data_root",
            "UnsafePickleError", "SafeUnpickler", "safe_load_pickle"]
 
 
@@ -79,6 +82,26 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def check_zip_crc(path: str | os.PathLike) -> bool:
+    """Check every member of a zip file (``torch.save``'s format) against the CRC-32 stored in the file.
+
+    Returns False when ``path`` is not a zip (a legacy torch file: nothing to check), True when every
+    member matches; raises ValueError naming the file and the member when one does not (a flipped bit, a
+    copy cut short) or the zip structure itself is damaged."""
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+        raise ValueError(f"{path}: damaged file ({type(e).__name__}: {e})") from None
+    if bad is not None:
+        raise ValueError(f"{path}: damaged file: the data of {bad!r} does not match its CRC-32 (corrupted on disk or "
+                         "in a copy)")
+    return True
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data folder: ``root`` when given (non-empty), else ``$DETRES_DATA``, else ``./data``."""
     return Path(root or os.environ.get("DETRES_DATA") or "data")
@@ -107,21 +130,95 @@ class UnsafePickleError(pickle.UnpicklingError):
     """A pickle names a global that a weights or data file has no business calling."""
 
 
+def _elements(shape: Any) -> int:
+    if isinstance(shape, int):
+        shape = (shape,)
+    n = 1
+    for d in tuple(shape):
+        n *= max(int(d), 0)
+    return n
+
+
+class _CheckedArray(np.ndarray):
+    """What a pickled array is rebuilt as while :class:`SafeUnpickler` reads a file: its ``__setstate__``
+    refuses a shape with more elements than the file has bytes (each element of an object array takes at
+    least one byte of the file, a number its full size) before numpy allocates it. Turned back into a
+    plain ``ndarray`` when loading ends."""
+
+    _limit = 0
+
+    def __setstate__(self, state):
+        # numpy's state: (version, shape, dtype, is_fortran, data), or without the version
+        shape = (state[1] if len(state) == 5 else state[0]) if isinstance(state, tuple) and len(state) >= 4 else ()
+        if _elements(shape) > type(self)._limit:
+            raise UnsafePickleError(f"an array of shape {tuple(shape) if not isinstance(shape, int) else shape} "
+                                    f"cannot come from a file of {type(self)._limit} bytes (the pickle is damaged or "
+                                    "made to exhaust memory)")
+        super().__setstate__(state)
+
+
 class SafeUnpickler(pickle.Unpickler):
     """A :class:`pickle.Unpickler` that resolves only numpy-array, number, string and container globals.
 
     Anything else (``os.system``, ``builtins.eval``, a class with a ``__reduce__`` ...) raises
     :class:`UnsafePickleError` before it is called: :meth:`find_class` is the only way a pickle can reach
-    a callable, so refusing there means no code from the file runs.
+    a callable, so refusing there means no code from the file runs. ``max_bytes`` (the file's size) bounds
+    every array it may ask numpy to allocate: a pickle cannot hold more data than its own bytes.
     """
+
+    def __init__(self, file, *, max_bytes: int | None = None, **kwargs):
+        super().__init__(file, **kwargs)
+        limit = (1 << 62) if max_bytes is None else max(int(max_bytes), 0)
+        self._array_type = type("_CheckedArray", (_CheckedArray,), {"_limit": limit})
+        self._limit = limit
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - documented on the class
         if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            if name == "_reconstruct":
+                return self._reconstruct(found)
+            if (module, name) == ("numpy", "ndarray"):
+                return self._array_type
+            return found
         raise UnsafePickleError(
             f"refusing to load global '{module}.{name}': the file may only hold numpy arrays, "
             "numbers, strings and dicts/lists"
         )
+
+    def _reconstruct(self, real: Callable) -> Callable:
+        limit, array_type = self._limit, self._array_type
+
+        def reconstruct(subtype, shape, dtype):
+            if _elements(shape) > limit:
+                raise UnsafePickleError(f"an array of shape {shape} cannot come from a file of {limit} bytes")
+            if isinstance(subtype, type) and issubclass(subtype, np.ndarray):
+                subtype = array_type
+            return real(subtype, shape, dtype)
+        return reconstruct
+
+    def load(self) -> Any:  # noqa: D102 - plain ndarrays come back
+        return _plain(super().load())
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with every :class:`_CheckedArray` inside dicts, lists and tuples viewed as a plain ndarray."""
+    if isinstance(obj, _CheckedArray):
+        out = obj.view(np.ndarray)
+        if out.dtype == object:
+            for i, v in enumerate(out.flat):
+                out.flat[i] = _plain(v)
+        return out
+    if isinstance(obj, dict):
+        for k in list(obj):
+            obj[k] = _plain(obj[k])
+        return obj
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            obj[i] = _plain(v)
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    return obj
 
 
 def safe_load_pickle(path: str | os.PathLike, *, encoding: str = "latin1") -> Any:
@@ -134,7 +231,7 @@ def safe_load_pickle(path: str | os.PathLike, *, encoding: str = "latin1") -> An
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            return SafeUnpickler(f, encoding=encoding).load()
+            return SafeUnpickler(f, encoding=encoding, max_bytes=os.fstat(f.fileno()).st_size).load()
     except UnsafePickleError as e:
         raise ValueError(f"{path}: unsafe pickle: {e}") from None
     except OSError as e:
