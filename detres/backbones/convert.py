@@ -17,7 +17,7 @@ format that :func:`detres.backbones.read_weights` reads):
   the matching normalisation by itself.
 * **detectron2** model-zoo R50-C4 / R101-C4 Faster R-CNN checkpoints (``model_final_*.pkl`` with
   ``{"model": {name: ndarray}, "__author__": ...}`` or a ``.pth``): converted into the state dict of
-  ``detres.modeling.build_detector(backbone=..., style="msra", num_classes=K + 1, ...)``. See
+  ``detres.modeling.build_detector(detectron2_c4_spec(arch), K + 1)`` (:mod:`detres.modeling.convert`). See
   :func:`convert_detectron2_c4` for the layout differences that are reconciled.
 
 Pickles are read with :class:`SafeUnpickler`, which admits only numpy arrays, numbers, strings and
@@ -48,7 +48,6 @@ __all__ = [
     "convert_detectron2_c4",
     "convert_weights",
     "DETECTRON2_PIXEL_MEAN",
-    "DETECTRON2_C4_SETTINGS",
     "D2_BOX_HEAD_PREFIX",
 ]
 
@@ -348,26 +347,6 @@ def _natural_key(name: str) -> list:
 #: detectron2's pixel mean for MSRA-initialised models (BGR, 0..255); std is 1.
 DETECTRON2_PIXEL_MEAN = [103.530, 116.280, 123.675]
 
-#: detectron2's R50-C4 / R101-C4 settings (Base-RCNN-C4.yaml and its defaults) as the keyword arguments
-#: of :func:`detres.modeling.build_detector` that reproduce them; a converted checkpoint carries them
-#: (plus ``backbone``, ``style`` and ``num_classes``) in ``meta["detector"]``.
-DETECTRON2_C4_SETTINGS: dict[str, Any] = {
-    "anchor_sizes": [32, 64, 128, 256, 512],  # ANCHOR_GENERATOR.SIZES
-    "aspect_ratios": [0.5, 1.0, 2.0],  # ANCHOR_GENERATOR.ASPECT_RATIOS (h / w)
-    "pooler": "roi_align",  # ROI_BOX_HEAD.POOLER_TYPE ROIAlignV2 =
-    "pooler_aligned": True,  # RoIAlign with the half-pixel shift
-    "pooler_sampling_ratio": 0,  # POOLER_SAMPLING_RATIO 0: adaptive
-    "pooler_resolution": 14,  # POOLER_RESOLUTION 14; res5 (stride 2) makes it 7x7
-    "rpn_pre_nms_top_n_test": 6000,  # RPN.PRE_NMS_TOPK_TEST (C4)
-    "rpn_post_nms_top_n_test": 1000,  # RPN.POST_NMS_TOPK_TEST
-    "rpn_nms_thresh": 0.7,  # RPN.NMS_THRESH
-    "box_score_thresh": 0.05,  # ROI_HEADS.SCORE_THRESH_TEST
-    "box_nms_thresh": 0.5,  # ROI_HEADS.NMS_THRESH_TEST
-    "detections_per_img": 100,  # TEST.DETECTIONS_PER_IMAGE
-    "min_size": 800,  # INPUT.MIN_SIZE_TEST (the detector resizes: detectron2 resizes inside its pipeline)
-    "max_size": 1333,  # INPUT.MAX_SIZE_TEST
-}
-
 #: Where build_detector keeps the res5 stage (torchvision ``layer4`` names) in the RoI head.
 D2_BOX_HEAD_PREFIX = "roi_heads.box_head."
 #: Where build_detector keeps the trunk (conv1 ... layer3).
@@ -412,7 +391,7 @@ def convert_detectron2_c4(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Convert a detectron2 R50-C4 / R101-C4 Faster R-CNN state dict into detres's C4 detector.
 
-    Target: ``build_detector(backbone=arch, style="msra", num_classes=K + 1, ...)`` (torchvision
+    Target: ``build_detector(detectron2_c4_spec(arch), K + 1)`` (detres.modeling.convert; torchvision
     FasterRCNN): ``backbone.`` = trunk (conv1, bn1, layer1..layer3), ``rpn.head.`` = RPNHead,
     ``roi_heads.box_head.layer4.`` = res5, ``roi_heads.box_predictor.{cls_score,bbox_pred}``.
 
@@ -430,8 +409,9 @@ def convert_detectron2_c4(
     Returns:
         (state_dict, meta): meta = MSRA style, BGR, 255, detectron2 means (or the file's), std 1,
         bn_eps 1e-5 (detectron2's FrozenBatchNorm2d), ``arch``, and ``meta["detector"]`` =
-        :data:`DETECTRON2_C4_SETTINGS` plus ``backbone``, ``style`` and ``num_classes`` (K + 1): the
-        ``build_detector`` keyword arguments of the matching detector (see :func:`detres.modeling.convert.build_converted_detector`).
+        ``{"recipe": "detectron2_c4", "backbone": arch, "num_classes": K + 1}``: what
+        :func:`detres.modeling.convert.build_converted_detector` needs to build the matching detector
+        (its settings are :func:`detres.modeling.convert.detectron2_c4_spec`).
     """
     from detres.backbones.weights import MSRA_META
 
@@ -520,7 +500,8 @@ def convert_detectron2_c4(
     meta.update({
         "arch": inferred, "style": "msra", "channel_order": "BGR", "input_range": 255.0,
         "mean": pixel_mean, "std": pixel_std, "bn_eps": 1e-5, "source": "detectron2",
-        "detector": dict(DETECTRON2_C4_SETTINGS, backbone=inferred, style="msra", num_classes=int(num_classes)),
+        # what the file is; the detector's settings for it live in detres.modeling.convert (its spec)
+        "detector": {"recipe": "detectron2_c4", "backbone": inferred, "num_classes": int(num_classes)},
     })
     return sd, meta
 
