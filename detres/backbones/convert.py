@@ -382,6 +382,80 @@ def _anchor_permutation(num_sizes: int, num_ratios: int) -> torch.Tensor:
     return torch.tensor(perm, dtype=torch.long)
 
 
+def _d2_split(weights: Mapping[str, Any]) -> tuple[dict, dict, dict, dict]:
+    """detectron2's keys -> (trunk and res5 under detres's names, RPN head, box predictor, pixel mean/std)."""
+    sd: dict[str, torch.Tensor] = {}
+    pixel = {"pixel_mean": list(DETECTRON2_PIXEL_MEAN), "pixel_std": [1.0, 1.0, 1.0]}
+    rpn: dict[str, torch.Tensor] = {}
+    predictor: dict[str, torch.Tensor] = {}
+    for key, value in weights.items():
+        if not isinstance(key, str):
+            raise ValueError(f"key {key!r}: parameter names must be strings")
+        if key in ("pixel_mean", "pixel_std"):
+            array = value if not isinstance(value, torch.Tensor) else value.numpy()
+            pixel[key] = [float(v) for v in np.asarray(array).reshape(-1)]
+            continue
+        if key.endswith("num_batches_tracked"):
+            continue
+        t = _to_tensor(value, key=key).float()
+        if key.startswith("backbone.stem.conv1."):
+            rest = key[len("backbone.stem.conv1."):]
+            if rest == "weight":
+                sd[D2_TRUNK_PREFIX + "conv1.weight"] = t
+            elif rest.startswith("norm.") and rest[5:] in _D2_BN_PARAMS:
+                sd[D2_TRUNK_PREFIX + "bn1." + rest[5:]] = t
+            else:
+                raise ValueError(f"key '{key}': unexpected stem parameter")
+        elif m := re.match(r"backbone\.res([2-4])\.(.*)", key):
+            sd[f"{D2_TRUNK_PREFIX}layer{int(m.group(1)) - 1}.{_d2_resnet_name(m.group(2), key=key)}"] = t
+        elif m := re.match(r"roi_heads\.res5\.(.*)", key):
+            sd[f"{D2_BOX_HEAD_PREFIX}layer4.{_d2_resnet_name(m.group(1), key=key)}"] = t
+        elif m := re.fullmatch(r"proposal_generator\.rpn_head\.(conv|objectness_logits|anchor_deltas)\.(weight|bias)", key):
+            rpn[f"{m.group(1)}.{m.group(2)}"] = t
+        elif m := re.fullmatch(r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)", key):
+            predictor[f"{m.group(1)}.{m.group(2)}"] = t
+        else:
+            raise ValueError(f"key '{key}': not part of a detectron2 R-C4 Faster R-CNN")
+    return sd, rpn, predictor, pixel
+
+
+def _d2_rpn(rpn: dict[str, torch.Tensor], num_anchor_sizes: int, num_aspect_ratios: int) -> dict[str, torch.Tensor]:
+    """RPN: one 3x3 conv, then objectness (A) and deltas (A*4), anchors permuted to torchvision's order."""
+    num_anchors = rpn["objectness_logits.weight"].shape[0]
+    if num_anchors != num_anchor_sizes * num_aspect_ratios:
+        raise ValueError(f"RPN predicts {num_anchors} anchors per location, expected "
+                         f"{num_anchor_sizes} sizes x {num_aspect_ratios} ratios")
+    perm = _anchor_permutation(num_anchor_sizes, num_aspect_ratios)
+    delta_perm = (perm[:, None] * 4 + torch.arange(4)[None, :]).reshape(-1)
+    return {
+        D2_RPN_PREFIX + "conv.0.0.weight": rpn["conv.weight"],
+        D2_RPN_PREFIX + "conv.0.0.bias": rpn["conv.bias"],
+        D2_RPN_PREFIX + "cls_logits.weight": rpn["objectness_logits.weight"][perm].contiguous(),
+        D2_RPN_PREFIX + "cls_logits.bias": rpn["objectness_logits.bias"][perm].contiguous(),
+        D2_RPN_PREFIX + "bbox_pred.weight": rpn["anchor_deltas.weight"][delta_perm].contiguous(),
+        D2_RPN_PREFIX + "bbox_pred.bias": rpn["anchor_deltas.bias"][delta_perm].contiguous(),
+    }
+
+
+def _d2_predictor(predictor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Box predictor: background last -> first; class-specific K*4 -> (K+1)*4 with a zero background."""
+    cls_w, cls_b = predictor["cls_score.weight"], predictor["cls_score.bias"]
+    num_classes = cls_w.shape[0]  # K + 1
+    order = torch.tensor([num_classes - 1] + list(range(num_classes - 1)))
+    box_w, box_b = predictor["bbox_pred.weight"], predictor["bbox_pred.bias"]
+    if box_w.shape[0] == 4:  # class-agnostic regression
+        box_w, box_b = box_w.repeat(num_classes, 1), box_b.repeat(num_classes)
+    elif box_w.shape[0] == 4 * (num_classes - 1):
+        box_w = torch.cat([box_w.new_zeros(4, box_w.shape[1]), box_w])
+        box_b = torch.cat([box_b.new_zeros(4), box_b])
+    else:
+        raise ValueError(f"bbox_pred has {box_w.shape[0]} outputs; expected 4 or 4*K = {4 * (num_classes - 1)}")
+    return {"roi_heads.box_predictor.cls_score.weight": cls_w[order].contiguous(),
+            "roi_heads.box_predictor.cls_score.bias": cls_b[order].contiguous(),
+            "roi_heads.box_predictor.bbox_pred.weight": box_w.contiguous(),
+            "roi_heads.box_predictor.bbox_pred.bias": box_b.contiguous()}
+
+
 def convert_detectron2_c4(
     weights: Mapping[str, Any],
     *,
@@ -415,79 +489,15 @@ def convert_detectron2_c4(
     """
     from detres.backbones.weights import MSRA_META
 
-    sd: dict[str, torch.Tensor] = {}
-    pixel_mean = list(DETECTRON2_PIXEL_MEAN)
-    pixel_std = [1.0, 1.0, 1.0]
-    rpn: dict[str, torch.Tensor] = {}
-    predictor: dict[str, torch.Tensor] = {}
-    for key, value in weights.items():
-        if not isinstance(key, str):
-            raise ValueError(f"key {key!r}: parameter names must be strings")
-        if key in ("pixel_mean", "pixel_std"):
-            vals = [float(v) for v in np.asarray(value if not isinstance(value, torch.Tensor) else value.numpy()).reshape(-1)]
-            if key == "pixel_mean":
-                pixel_mean = vals
-            else:
-                pixel_std = vals
-            continue
-        if key.endswith("num_batches_tracked"):
-            continue
-        t = _to_tensor(value, key=key).float()
-        if key.startswith("backbone.stem.conv1."):
-            rest = key[len("backbone.stem.conv1."):]
-            if rest == "weight":
-                sd[D2_TRUNK_PREFIX + "conv1.weight"] = t
-            elif rest.startswith("norm.") and rest[5:] in _D2_BN_PARAMS:
-                sd[D2_TRUNK_PREFIX + "bn1." + rest[5:]] = t
-            else:
-                raise ValueError(f"key '{key}': unexpected stem parameter")
-        elif m := re.match(r"backbone\.res([2-4])\.(.*)", key):
-            sd[f"{D2_TRUNK_PREFIX}layer{int(m.group(1)) - 1}.{_d2_resnet_name(m.group(2), key=key)}"] = t
-        elif m := re.match(r"roi_heads\.res5\.(.*)", key):
-            sd[f"{D2_BOX_HEAD_PREFIX}layer4.{_d2_resnet_name(m.group(1), key=key)}"] = t
-        elif m := re.fullmatch(r"proposal_generator\.rpn_head\.(conv|objectness_logits|anchor_deltas)\.(weight|bias)", key):
-            rpn[f"{m.group(1)}.{m.group(2)}"] = t
-        elif m := re.fullmatch(r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)", key):
-            predictor[f"{m.group(1)}.{m.group(2)}"] = t
-        else:
-            raise ValueError(f"key '{key}': not part of a detectron2 R-C4 Faster R-CNN")
-
+    sd, rpn, predictor, pixel = _d2_split(weights)
     missing = [k for k in ("conv.weight", "conv.bias", "objectness_logits.weight", "objectness_logits.bias",
                            "anchor_deltas.weight", "anchor_deltas.bias") if k not in rpn]
     missing += [k for k in ("cls_score.weight", "cls_score.bias", "bbox_pred.weight", "bbox_pred.bias") if k not in predictor]
     if missing or D2_TRUNK_PREFIX + "conv1.weight" not in sd:
         raise ValueError(f"detectron2 checkpoint is missing {missing or ['backbone.stem.conv1.weight']}: not an R-C4 detector")
-
-    # RPN: one 3x3 conv, then objectness (A) and deltas (A*4), anchors permuted to torchvision's order.
-    num_anchors = rpn["objectness_logits.weight"].shape[0]
-    if num_anchors != num_anchor_sizes * num_aspect_ratios:
-        raise ValueError(f"RPN predicts {num_anchors} anchors per location, expected "
-                         f"{num_anchor_sizes} sizes x {num_aspect_ratios} ratios")
-    perm = _anchor_permutation(num_anchor_sizes, num_aspect_ratios)
-    delta_perm = (perm[:, None] * 4 + torch.arange(4)[None, :]).reshape(-1)
-    sd[D2_RPN_PREFIX + "conv.0.0.weight"] = rpn["conv.weight"]
-    sd[D2_RPN_PREFIX + "conv.0.0.bias"] = rpn["conv.bias"]
-    sd[D2_RPN_PREFIX + "cls_logits.weight"] = rpn["objectness_logits.weight"][perm].contiguous()
-    sd[D2_RPN_PREFIX + "cls_logits.bias"] = rpn["objectness_logits.bias"][perm].contiguous()
-    sd[D2_RPN_PREFIX + "bbox_pred.weight"] = rpn["anchor_deltas.weight"][delta_perm].contiguous()
-    sd[D2_RPN_PREFIX + "bbox_pred.bias"] = rpn["anchor_deltas.bias"][delta_perm].contiguous()
-
-    # Box predictor: background last -> first; class-specific K*4 -> (K+1)*4 with a zero background.
-    cls_w, cls_b = predictor["cls_score.weight"], predictor["cls_score.bias"]
-    num_classes = cls_w.shape[0]  # K + 1
-    order = torch.tensor([num_classes - 1] + list(range(num_classes - 1)))
-    sd["roi_heads.box_predictor.cls_score.weight"] = cls_w[order].contiguous()
-    sd["roi_heads.box_predictor.cls_score.bias"] = cls_b[order].contiguous()
-    box_w, box_b = predictor["bbox_pred.weight"], predictor["bbox_pred.bias"]
-    if box_w.shape[0] == 4:  # class-agnostic regression
-        box_w, box_b = box_w.repeat(num_classes, 1), box_b.repeat(num_classes)
-    elif box_w.shape[0] == 4 * (num_classes - 1):
-        box_w = torch.cat([box_w.new_zeros(4, box_w.shape[1]), box_w])
-        box_b = torch.cat([box_b.new_zeros(4), box_b])
-    else:
-        raise ValueError(f"bbox_pred has {box_w.shape[0]} outputs; expected 4 or 4*K = {4 * (num_classes - 1)}")
-    sd["roi_heads.box_predictor.bbox_pred.weight"] = box_w.contiguous()
-    sd["roi_heads.box_predictor.bbox_pred.bias"] = box_b.contiguous()
+    sd.update(_d2_rpn(rpn, num_anchor_sizes, num_aspect_ratios))
+    num_classes = predictor["cls_score.weight"].shape[0]  # K + 1
+    sd.update(_d2_predictor(predictor))
 
     blocks = []
     for stage in range(1, 4):
@@ -499,7 +509,7 @@ def convert_detectron2_c4(
     meta = dict(MSRA_META)
     meta.update({
         "arch": inferred, "style": "msra", "channel_order": "BGR", "input_range": 255.0,
-        "mean": pixel_mean, "std": pixel_std, "bn_eps": 1e-5, "source": "detectron2",
+        "mean": pixel["pixel_mean"], "std": pixel["pixel_std"], "bn_eps": 1e-5, "source": "detectron2",
         # what the file is; the detector's settings for it live in detres.modeling.convert (its spec)
         "detector": {"recipe": "detectron2_c4", "backbone": inferred, "num_classes": int(num_classes)},
     })
