@@ -16,8 +16,13 @@ torchvision hard-codes the other way. Each is a keyword here, and the defaults r
   proposals below ``lo`` are ignored. Images without any ground-truth box keep all their proposals as
   background (torchvision's behaviour), so an image of only difficult objects still trains.
 
-The classes are torchvision's with these additions only: the parent's methods do the work and the
-subclasses adjust their inputs or outputs.
+The classes are torchvision's with these additions only. ``PaperRoIHeads`` adjusts the parent's
+matching. ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
+minimum proposal side travel as arguments: it keeps nothing between calls. At test time torchvision's
+``FasterRCNN.forward`` carries only images and targets, so the scale reaches the RPN through targets that
+hold ``size``/``orig_size`` and no boxes (:func:`scale_targets`).
+
+The detector (:func:`detres.modeling.build_detector`) constructs both directly from its spec.
 """
 from __future__ import annotations
 
