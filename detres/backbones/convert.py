@@ -262,6 +262,30 @@ def _caffe2_target(key: str) -> str | None:
     return prefix + ("weight" if what == "_w" else _BN_SUFFIX[what[4:]])
 
 
+def _caffe2_bn_statistics(sd: dict[str, torch.Tensor]) -> list[str]:
+    """In place: running mean 0 / variance 1 for every BN that has an affine but no stored statistics, and
+    Caffe's ``conv1.bias`` folded into ``bn1.running_mean`` (removed from ``sd``). Returns the notes."""
+    notes: list[str] = []
+    conv1_bias = sd.pop("conv1.bias", None)
+    for key in [k for k in sd if k.endswith(".weight") and (k.startswith("bn1") or ".bn" in k or "downsample.1" in k)]:
+        base = key[: -len("weight")]
+        if base + "bias" not in sd:
+            raise ValueError(f"BN '{base[:-1]}': has a scale (_bn_s) but no shift (_bn_b)")
+        n = sd[key].shape[0]
+        sd.setdefault(base + "running_mean", torch.zeros(n))
+        sd.setdefault(base + "running_var", torch.ones(n))
+    if conv1_bias is not None:
+        if conv1_bias.shape != sd["bn1.running_mean"].shape:
+            raise ValueError(f"key 'conv1_b': shape {tuple(conv1_bias.shape)} does not match conv1's "
+                             f"{sd['bn1.running_mean'].shape[0]} channels")
+        if bool((conv1_bias == 0).all()):
+            notes.append("conv1_b is all zeros: nothing to fold")
+        else:
+            sd["bn1.running_mean"] = sd["bn1.running_mean"] - conv1_bias
+            notes.append("conv1_b folded into bn1.running_mean (exact: bn(Wx + c) with mean m == bn(Wx) with mean m - c)")
+    return notes
+
+
 def convert_caffe2_resnet(
     blobs: Mapping[str, Any], *, arch: str | None = None, check: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -301,26 +325,9 @@ def convert_caffe2_resnet(
         if target in sd:
             raise ValueError(f"key '{key}': maps to '{target}', which another blob already filled")
         sd[target] = _to_tensor(value, key=key).float()
-    conv1_bias = sd.pop("conv1.bias", None)
     if "conv1.weight" not in sd:
         raise ValueError("no 'conv1_w' blob: not an MSRA ResNet")
-    # Fill running statistics for every BN that has an affine but no stored statistics.
-    for key in [k for k in sd if k.endswith(".weight") and (k.startswith("bn1") or ".bn" in k or "downsample.1" in k)]:
-        base = key[: -len("weight")]
-        if base + "bias" not in sd:
-            raise ValueError(f"BN '{base[:-1]}': has a scale (_bn_s) but no shift (_bn_b)")
-        n = sd[key].shape[0]
-        sd.setdefault(base + "running_mean", torch.zeros(n))
-        sd.setdefault(base + "running_var", torch.ones(n))
-    if conv1_bias is not None:
-        if conv1_bias.shape != sd["bn1.running_mean"].shape:
-            raise ValueError(f"key 'conv1_b': shape {tuple(conv1_bias.shape)} does not match conv1's "
-                             f"{sd['bn1.running_mean'].shape[0]} channels")
-        if bool((conv1_bias == 0).all()):
-            notes.append("conv1_b is all zeros: nothing to fold")
-        else:
-            sd["bn1.running_mean"] = sd["bn1.running_mean"] - conv1_bias
-            notes.append("conv1_b folded into bn1.running_mean (exact: bn(Wx + c) with mean m == bn(Wx) with mean m - c)")
+    notes += _caffe2_bn_statistics(sd)
     blocks = []
     for stage in range(1, 5):
         blocks.append(len({int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}))
