@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -280,7 +282,7 @@ def _d2_cell_anchors():
     return out
 
 
-def test_detectron2_r50_c4_converts_into_build_detector(tmp_path):
+def test_detectron2_r50_c4_converts_into_build_detector(tmp_path, capsys):
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     num_fg = 3
@@ -300,6 +302,11 @@ def test_detectron2_r50_c4_converts_into_build_detector(tmp_path):
     # a file converted before the recipe was recorded (build_detector's old keywords) builds the same spec
     legacy = {"detector": {"backbone": "resnet50", "num_classes": num_fg + 1, "pooler_aligned": True}}
     assert converted_detector_spec(legacy) == (spec, num_fg + 1)
+    # the tool says which detector the file makes; a changed copy of the file's spec builds that one instead
+    assert _load_tool("convert_weights").main([str(src), str(tmp_path / "again.pth")]) == 0
+    assert f"= build_detector({spec}, {num_fg + 1})" in capsys.readouterr().out
+    lower = replace(spec, roi=replace(spec.roi, score_thresh=0.0))
+    assert build_converted_detector(dst, spec=lower).roi_heads.score_thresh == 0.0
 
     model = build_converted_detector(dst)  # strict: every key of build_detector's model is filled
     assert set(model.state_dict()) == set(sd)

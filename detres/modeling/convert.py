@@ -41,7 +41,8 @@ def detectron2_c4_spec(arch: str) -> DetectorSpec:
 RECIPES = {"detectron2_c4": detectron2_c4_spec}
 
 
-def converted_detector_spec(meta: Mapping[str, Any], *, path: str | os.PathLike = "weights") -> tuple[DetectorSpec, int]:
+def converted_detector_spec(meta: Mapping[str, Any], *,
+                            path: str | os.PathLike = "weights") -> tuple[DetectorSpec, int]:
     """``(spec, num_classes)`` of the converted detector a weights file's ``meta`` describes.
 
     Files written before the recipe was recorded carry build_detector's old keyword arguments instead; they

@@ -136,8 +136,8 @@ def build_detector(spec: DetectorSpec, num_classes: int, *,
                        output_size=spec.pool_size, sampling_ratio=spec.pooler.sampling_ratio,
                        aligned=spec.pooler.aligned)
     transform = InputTransform(trunk.weights_meta, min_size=spec.input.min_size, max_size=spec.input.max_size)
-    model = _faster_rcnn(trunk, _build_rpn(spec.rpn, anchors, rpn_head), _build_roi_heads(spec.roi, pool, head, predictor),
-                         transform)
+    rpn = _build_rpn(spec.rpn, anchors, rpn_head)
+    model = _faster_rcnn(trunk, rpn, _build_roi_heads(spec.roi, pool, head, predictor), transform)
     model.weights_meta = dict(trunk.weights_meta)
     return model
 

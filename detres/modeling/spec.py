@@ -47,8 +47,8 @@ def _check_range(part: str, obj: Any, name: str, lo: float | None, hi: float | N
     if below or above:
         lo_s = "-inf" if lo is None else f"{lo:g}"
         hi_s = "inf" if hi is None else f"{hi:g}"
-        raise SpecError(f"{part}.{name}", f"must be in {'(' if lo_open else '['}{lo_s}, {hi_s}{')' if hi_open else ']'}, "
-                                          f"got {v!r}")
+        interval = f"{'(' if lo_open else '['}{lo_s}, {hi_s}{')' if hi_open else ']'}"
+        raise SpecError(f"{part}.{name}", f"must be in {interval}, got {v!r}")
 
 
 def _check_choice(part: str, name: str, value: Any, choices) -> None:
@@ -184,7 +184,8 @@ class DetectorSpec:
     def __post_init__(self) -> None:
         for f in fields(self):
             if not isinstance(getattr(self, f.name), _PARTS[f.name]):
-                raise SpecError(f.name, f"must be a {_PARTS[f.name].__name__}, got {type(getattr(self, f.name)).__name__}")
+                got = type(getattr(self, f.name)).__name__
+                raise SpecError(f.name, f"must be a {_PARTS[f.name].__name__}, got {got}")
         if self.backbone.name == "vgg16" and self.pool_size != 7:
             raise SpecError("pooler.resolution", f"vgg16's fc6 takes 7x7 RoI features; {self.pool_size} cannot be used")
 
