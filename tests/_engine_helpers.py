@@ -29,11 +29,23 @@ TINY = {
 }
 
 
-#: ``build_detector`` keyword arguments of a small, fast detector for 64-128 px images: few anchor sizes,
-#: proposals and sampled anchors/RoIs (the one copy; tests add their own options beside it).
-TINY_DETECTOR = dict(anchor_sizes=(16, 32, 64), rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=32,
-                     rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=16, box_batch_size_per_image=16,
-                     rpn_batch_size_per_image=32)
+#: Spec fields (per part) of a small, fast detector for 64-128 px images: few anchor sizes, proposals and
+#: sampled anchors/RoIs (the one copy; tests add their own options beside it through :func:`make_spec`).
+TINY_DETECTOR = {"rpn": dict(anchor_sizes=(16, 32, 64), pre_nms_top_n_train=200, post_nms_top_n_train=32,
+                             pre_nms_top_n_test=100, post_nms_top_n_test=16, batch_size_per_image=32),
+                 "roi": dict(batch_size_per_image=16)}
+
+
+def make_spec(name: str = "resnet18", *, tiny: bool = False, **parts: dict):
+    """A ``DetectorSpec`` with backbone ``name``: the defaults (the paper's), or :data:`TINY_DETECTOR` with
+    ``tiny``, changed by ``parts`` = per-part field values, e.g. ``make_spec(rpn={"min_size": 16})``."""
+    from detres.modeling import DetectorSpec
+
+    merged: dict[str, dict] = {k: dict(v) for k, v in TINY_DETECTOR.items()} if tiny else {}
+    merged.setdefault("backbone", {})["name"] = name
+    for part, values in parts.items():
+        merged.setdefault(part, {}).update(values)
+    return DetectorSpec.from_dict(merged)
 
 
 def same_detections(a: dict, b: dict, *, box_tol: float = 0.5, score_tol: float = 1e-3) -> bool:

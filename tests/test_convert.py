@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 
 from detres.backbones import build_c4, build_classifier, read_weights
 from detres.backbones.convert import convert_weights, safe_load_pickle
-from detres.modeling.convert import build_converted_detector
+from detres.modeling.convert import build_converted_detector, converted_detector_spec, detectron2_c4_spec
 from detres.backbones.weights import MSRA_META, TORCHVISION_META
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -280,7 +282,7 @@ def _d2_cell_anchors():
     return out
 
 
-def test_detectron2_r50_c4_converts_into_build_detector(tmp_path):
+def test_detectron2_r50_c4_converts_into_build_detector(tmp_path, capsys):
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     num_fg = 3
@@ -292,9 +294,19 @@ def test_detectron2_r50_c4_converts_into_build_detector(tmp_path):
     sd, meta, fmt = convert_weights(src, dst)
     assert fmt == "detectron2"
     assert meta["mean"] == pytest.approx([103.53, 116.28, 123.675]) and meta["channel_order"] == "BGR"
-    det = meta["detector"]
-    assert det["num_classes"] == num_fg + 1 and det["pooler_aligned"] is True and det["pooler_sampling_ratio"] == 0
-    assert det["anchor_sizes"] == list(SIZES) and det["pooler_resolution"] == 14
+    assert meta["detector"] == {"recipe": "detectron2_c4", "backbone": "resnet50", "num_classes": num_fg + 1}
+    spec, num_classes = converted_detector_spec(meta)
+    assert spec == detectron2_c4_spec("resnet50") and num_classes == num_fg + 1
+    assert (spec.pooler.aligned, spec.pooler.sampling_ratio, spec.pooler.resolution) == (True, 0, 14)
+    assert spec.rpn.anchor_sizes == tuple(SIZES) and (spec.roi.nms_thresh, spec.rpn.post_nms_top_n_test) == (0.5, 1000)
+    # a file converted before the recipe was recorded (build_detector's old keywords) builds the same spec
+    legacy = {"detector": {"backbone": "resnet50", "num_classes": num_fg + 1, "pooler_aligned": True}}
+    assert converted_detector_spec(legacy) == (spec, num_fg + 1)
+    # the tool says which detector the file makes; a changed copy of the file's spec builds that one instead
+    assert _load_tool("convert_weights").main([str(src), str(tmp_path / "again.pth")]) == 0
+    assert f"= build_detector({spec}, {num_fg + 1})" in capsys.readouterr().out
+    lower = replace(spec, roi=replace(spec.roi, score_thresh=0.0))
+    assert build_converted_detector(dst, spec=lower).roi_heads.score_thresh == 0.0
 
     model = build_converted_detector(dst)  # strict: every key of build_detector's model is filled
     assert set(model.state_dict()) == set(sd)
@@ -415,13 +427,13 @@ def test_caffe_preprocessing_for_a_torchvision_layout_file(tmp_path):
     py-faster-rcnn's pixel means; the detector then normalises that way. (ResNet-18 stands in for VGG-16's
     553 MB: the mechanism is the layout-independent meta.)"""
     from detres.backbones.weights import CAFFE_VGG_META
-    from detres.modeling import build_detector
+    from detres.modeling import BackboneSpec, DetectorSpec, build_detector
 
     src = tmp_path / "caffe_layout.pth"
     torch.save(build_classifier("resnet18").state_dict(), src)
     _, meta, _ = convert_weights(src, tmp_path / "out.pth", preprocess="caffe")
     assert (meta["channel_order"], meta["input_range"], meta["mean"]) == ("BGR", 255.0, [102.9801, 115.9465, 122.7717])
-    det = build_detector(backbone="resnet18", num_classes=3, weights=tmp_path / "out.pth")
+    det = build_detector(DetectorSpec(backbone=BackboneSpec(name="resnet18", weights=tmp_path / "out.pth")), 3)
     img = torch.rand(3, 16, 16)
     expect = img.flip(0) * 255.0 - torch.tensor(CAFFE_VGG_META["mean"])[:, None, None]
     torch.testing.assert_close(det.transform.normalize(img), expect)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _engine_helpers import TINY_DETECTOR, same_detections
+from _engine_helpers import make_spec, same_detections
 from detres.modeling import C4RoIPooler, build_detector
 from detres.modeling.fast import prepare_for_inference
 
@@ -23,7 +23,7 @@ def test_bf16_amp_training_step():
     from detres.utils.amp import autocast
 
     torch.manual_seed(0)
-    model = build_detector(backbone="resnet18", num_classes=3, norm="bn", freeze_at=0, **TINY_DETECTOR).cuda().train()
+    model = build_detector(make_spec(tiny=True, backbone={"norm": "bn", "freeze_at": 0}), 3).cuda().train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, targets = _batch("cuda")
     for _ in range(2):
@@ -39,7 +39,7 @@ def test_bf16_amp_training_step():
 
 def test_cpu_and_cuda_evaluation_agree():
     torch.manual_seed(0)
-    model = build_detector(backbone="resnet18", num_classes=3, box_score_thresh=0.0, **TINY_DETECTOR).eval()
+    model = build_detector(make_spec(tiny=True, roi={"score_thresh": 0.0}), 3).eval()
     images, _ = _batch("cpu")
     with torch.no_grad():
         cpu = model(images)
@@ -69,7 +69,7 @@ def test_fast_path_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
-    model = build_detector(backbone="resnet18", num_classes=3, box_score_thresh=0.0, **TINY_DETECTOR).eval().cuda()
+    model = build_detector(make_spec(tiny=True, roi={"score_thresh": 0.0}), 3).eval().cuda()
     fast = prepare_for_inference(model, device="cuda")
     images, _ = _batch("cuda")
     with torch.no_grad():

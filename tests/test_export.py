@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _engine_helpers import write_tiny_config
+from _engine_helpers import make_spec, write_tiny_config
 from detres.modeling import build_detector
 from detres.modeling.export import FORMATS, export_detector
 
@@ -18,8 +18,12 @@ SIZES = [(96, 128), (120, 80)]
 
 def _model(pooler="roi_align"):
     torch.manual_seed(0)
-    return build_detector(backbone="resnet18", num_classes=4, pooler=pooler, box_score_thresh=0.0,
-                          anchor_sizes=(16, 32, 64), rpn_post_nms_top_n_test=30).eval()
+    return build_detector(_spec(pooler), 4).eval()
+
+
+def _spec(pooler):
+    return make_spec(pooler={"type": pooler}, roi={"score_thresh": 0.0},
+                     rpn={"anchor_sizes": (16, 32, 64), "post_nms_top_n_test": 30})
 
 
 def _run(fmt, path, image):
@@ -48,8 +52,7 @@ def test_export_matches_eager(tmp_path, fmt, pooler):
         assert labels.dtype == torch.int64 and boxes.shape == (len(labels), 4)
         assert _same(ref, boxes, labels, scores), (fmt, size)
     # the preprocessing is inside the export: a model built for other inputs (BGR, 0-255) gives other detections
-    other = build_detector(backbone="resnet18", num_classes=4, pooler=pooler, box_score_thresh=0.0,
-                           anchor_sizes=(16, 32, 64), rpn_post_nms_top_n_test=30,
+    other = build_detector(_spec(pooler), 4,
                            weights_meta={"style": "pytorch", "channel_order": "BGR", "input_range": 255.0,
                                          "mean": [100.0, 110.0, 120.0], "std": [1.0, 1.0, 1.0], "bn_eps": 1e-5}).eval()
     other.load_state_dict(model.state_dict())
@@ -59,10 +62,10 @@ def test_export_matches_eager(tmp_path, fmt, pooler):
 
 
 def test_unexportable_options_are_named(tmp_path):
-    resizing = build_detector(backbone="resnet18", num_classes=4, min_size=64, max_size=128).eval()
+    resizing = build_detector(make_spec(input={"min_size": 64, "max_size": 128}), 4).eval()
     with pytest.raises(ValueError, match="min_size"):
         export_detector(resizing, tmp_path / "m.pt")
-    aligned = build_detector(backbone="resnet18", num_classes=4, pooler_aligned=True).eval()
+    aligned = build_detector(make_spec(pooler={"aligned": True}), 4).eval()
     with pytest.raises(ValueError, match="opset 11"):
         export_detector(aligned, tmp_path / "m.onnx", fmt="onnx", opset=11)
     with pytest.raises(ValueError, match="--format"):

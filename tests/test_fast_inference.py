@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchvision.ops import FrozenBatchNorm2d
 
 import detres.modeling.roi_algebra as roi_algebra
-from _engine_helpers import TINY_DETECTOR, same_detections, write_tiny_config
+from _engine_helpers import make_spec, same_detections, write_tiny_config
 from detres.backbones.resnet import BasicBlock, Bottleneck
 from detres.config import load_config
 from detres.modeling import build_detector
@@ -91,7 +91,7 @@ def test_a_wrong_transform_would_be_caught(trained, monkeypatch):
 
 
 def test_disabled_and_bf16_policy():
-    model = build_detector(backbone="resnet18", num_classes=3, norm="frozen_bn").eval()
+    model = build_detector(make_spec(backbone={"norm": "frozen_bn"}), 3).eval()
     plain = prepare_for_inference(model, enabled=False)
     assert plain is not model and type(plain.backbone) is type(model.backbone)
     fast = prepare_for_inference(model, bf16=True)
@@ -106,8 +106,8 @@ def test_bottleneck_detector_commutes_its_head_with_the_same_detections(monkeypa
     projection shortcut): the fast path really moves that block before RoIAlign and runs it there, and the
     detections are the eager model's."""
     torch.manual_seed(0)
-    model = build_detector(backbone="resnet50", num_classes=3, width=8, box_score_thresh=0.0,
-                           **TINY_DETECTOR).eval()
+    model = build_detector(make_spec("resnet50", tiny=True, backbone={"width": 8}, roi={"score_thresh": 0.0}),
+                           3).eval()
     _random_stats(model)  # frozen BN with non-trivial statistics: folding and the bias order matter
     # The paper's predictor init (std 0.01, 0.001) gives scores ~1/3 and boxes ~the proposals whatever the head
     # computes; scaled to the head's real output, scores and boxes depend on it, so a wrong head shows.

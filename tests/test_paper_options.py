@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from _engine_helpers import TINY_DETECTOR, FirstKSampler, write_tiny_config
+from _engine_helpers import FirstKSampler, make_spec, write_tiny_config
 from detres.config import load_config
 from detres.engine.solver import build_sgd
 from detres.engine.trainer import Trainer
@@ -55,12 +55,10 @@ def _outside(anchors, hw):
 
 def test_allowed_border_zero_samples_no_cross_boundary_anchor():
     torch.manual_seed(0)
-    sampled, sizes = _rpn_samples(build_detector(backbone="resnet18", num_classes=3, rpn_allowed_border=0,
-                                                 **TINY_DETECTOR))
+    sampled, sizes = _rpn_samples(build_detector(make_spec(tiny=True, rpn={"allowed_border": 0}), 3))
     assert all(len(a) > 0 and not _outside(a, hw).any() for a, hw in zip(sampled, sizes))
     torch.manual_seed(0)  # torchvision's choice (keep all anchors) does sample anchors across the border
-    sampled, sizes = _rpn_samples(build_detector(backbone="resnet18", num_classes=3, rpn_allowed_border=-1,
-                                                 **TINY_DETECTOR))
+    sampled, sizes = _rpn_samples(build_detector(make_spec(tiny=True, rpn={"allowed_border": -1}), 3))
     assert any(_outside(a, hw).any() for a, hw in zip(sampled, sizes))
 
 
@@ -81,7 +79,7 @@ def _roi_samples(model):
 @pytest.mark.parametrize("lo", [0.1, 0.3])
 def test_background_rois_have_iou_at_least_lo(lo):
     torch.manual_seed(0)
-    rec = _roi_samples(build_detector(backbone="resnet18", num_classes=3, box_bg_iou_thresh_lo=lo, **TINY_DETECTOR))
+    rec = _roi_samples(build_detector(make_spec(tiny=True, roi={"bg_iou_thresh_lo": lo}), 3))
     n_bg = 0
     for props, labels, t in zip(rec["proposals"], rec["labels"], rec["targets"]):
         best = box_iou(t["boxes"], props).max(dim=0).values
@@ -90,14 +88,14 @@ def test_background_rois_have_iou_at_least_lo(lo):
         n_bg += int((labels == 0).sum())
     assert n_bg > 0
     torch.manual_seed(0)  # with lo = 0 (torchvision) far-away proposals are sampled as background
-    rec = _roi_samples(build_detector(backbone="resnet18", num_classes=3, box_bg_iou_thresh_lo=0.0, **TINY_DETECTOR))
+    rec = _roi_samples(build_detector(make_spec(tiny=True, roi={"bg_iou_thresh_lo": 0.0}), 3))
     assert any((box_iou(t["boxes"], p).max(dim=0).values[lab == 0] < lo).any()
                for p, lab, t in zip(rec["proposals"], rec["labels"], rec["targets"]))
 
 
 def test_background_range_is_validated():
-    with pytest.raises(ValueError, match="bg_iou_thresh_lo"):
-        build_detector(backbone="resnet18", num_classes=3, box_bg_iou_thresh_lo=0.6)
+    with pytest.raises(ValueError, match=r"roi.bg_iou_thresh_lo: must be in \[0, 0.5\], got 0.6"):
+        make_spec(roi={"bg_iou_thresh_lo": 0.6})
 
 
 def _proposals(model, images, targets):
@@ -116,7 +114,7 @@ def test_rpn_min_size_is_taken_at_the_original_scale_per_image():
                 "size": torch.tensor([64, 80]), "orig_size": torch.tensor([32, 40])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
                 "size": torch.tensor([72, 64]), "orig_size": torch.tensor([72, 64])}]
-    model = build_detector(backbone="resnet18", num_classes=3, rpn_min_size=12, **TINY_DETECTOR)
+    model = build_detector(make_spec(tiny=True, rpn={"min_size": 12}), 3)
     props = _proposals(model, images, targets)
 
     def sides(b):
@@ -130,18 +128,37 @@ def test_rpn_min_size_is_taken_at_the_original_scale_per_image():
 
 
 def test_predict_original_gives_the_rpn_each_images_scale():
-    model = build_detector(backbone="resnet18", num_classes=3, rpn_min_size=16, **TINY_DETECTOR)
+    model = build_detector(make_spec(tiny=True, rpn={"min_size": 16}), 3)
     seen = []
     filter_proposals = model.rpn.filter_proposals
 
-    def record(*args):
-        seen.append(list(model.rpn._scales))
-        return filter_proposals(*args)
+    def record(*args, min_sizes=None):
+        seen.append(min_sizes)
+        return filter_proposals(*args, min_sizes=min_sizes)
 
     model.rpn.filter_proposals = record
     target = {"size": torch.tensor([64, 80]), "orig_size": torch.tensor([128, 160]), "flipped": False}
     predict_original(model.eval(), [torch.rand(3, 64, 80)], [target])
-    assert seen == [[0.5]]
+    assert seen == [[8.0]]  # 16 px of the original image at half its size
+
+
+def test_rpn_keeps_no_state_between_calls():
+    """The RPN reads each image's scale and size from the call and changes nothing on itself: the same
+    images give the same proposals before and after a call at another scale."""
+    torch.manual_seed(0)
+    model = build_detector(make_spec(tiny=True, rpn={"min_size": 16}), 3).eval()
+    images = [torch.rand(3, 64, 80)]
+    half = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+             "size": torch.tensor([64, 80]), "orig_size": torch.tensor([128, 160])}]
+    before = {k: v for k, v in vars(model.rpn).items() if not k.startswith("_")}
+    first = _proposals(model, images, None)
+    scaled = _proposals(model, images, half)
+    assert {k: v for k, v in vars(model.rpn).items() if not k.startswith("_")} == before
+    assert not hasattr(model.rpn, "_scales") and not hasattr(model.rpn, "_image_sizes")
+    again = _proposals(model, images, None)
+    assert torch.equal(first[0], again[0])
+    assert model.rpn.min_size == 1e-3  # torchvision's own threshold, untouched (the old code overwrote it)
+    assert len(scaled[0]) > 0
 
 
 def test_config_keys_reach_the_detector(tmp_path):

@@ -15,6 +15,7 @@ from torchvision.ops import FrozenBatchNorm2d, roi_align
 
 import detres.modeling.roi_algebra as roi_algebra
 from detres.backbones.resnet import Bottleneck
+from _engine_helpers import make_spec
 from detres.modeling import build_detector
 from detres.modeling.detector import C4RoIPooler
 from detres.modeling.fast import fold_batchnorm, prepare_for_inference
@@ -147,7 +148,7 @@ def test_commuted_block_refuses_what_is_not_linear():
 def test_fast_path_commutes_a_resnet50_head_with_the_same_box_features(style):
     """The whole detector: the fast path's pooler + head give the eager head's features for the same RoIs."""
     torch.manual_seed(0)
-    model = build_detector(backbone="resnet50", num_classes=3, norm="frozen_bn", style=style, width=8).eval()
+    model = build_detector(make_spec("resnet50", backbone={"norm": "frozen_bn", "style": style, "width": 8}), 3).eval()
     fast = prepare_for_inference(model)
     assert type(fast.roi_heads.box_roi_pool).__name__ == "CommutedC4Block"
     slow = prepare_for_inference(model, commute_head=False)
@@ -164,5 +165,6 @@ def test_fast_path_commutes_a_resnet50_head_with_the_same_box_features(style):
     head = fast.roi_heads.box_head
     assert len(getattr(head, "module", head).blocks) == 2
     # RoIPool and basic-block heads keep the ordinary path
-    pooled = build_detector(backbone="resnet50", num_classes=3, norm="frozen_bn", pooler="roi_pool", width=8).eval()
+    pooled = build_detector(make_spec("resnet50", backbone={"norm": "frozen_bn", "width": 8},
+                                      pooler={"type": "roi_pool"}), 3).eval()
     assert type(prepare_for_inference(pooled).roi_heads.box_roi_pool).__name__ != "CommutedC4Block"

@@ -82,7 +82,7 @@ def test_run_directory_and_eval_json(trained):
 
 
 def test_checkpoint_is_a_detection_backbone(trained):
-    from detres.modeling import build_detector
+    from detres.modeling import BackboneSpec, DetectorSpec, build_detector
 
     _, out, _ = trained
     ckpt = out / "model_final.pth"
@@ -93,7 +93,7 @@ def test_checkpoint_is_a_detection_backbone(trained):
     trunk, head = build_c4("resnet18", weights=ckpt)
     torch.testing.assert_close(trunk.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     torch.testing.assert_close(head.layer4[0].bn1.running_var, state["layer4.0.bn1.running_var"])
-    det = build_detector(backbone="resnet18", weights=ckpt, num_classes=4).eval()
+    det = build_detector(DetectorSpec(backbone=BackboneSpec(name="resnet18", weights=ckpt)), 4).eval()
     assert det.transform.image_mean == pytest.approx(meta["mean"]) and not det.transform.bgr
     with torch.no_grad():
         out_det = det([torch.rand(3, 64, 96)])

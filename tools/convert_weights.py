@@ -12,8 +12,8 @@ SRC may be
   * a Caffe VGG-16 in torchvision's layout (vgg16_caffe.pth) with --preprocess caffe: BGR, 0..255,
     py-faster-rcnn pixel means (the paper's VGG-16 baseline);
   * a detectron2 R50-C4 / R101-C4 Faster R-CNN (model_final_*.pkl or .pth): a whole detres C4 detector;
-    load it with detres.modeling.convert.build_converted_detector(DST), which applies detectron2's
-    settings recorded in meta["detector"].
+    load it with detres.modeling.convert.build_converted_detector(DST), which builds the
+    spec of the recipe recorded in meta["detector"] (detres.modeling.convert.detectron2_c4_spec).
 
 Pickles are read by a restricted unpickler (numpy arrays, numbers, strings and containers only); a file
 that names anything else is refused without running it. The ImageNet outputs (first two kinds) work as
@@ -25,6 +25,7 @@ import argparse
 import sys
 
 from detres.backbones.convert import convert_weights
+from detres.modeling.convert import converted_detector_spec
 from detres.utils.cli import run_tool
 
 
@@ -54,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
     for note in report.get("notes", []):
         print(f"note: {note}")
     if "detector" in meta:
-        det = meta["detector"]
-        print(f"detector: build_converted_detector('{args.dst}') = build_detector(" +
-              ", ".join(f"{k}={v!r}" for k, v in det.items()) + ")")
+        spec, num_classes = converted_detector_spec(meta, path=args.src)
+        print(f"detector: build_converted_detector('{args.dst}') = build_detector({spec}, {num_classes})")
     return 0
 
 

@@ -11,8 +11,8 @@ parameters include the BN affines and the 1000-way fc. The paper's Table 1 count
 networks: the "pytorch" style moves the stride into the 3x3 conv, so its first 1x1 of a down-sampling
 block runs at the higher resolution (ResNet-50: 4.1 instead of 3.8).
 
-Detector rows (``detres.modeling.stats.detector_stats``): ``build_detector(backbone=name, style=...,
-num_classes=21, rpn_post_nms_top_n_test=300)`` in eval mode on one 600x1000 image (padded to 608x1024 by the size-divisible-by-32 batching). Counted:
+Detector rows (``detres.modeling.stats.detector_stats``): ``build_detector(DetectorSpec(backbone=BackboneSpec(name,
+style=...), rpn=RPNSpec(post_nms_top_n_test=300)), 21)`` in eval mode on one 600x1000 image (padded to 608x1024 by the size-divisible-by-32 batching). Counted:
 the trunk (conv1..conv4), the RPN head (3x3 conv + sibling 1x1s) on the stride-16 map, and the RoI
 head (conv5 + pooling, or fc6/fc7 for VGG-16) and predictor on exactly 300 RoIs. The RPN's NMS
 threshold is set to 1.0 for the count so that 300 proposals always survive, whatever the random

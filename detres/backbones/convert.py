@@ -17,7 +17,7 @@ format that :func:`detres.backbones.read_weights` reads):
   the matching normalisation by itself.
 * **detectron2** model-zoo R50-C4 / R101-C4 Faster R-CNN checkpoints (``model_final_*.pkl`` with
   ``{"model": {name: ndarray}, "__author__": ...}`` or a ``.pth``): converted into the state dict of
-  ``detres.modeling.build_detector(backbone=..., style="msra", num_classes=K + 1, ...)``. See
+  ``detres.modeling.build_detector(detectron2_c4_spec(arch), K + 1)`` (:mod:`detres.modeling.convert`). See
   :func:`convert_detectron2_c4` for the layout differences that are reconciled.
 
 Pickles are read with :class:`SafeUnpickler`, which admits only numpy arrays, numbers, strings and
@@ -48,7 +48,6 @@ __all__ = [
     "convert_detectron2_c4",
     "convert_weights",
     "DETECTRON2_PIXEL_MEAN",
-    "DETECTRON2_C4_SETTINGS",
     "D2_BOX_HEAD_PREFIX",
 ]
 
@@ -268,6 +267,30 @@ def _caffe2_target(key: str) -> str | None:
     return prefix + ("weight" if what == "_w" else _BN_SUFFIX[what[4:]])
 
 
+def _caffe2_bn_statistics(sd: dict[str, torch.Tensor]) -> list[str]:
+    """In place: running mean 0 / variance 1 for every BN that has an affine but no stored statistics, and
+    Caffe's ``conv1.bias`` folded into ``bn1.running_mean`` (removed from ``sd``). Returns the notes."""
+    notes: list[str] = []
+    conv1_bias = sd.pop("conv1.bias", None)
+    for key in [k for k in sd if k.endswith(".weight") and (k.startswith("bn1") or ".bn" in k or "downsample.1" in k)]:
+        base = key[: -len("weight")]
+        if base + "bias" not in sd:
+            raise ValueError(f"BN '{base[:-1]}': has a scale (_bn_s) but no shift (_bn_b)")
+        n = sd[key].shape[0]
+        sd.setdefault(base + "running_mean", torch.zeros(n))
+        sd.setdefault(base + "running_var", torch.ones(n))
+    if conv1_bias is not None:
+        if conv1_bias.shape != sd["bn1.running_mean"].shape:
+            raise ValueError(f"key 'conv1_b': shape {tuple(conv1_bias.shape)} does not match conv1's "
+                             f"{sd['bn1.running_mean'].shape[0]} channels")
+        if bool((conv1_bias == 0).all()):
+            notes.append("conv1_b is all zeros: nothing to fold")
+        else:
+            sd["bn1.running_mean"] = sd["bn1.running_mean"] - conv1_bias
+            notes.append("conv1_b folded into bn1.running_mean (exact: bn(Wx + c) with mean m == bn(Wx) with mean m - c)")
+    return notes
+
+
 def convert_caffe2_resnet(
     blobs: Mapping[str, Any], *, arch: str | None = None, check: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -307,26 +330,9 @@ def convert_caffe2_resnet(
         if target in sd:
             raise ValueError(f"key '{key}': maps to '{target}', which another blob already filled")
         sd[target] = _to_tensor(value, key=key).float()
-    conv1_bias = sd.pop("conv1.bias", None)
     if "conv1.weight" not in sd:
         raise ValueError("no 'conv1_w' blob: not an MSRA ResNet")
-    # Fill running statistics for every BN that has an affine but no stored statistics.
-    for key in [k for k in sd if k.endswith(".weight") and (k.startswith("bn1") or ".bn" in k or "downsample.1" in k)]:
-        base = key[: -len("weight")]
-        if base + "bias" not in sd:
-            raise ValueError(f"BN '{base[:-1]}': has a scale (_bn_s) but no shift (_bn_b)")
-        n = sd[key].shape[0]
-        sd.setdefault(base + "running_mean", torch.zeros(n))
-        sd.setdefault(base + "running_var", torch.ones(n))
-    if conv1_bias is not None:
-        if conv1_bias.shape != sd["bn1.running_mean"].shape:
-            raise ValueError(f"key 'conv1_b': shape {tuple(conv1_bias.shape)} does not match conv1's "
-                             f"{sd['bn1.running_mean'].shape[0]} channels")
-        if bool((conv1_bias == 0).all()):
-            notes.append("conv1_b is all zeros: nothing to fold")
-        else:
-            sd["bn1.running_mean"] = sd["bn1.running_mean"] - conv1_bias
-            notes.append("conv1_b folded into bn1.running_mean (exact: bn(Wx + c) with mean m == bn(Wx) with mean m - c)")
+    notes += _caffe2_bn_statistics(sd)
     blocks = []
     for stage in range(1, 5):
         blocks.append(len({int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}))
@@ -352,26 +358,6 @@ def _natural_key(name: str) -> list:
 
 #: detectron2's pixel mean for MSRA-initialised models (BGR, 0..255); std is 1.
 DETECTRON2_PIXEL_MEAN = [103.530, 116.280, 123.675]
-
-#: detectron2's R50-C4 / R101-C4 settings (Base-RCNN-C4.yaml and its defaults) as the keyword arguments
-#: of :func:`detres.modeling.build_detector` that reproduce them; a converted checkpoint carries them
-#: (plus ``backbone``, ``style`` and ``num_classes``) in ``meta["detector"]``.
-DETECTRON2_C4_SETTINGS: dict[str, Any] = {
-    "anchor_sizes": [32, 64, 128, 256, 512],  # ANCHOR_GENERATOR.SIZES
-    "aspect_ratios": [0.5, 1.0, 2.0],  # ANCHOR_GENERATOR.ASPECT_RATIOS (h / w)
-    "pooler": "roi_align",  # ROI_BOX_HEAD.POOLER_TYPE ROIAlignV2 =
-    "pooler_aligned": True,  # RoIAlign with the half-pixel shift
-    "pooler_sampling_ratio": 0,  # POOLER_SAMPLING_RATIO 0: adaptive
-    "pooler_resolution": 14,  # POOLER_RESOLUTION 14; res5 (stride 2) makes it 7x7
-    "rpn_pre_nms_top_n_test": 6000,  # RPN.PRE_NMS_TOPK_TEST (C4)
-    "rpn_post_nms_top_n_test": 1000,  # RPN.POST_NMS_TOPK_TEST
-    "rpn_nms_thresh": 0.7,  # RPN.NMS_THRESH
-    "box_score_thresh": 0.05,  # ROI_HEADS.SCORE_THRESH_TEST
-    "box_nms_thresh": 0.5,  # ROI_HEADS.NMS_THRESH_TEST
-    "detections_per_img": 100,  # TEST.DETECTIONS_PER_IMAGE
-    "min_size": 800,  # INPUT.MIN_SIZE_TEST (the detector resizes: detectron2 resizes inside its pipeline)
-    "max_size": 1333,  # INPUT.MAX_SIZE_TEST
-}
 
 #: Where build_detector keeps the res5 stage (torchvision ``layer4`` names) in the RoI head.
 D2_BOX_HEAD_PREFIX = "roi_heads.box_head."
@@ -408,52 +394,18 @@ def _anchor_permutation(num_sizes: int, num_ratios: int) -> torch.Tensor:
     return torch.tensor(perm, dtype=torch.long)
 
 
-def convert_detectron2_c4(
-    weights: Mapping[str, Any],
-    *,
-    arch: str | None = None,
-    num_anchor_sizes: int = 5,
-    num_aspect_ratios: int = 3,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Convert a detectron2 R50-C4 / R101-C4 Faster R-CNN state dict into detres's C4 detector.
-
-    Target: ``build_detector(backbone=arch, style="msra", num_classes=K + 1, ...)`` (torchvision
-    FasterRCNN): ``backbone.`` = trunk (conv1, bn1, layer1..layer3), ``rpn.head.`` = RPNHead,
-    ``roi_heads.box_head.layer4.`` = res5, ``roi_heads.box_predictor.{cls_score,bbox_pred}``.
-
-    Reconciled differences:
-      * names: ``stem.conv1`` -> ``conv1``/``bn1``; ``res{n}.{i}.conv{k}[.norm]`` -> ``layer{n-1}.{i}.conv{k}``
-        / ``bn{k}``; ``shortcut[.norm]`` -> ``downsample.{0,1}``; ``roi_heads.res5`` -> the box head.
-      * classes: detectron2's ``cls_score`` has K + 1 outputs with background LAST; torchvision's
-        has background at index 0. ``bbox_pred`` is class-specific K*4 (no background row) in
-        detectron2 and (K+1)*4 in torchvision: a zero background block is put first. A class-agnostic
-        (4-output) regressor is repeated for all K + 1 classes.
-      * anchors: detectron2 orders a location's A = sizes x ratios anchors size-major, torchvision
-        ratio-major: the RPN objectness channels (A) and delta channels (A x 4, anchor-major) are permuted.
-      * ``pixel_mean``/``pixel_std`` buffers (when present) go to the meta, not the state dict.
-
-    Returns:
-        (state_dict, meta): meta = MSRA style, BGR, 255, detectron2 means (or the file's), std 1,
-        bn_eps 1e-5 (detectron2's FrozenBatchNorm2d), ``arch``, and ``meta["detector"]`` =
-        :data:`DETECTRON2_C4_SETTINGS` plus ``backbone``, ``style`` and ``num_classes`` (K + 1): the
-        ``build_detector`` keyword arguments of the matching detector (see :func:`detres.modeling.convert.build_converted_detector`).
-    """
-    from detres.backbones.weights import MSRA_META
-
+def _d2_split(weights: Mapping[str, Any]) -> tuple[dict, dict, dict, dict]:
+    """detectron2's keys -> (trunk and res5 under detres's names, RPN head, box predictor, pixel mean/std)."""
     sd: dict[str, torch.Tensor] = {}
-    pixel_mean = list(DETECTRON2_PIXEL_MEAN)
-    pixel_std = [1.0, 1.0, 1.0]
+    pixel = {"pixel_mean": list(DETECTRON2_PIXEL_MEAN), "pixel_std": [1.0, 1.0, 1.0]}
     rpn: dict[str, torch.Tensor] = {}
     predictor: dict[str, torch.Tensor] = {}
     for key, value in weights.items():
         if not isinstance(key, str):
             raise ValueError(f"key {key!r}: parameter names must be strings")
         if key in ("pixel_mean", "pixel_std"):
-            vals = [float(v) for v in np.asarray(value if not isinstance(value, torch.Tensor) else value.numpy()).reshape(-1)]
-            if key == "pixel_mean":
-                pixel_mean = vals
-            else:
-                pixel_std = vals
+            array = value if not isinstance(value, torch.Tensor) else value.numpy()
+            pixel[key] = [float(v) for v in np.asarray(array).reshape(-1)]
             continue
         if key.endswith("num_batches_tracked"):
             continue
@@ -476,33 +428,32 @@ def convert_detectron2_c4(
             predictor[f"{m.group(1)}.{m.group(2)}"] = t
         else:
             raise ValueError(f"key '{key}': not part of a detectron2 R-C4 Faster R-CNN")
+    return sd, rpn, predictor, pixel
 
-    missing = [k for k in ("conv.weight", "conv.bias", "objectness_logits.weight", "objectness_logits.bias",
-                           "anchor_deltas.weight", "anchor_deltas.bias") if k not in rpn]
-    missing += [k for k in ("cls_score.weight", "cls_score.bias", "bbox_pred.weight", "bbox_pred.bias") if k not in predictor]
-    if missing or D2_TRUNK_PREFIX + "conv1.weight" not in sd:
-        raise ValueError(f"detectron2 checkpoint is missing {missing or ['backbone.stem.conv1.weight']}: not an R-C4 detector")
 
-    # RPN: one 3x3 conv, then objectness (A) and deltas (A*4), anchors permuted to torchvision's order.
+def _d2_rpn(rpn: dict[str, torch.Tensor], num_anchor_sizes: int, num_aspect_ratios: int) -> dict[str, torch.Tensor]:
+    """RPN: one 3x3 conv, then objectness (A) and deltas (A*4), anchors permuted to torchvision's order."""
     num_anchors = rpn["objectness_logits.weight"].shape[0]
     if num_anchors != num_anchor_sizes * num_aspect_ratios:
         raise ValueError(f"RPN predicts {num_anchors} anchors per location, expected "
                          f"{num_anchor_sizes} sizes x {num_aspect_ratios} ratios")
     perm = _anchor_permutation(num_anchor_sizes, num_aspect_ratios)
     delta_perm = (perm[:, None] * 4 + torch.arange(4)[None, :]).reshape(-1)
-    sd[D2_RPN_PREFIX + "conv.0.0.weight"] = rpn["conv.weight"]
-    sd[D2_RPN_PREFIX + "conv.0.0.bias"] = rpn["conv.bias"]
-    sd[D2_RPN_PREFIX + "cls_logits.weight"] = rpn["objectness_logits.weight"][perm].contiguous()
-    sd[D2_RPN_PREFIX + "cls_logits.bias"] = rpn["objectness_logits.bias"][perm].contiguous()
-    sd[D2_RPN_PREFIX + "bbox_pred.weight"] = rpn["anchor_deltas.weight"][delta_perm].contiguous()
-    sd[D2_RPN_PREFIX + "bbox_pred.bias"] = rpn["anchor_deltas.bias"][delta_perm].contiguous()
+    return {
+        D2_RPN_PREFIX + "conv.0.0.weight": rpn["conv.weight"],
+        D2_RPN_PREFIX + "conv.0.0.bias": rpn["conv.bias"],
+        D2_RPN_PREFIX + "cls_logits.weight": rpn["objectness_logits.weight"][perm].contiguous(),
+        D2_RPN_PREFIX + "cls_logits.bias": rpn["objectness_logits.bias"][perm].contiguous(),
+        D2_RPN_PREFIX + "bbox_pred.weight": rpn["anchor_deltas.weight"][delta_perm].contiguous(),
+        D2_RPN_PREFIX + "bbox_pred.bias": rpn["anchor_deltas.bias"][delta_perm].contiguous(),
+    }
 
-    # Box predictor: background last -> first; class-specific K*4 -> (K+1)*4 with a zero background.
+
+def _d2_predictor(predictor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Box predictor: background last -> first; class-specific K*4 -> (K+1)*4 with a zero background."""
     cls_w, cls_b = predictor["cls_score.weight"], predictor["cls_score.bias"]
     num_classes = cls_w.shape[0]  # K + 1
     order = torch.tensor([num_classes - 1] + list(range(num_classes - 1)))
-    sd["roi_heads.box_predictor.cls_score.weight"] = cls_w[order].contiguous()
-    sd["roi_heads.box_predictor.cls_score.bias"] = cls_b[order].contiguous()
     box_w, box_b = predictor["bbox_pred.weight"], predictor["bbox_pred.bias"]
     if box_w.shape[0] == 4:  # class-agnostic regression
         box_w, box_b = box_w.repeat(num_classes, 1), box_b.repeat(num_classes)
@@ -511,8 +462,54 @@ def convert_detectron2_c4(
         box_b = torch.cat([box_b.new_zeros(4), box_b])
     else:
         raise ValueError(f"bbox_pred has {box_w.shape[0]} outputs; expected 4 or 4*K = {4 * (num_classes - 1)}")
-    sd["roi_heads.box_predictor.bbox_pred.weight"] = box_w.contiguous()
-    sd["roi_heads.box_predictor.bbox_pred.bias"] = box_b.contiguous()
+    return {"roi_heads.box_predictor.cls_score.weight": cls_w[order].contiguous(),
+            "roi_heads.box_predictor.cls_score.bias": cls_b[order].contiguous(),
+            "roi_heads.box_predictor.bbox_pred.weight": box_w.contiguous(),
+            "roi_heads.box_predictor.bbox_pred.bias": box_b.contiguous()}
+
+
+def convert_detectron2_c4(
+    weights: Mapping[str, Any],
+    *,
+    arch: str | None = None,
+    num_anchor_sizes: int = 5,
+    num_aspect_ratios: int = 3,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Convert a detectron2 R50-C4 / R101-C4 Faster R-CNN state dict into detres's C4 detector.
+
+    Target: ``build_detector(detectron2_c4_spec(arch), K + 1)`` (detres.modeling.convert; torchvision
+    FasterRCNN): ``backbone.`` = trunk (conv1, bn1, layer1..layer3), ``rpn.head.`` = RPNHead,
+    ``roi_heads.box_head.layer4.`` = res5, ``roi_heads.box_predictor.{cls_score,bbox_pred}``.
+
+    Reconciled differences:
+      * names: ``stem.conv1`` -> ``conv1``/``bn1``; ``res{n}.{i}.conv{k}[.norm]`` -> ``layer{n-1}.{i}.conv{k}``
+        / ``bn{k}``; ``shortcut[.norm]`` -> ``downsample.{0,1}``; ``roi_heads.res5`` -> the box head.
+      * classes: detectron2's ``cls_score`` has K + 1 outputs with background LAST; torchvision's
+        has background at index 0. ``bbox_pred`` is class-specific K*4 (no background row) in
+        detectron2 and (K+1)*4 in torchvision: a zero background block is put first. A class-agnostic
+        (4-output) regressor is repeated for all K + 1 classes.
+      * anchors: detectron2 orders a location's A = sizes x ratios anchors size-major, torchvision
+        ratio-major: the RPN objectness channels (A) and delta channels (A x 4, anchor-major) are permuted.
+      * ``pixel_mean``/``pixel_std`` buffers (when present) go to the meta, not the state dict.
+
+    Returns:
+        (state_dict, meta): meta = MSRA style, BGR, 255, detectron2 means (or the file's), std 1,
+        bn_eps 1e-5 (detectron2's FrozenBatchNorm2d), ``arch``, and ``meta["detector"]`` =
+        ``{"recipe": "detectron2_c4", "backbone": arch, "num_classes": K + 1}``: what
+        :func:`detres.modeling.convert.build_converted_detector` needs to build the matching detector
+        (its settings are :func:`detres.modeling.convert.detectron2_c4_spec`).
+    """
+    from detres.backbones.weights import MSRA_META
+
+    sd, rpn, predictor, pixel = _d2_split(weights)
+    missing = [k for k in ("conv.weight", "conv.bias", "objectness_logits.weight", "objectness_logits.bias",
+                           "anchor_deltas.weight", "anchor_deltas.bias") if k not in rpn]
+    missing += [k for k in ("cls_score.weight", "cls_score.bias", "bbox_pred.weight", "bbox_pred.bias") if k not in predictor]
+    if missing or D2_TRUNK_PREFIX + "conv1.weight" not in sd:
+        raise ValueError(f"detectron2 checkpoint is missing {missing or ['backbone.stem.conv1.weight']}: not an R-C4 detector")
+    sd.update(_d2_rpn(rpn, num_anchor_sizes, num_aspect_ratios))
+    num_classes = predictor["cls_score.weight"].shape[0]  # K + 1
+    sd.update(_d2_predictor(predictor))
 
     blocks = []
     for stage in range(1, 4):
@@ -524,8 +521,9 @@ def convert_detectron2_c4(
     meta = dict(MSRA_META)
     meta.update({
         "arch": inferred, "style": "msra", "channel_order": "BGR", "input_range": 255.0,
-        "mean": pixel_mean, "std": pixel_std, "bn_eps": 1e-5, "source": "detectron2",
-        "detector": dict(DETECTRON2_C4_SETTINGS, backbone=inferred, style="msra", num_classes=int(num_classes)),
+        "mean": pixel["pixel_mean"], "std": pixel["pixel_std"], "bn_eps": 1e-5, "source": "detectron2",
+        # what the file is; the detector's settings for it live in detres.modeling.convert (its spec)
+        "detector": {"recipe": "detectron2_c4", "backbone": inferred, "num_classes": int(num_classes)},
     })
     return sd, meta
 

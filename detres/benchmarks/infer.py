@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from detres.benchmarks import register
-from detres.modeling import build_detector
+from detres.modeling import BackboneSpec, DetectorSpec, PoolerSpec, RPNSpec, build_detector
 from detres.modeling.fast import FAST_DEFAULTS, prepare_for_inference
 from detres.modeling.stats import tame_random_weights
 
@@ -58,9 +58,10 @@ def torchvision_c4(name: str, *, num_classes: int = 21, proposals: int = 300) ->
 
 def _detres_c4(name: str, *, proposals: int) -> nn.Module:
     # torchvision's ResNets are "v1.5" (stride in the 3x3): the same network is the pytorch style
-    return build_detector(backbone=name, num_classes=21, style="pytorch", pooler="roi_align",
-                          pooler_resolution=7 if name == "vgg16" else 14, rpn_post_nms_top_n_test=proposals,
-                          rpn_nms_thresh=1.0)
+    spec = DetectorSpec(backbone=BackboneSpec(name=name, style="pytorch"),
+                        pooler=PoolerSpec(type="roi_align", resolution=7 if name == "vgg16" else 14),
+                        rpn=RPNSpec(post_nms_top_n_test=proposals, nms_thresh=1.0))
+    return build_detector(spec, 21)
 
 
 @torch.no_grad()

@@ -1,6 +1,9 @@
-"""detres.modeling: the C4 Faster R-CNN built from torchvision's own classes, its fast inference path and export."""
+"""detres.modeling: the C4 Faster R-CNN built from a :class:`DetectorSpec` with torchvision's own classes, its fast
+inference path and export."""
 from .detector import C4RoIPooler, InputTransform, build_detector
 from .export import export_detector
 from .fast import prepare_for_inference
+from .spec import BackboneSpec, DetectorSpec, InputSpec, PoolerSpec, RoISpec, RPNSpec, SpecError
 
-__all__ = ["build_detector", "C4RoIPooler", "InputTransform", "prepare_for_inference", "export_detector"]
+__all__ = ["build_detector", "DetectorSpec", "BackboneSpec", "PoolerSpec", "RPNSpec", "RoISpec", "InputSpec",
+           "SpecError", "C4RoIPooler", "InputTransform", "prepare_for_inference", "export_detector"]

@@ -1,6 +1,6 @@
 """The paper's Faster R-CNN (Appendix A) as torchvision's own FasterRCNN class.
 
-The path of one image through `build_detector(...)`:
+The path of one image through `build_detector(spec, num_classes)` (spec: :mod:`detres.modeling.spec`):
 1. `InputTransform`: RGB [0, 1] -> the preprocessing the weights were trained with (channel order,
    range, mean/std), then batching with zero padding. No resizing by default: the data pipeline has
    already resized to a shorter side of 600 (max 1000), so it happens in one place only.
@@ -13,25 +13,20 @@ The path of one image through `build_detector(...)`:
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import roi_align, roi_pool
 
+from detres.backbones import build_c4, c4_feature_name
 from detres.modeling.rcnn import PaperRoIHeads, PaperRPN
-from detres.backbones import build_c4, c4_feature_name, default_pool_size
-from detres.config import DataConfig, ModelConfig
-
-POOLERS = ("roi_align", "roi_pool")
-
-#: The paper's detector settings; the defaults of build_detector are read from here, not written twice.
-_PAPER = ModelConfig()
+from detres.modeling.spec import POOLERS, DetectorSpec, RoISpec, RPNSpec
 
 
 class InputTransform(GeneralizedRCNNTransform):
@@ -104,100 +99,70 @@ class C4RoIPooler(nn.Module):
                 f"spatial_scale={self.spatial_scale}, aligned={self.aligned}")
 
 
-def build_detector(
-    *,
-    backbone: str = _PAPER.backbone.name,
-    num_classes: int,
-    weights: str | os.PathLike | None = _PAPER.backbone.weights,
-    style: str | None = _PAPER.backbone.style,
-    norm: str = _PAPER.backbone.norm,
-    freeze_at: int = _PAPER.backbone.freeze_at,
-    shortcut: str = _PAPER.backbone.shortcut,
-    width: int = _PAPER.backbone.width,
-    pooler: str = _PAPER.pooler.type,
-    pooler_resolution: int | None = _PAPER.pooler.resolution,
-    pooler_sampling_ratio: int = _PAPER.pooler.sampling_ratio,
-    pooler_aligned: bool = _PAPER.pooler.aligned,
-    anchor_sizes: Sequence[float] = tuple(_PAPER.rpn.anchor_sizes),
-    aspect_ratios: Sequence[float] = tuple(_PAPER.rpn.aspect_ratios),
-    rpn_pre_nms_top_n_train: int = _PAPER.rpn.pre_nms_top_n_train,
-    rpn_pre_nms_top_n_test: int = _PAPER.rpn.pre_nms_top_n_test,
-    rpn_post_nms_top_n_train: int = _PAPER.rpn.post_nms_top_n_train,
-    rpn_post_nms_top_n_test: int = _PAPER.rpn.post_nms_top_n_test,
-    rpn_nms_thresh: float = _PAPER.rpn.nms_thresh,
-    rpn_min_size: float = _PAPER.rpn.min_size,
-    rpn_fg_iou_thresh: float = _PAPER.rpn.fg_iou_thresh,
-    rpn_bg_iou_thresh: float = _PAPER.rpn.bg_iou_thresh,
-    rpn_allowed_border: float = _PAPER.rpn.allowed_border,
-    rpn_batch_size_per_image: int = _PAPER.rpn.batch_size_per_image,
-    rpn_positive_fraction: float = _PAPER.rpn.positive_fraction,
-    box_batch_size_per_image: int = _PAPER.roi.batch_size_per_image,
-    box_positive_fraction: float = _PAPER.roi.positive_fraction,
-    box_fg_iou_thresh: float = _PAPER.roi.fg_iou_thresh,
-    box_bg_iou_thresh_hi: float = _PAPER.roi.bg_iou_thresh_hi,
-    box_bg_iou_thresh_lo: float = _PAPER.roi.bg_iou_thresh_lo,
-    box_score_thresh: float = _PAPER.roi.score_thresh,
-    box_nms_thresh: float = _PAPER.roi.nms_thresh,
-    detections_per_img: int = _PAPER.roi.detections_per_img,
-    min_size: int | Sequence[int] | None = None,
-    max_size: int = DataConfig().max_size,
-    weights_meta: dict[str, Any] | None = None,
-) -> FasterRCNN:
-    """A C4 Faster R-CNN, returned as torchvision's `FasterRCNN` class.
+def build_detector(spec: DetectorSpec, num_classes: int, *,
+                   weights_meta: dict[str, Any] | None = None) -> FasterRCNN:
+    """The C4 Faster R-CNN that ``spec`` describes, returned as torchvision's `FasterRCNN` class.
 
+    spec: a :class:`~detres.modeling.spec.DetectorSpec` (``DetectorSpec()`` = the paper's settings, see
+    :class:`detres.config.ModelConfig` where each one's source is cited); it has checked itself.
     num_classes counts the background (K object classes -> K + 1; label 0 is background).
-    The defaults are the paper's settings, read from :class:`detres.config.ModelConfig` (where each
-    one's source is cited): Faster R-CNN as the ResNet paper uses it, anchors 128/256/512 x 0.5/1/2,
-    RPN NMS 0.7 with 12000/2000 proposals before/after NMS in training and 6000/300 at test, 256
-    anchors and 128 RoIs (25% foreground) per image, test NMS 0.3.
-    style: None takes the weights' style ("pytorch" without weights); a conflicting request is an error.
-    pooler_resolution: None gives the paper's 14 (ResNet, before conv5) or 7 (VGG-16, before fc6).
-    min_size: None means images arrive already resized (detres's data pipeline does it); an int (or
-    a tuple, for random choice in training) makes the model resize like torchvision's detectors.
-    weights_meta: with no `weights`, the preprocessing/style/BN eps to build for; pass a detector
-    checkpoint's "meta" here before loading its state dict, so the two cannot disagree.
+    weights_meta: with no ``spec.backbone.weights``, the preprocessing/style/BN eps to build for; pass a
+    detector checkpoint's "meta" here before loading its state dict, so the two cannot disagree.
 
     Input: list of float RGB images [3, H, W] in [0, 1]. Training: model(images, targets) -> dict of
     losses (`loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`); eval:
-    model(images) -> per image {"boxes": [D, 4] xyxy pixels, "labels": [D], "scores": [D]}.
+    model(images) -> per image {"boxes": [D, 4] xyxy pixels, "labels": [D], "scores": [D]}. Targets with
+    ``size``/``orig_size`` (the data pipeline's) give each image's scale for ``spec.rpn.min_size``.
+    The module names (``backbone``, ``rpn.head``, ``roi_heads.box_head``, ``roi_heads.box_predictor``) are
+    torchvision's, so its checkpoints' keys apply.
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
-    if pooler not in POOLERS:
-        raise ValueError(f"unknown pooler {pooler!r}; choose from {list(POOLERS)}")
-    if not anchor_sizes or not aspect_ratios:
-        raise ValueError("anchor_sizes and aspect_ratios must not be empty")
-    resolution = pooler_resolution or default_pool_size(backbone)
-    if backbone == "vgg16" and resolution != 7:
-        raise ValueError(f"vgg16's fc6 takes 7x7 RoI features; pooler_resolution={resolution} cannot be used")
-    trunk, head = build_c4(backbone, weights=weights, style=style, norm=norm, freeze_at=freeze_at,
-                           shortcut=shortcut, weights_meta=weights_meta, width=width)
-    feature = c4_feature_name(backbone)
-    spec = trunk.feature_specs[feature]
-    anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
-    rpn = PaperRPN(
-        anchors, RPNHead(spec.channels, anchors.num_anchors_per_location()[0]),
-        rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction,
-        dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
-        dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
-        rpn_nms_thresh, allowed_border=rpn_allowed_border, min_size_original=rpn_min_size)
+    if not isinstance(spec, DetectorSpec):
+        raise ValueError(f"spec must be a DetectorSpec, got {type(spec).__name__}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be an int >= 2, got {num_classes!r}")
+    b = spec.backbone
+    trunk, head = build_c4(b.name, weights=b.weights, style=b.style, norm=b.norm, freeze_at=b.freeze_at,
+                           shortcut=b.shortcut, weights_meta=weights_meta, width=b.width)
+    feature = c4_feature_name(b.name)
+    anchors = AnchorGenerator(sizes=(spec.rpn.anchor_sizes,), aspect_ratios=(spec.rpn.aspect_ratios,))
+    rpn_head = RPNHead(trunk.feature_specs[feature].channels, anchors.num_anchors_per_location()[0])
     predictor = FastRCNNPredictor(head.out_channels, num_classes)
-    pool = C4RoIPooler(kind=pooler, feature=feature, stride=spec.stride, output_size=resolution,
-                       sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned)
-    roi_heads = PaperRoIHeads(
-        pool, head, predictor, box_fg_iou_thresh, box_bg_iou_thresh_hi, box_batch_size_per_image,
-        box_positive_fraction, None, box_score_thresh, box_nms_thresh, detections_per_img,
-        bg_iou_thresh_lo=box_bg_iou_thresh_lo)
-    # torchvision's own FasterRCNN class; its constructor only takes its own RPN, RoIHeads (with
-    # MultiScaleRoIAlign) and transform, so the paper's versions are put in place right after.
-    model = FasterRCNN(trunk, num_classes=None, rpn_anchor_generator=anchors, rpn_head=rpn.head, box_head=head,
-                       box_predictor=predictor)
-    model.rpn, model.roi_heads = rpn, roi_heads
     # Faster R-CNN's initialisation of the two sibling layers (Gaussian std 0.01 / 0.001, zero bias).
     nn.init.normal_(predictor.cls_score.weight, std=0.01)
     nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
     for layer in (predictor.cls_score, predictor.bbox_pred):
         nn.init.zeros_(layer.bias)
-    model.transform = InputTransform(trunk.weights_meta, min_size=min_size, max_size=max_size)
+    pool = C4RoIPooler(kind=spec.pooler.type, feature=feature, stride=trunk.feature_specs[feature].stride,
+                       output_size=spec.pool_size, sampling_ratio=spec.pooler.sampling_ratio,
+                       aligned=spec.pooler.aligned)
+    transform = InputTransform(trunk.weights_meta, min_size=spec.input.min_size, max_size=spec.input.max_size)
+    rpn = _build_rpn(spec.rpn, anchors, rpn_head)
+    model = _faster_rcnn(trunk, rpn, _build_roi_heads(spec.roi, pool, head, predictor), transform)
     model.weights_meta = dict(trunk.weights_meta)
+    return model
+
+
+def _build_rpn(r: RPNSpec, anchors: AnchorGenerator, head: RPNHead) -> PaperRPN:
+    return PaperRPN(
+        anchors, head, fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
+        batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
+        pre_nms_top_n=dict(training=r.pre_nms_top_n_train, testing=r.pre_nms_top_n_test),
+        post_nms_top_n=dict(training=r.post_nms_top_n_train, testing=r.post_nms_top_n_test),
+        nms_thresh=r.nms_thresh, allowed_border=r.allowed_border, min_size_original=r.min_size)
+
+
+def _build_roi_heads(r: RoISpec, pool: C4RoIPooler, head: nn.Module, predictor: FastRCNNPredictor) -> PaperRoIHeads:
+    return PaperRoIHeads(
+        pool, head, predictor, fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh_hi,
+        batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction, bbox_reg_weights=None,
+        score_thresh=r.score_thresh, nms_thresh=r.nms_thresh, detections_per_img=r.detections_per_img,
+        bg_iou_thresh_lo=r.bg_iou_thresh_lo)
+
+
+def _faster_rcnn(backbone: nn.Module, rpn: PaperRPN, roi_heads: PaperRoIHeads, transform: InputTransform) -> FasterRCNN:
+    """A torchvision `FasterRCNN` made of these four parts. Its constructor would build its own RPN, RoI
+    heads (with MultiScaleRoIAlign) and transform; what it finally does is `GeneralizedRCNN.__init__` with
+    the four parts, so that is called directly on a new FasterRCNN object (same class, same module names)."""
+    model = FasterRCNN.__new__(FasterRCNN)
+    GeneralizedRCNN.__init__(model, backbone, rpn, roi_heads, transform)
     return model

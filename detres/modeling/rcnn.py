@@ -16,8 +16,13 @@ torchvision hard-codes the other way. Each is a keyword here, and the defaults r
   proposals below ``lo`` are ignored. Images without any ground-truth box keep all their proposals as
   background (torchvision's behaviour), so an image of only difficult objects still trains.
 
-The classes are torchvision's with these additions only: the parent's methods do the work and the
-subclasses adjust their inputs or outputs.
+The classes are torchvision's with these additions only. ``PaperRoIHeads`` adjusts the parent's
+matching. ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
+minimum proposal side travel as arguments: it keeps nothing between calls. At test time torchvision's
+``FasterRCNN.forward`` carries only images and targets, so the scale reaches the RPN through targets that
+hold ``size``/``orig_size`` and no boxes (:func:`scale_targets`).
+
+The detector (:func:`detres.modeling.build_detector`) constructs both directly from its spec.
 """
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ import torch
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 from torchvision.ops import box_iou
+from torchvision.ops import boxes as box_ops
 
 __all__ = ["PaperRPN", "PaperRoIHeads", "image_scales", "scale_targets"]
 
@@ -62,7 +68,12 @@ def scale_targets(model: torch.nn.Module, targets: list[dict]) -> list[dict] | N
 
 class PaperRPN(RegionProposalNetwork):
     """torchvision's RegionProposalNetwork plus ``allowed_border`` and ``min_size_original`` (see the
-    module docstring). All other arguments are the parent's."""
+    module docstring). All other arguments are the parent's.
+
+    Stateless between calls: each image's size and scale are read from the call's own arguments
+    (``images.image_sizes``, the targets' ``size``/``orig_size``) and handed down as arguments; nothing is
+    stored on the module and ``self.min_size`` (torchvision's fixed threshold) is not used.
+    """
 
     def __init__(self, *args, allowed_border: float = -1.0, min_size_original: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -70,48 +81,77 @@ class PaperRPN(RegionProposalNetwork):
             raise ValueError(f"rpn min_size must be >= 0 pixels, got {min_size_original}")
         self.allowed_border = float(allowed_border)
         self.min_size_original = float(min_size_original)
-        self._image_sizes: list[tuple[int, int]] = []
-        self._scales: list[float] = []
 
     def forward(self, images: ImageList, features: dict[str, Tensor],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
-        # the parent's helpers get no image sizes or scales: keep them for this call
-        self._image_sizes = list(images.image_sizes)
-        self._scales = image_scales(targets, len(images.image_sizes))
-        try:
-            return super().forward(images, features, targets)
-        finally:
-            self._image_sizes, self._scales = [], []
+        """The parent's forward, with each image's minimum proposal size (``min_size_original`` times its
+        scale, see :func:`image_scales`) and image size passed to the steps that need them."""
+        maps = list(features.values())
+        objectness, pred_bbox_deltas = self.head(maps)
+        anchors = self.anchor_generator(images, maps)
+        num_images = len(anchors)
+        num_anchors_per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+        # Faster R-CNN does not backpropagate through the proposals
+        proposals = self.box_coder.decode(pred_bbox_deltas.detach(), anchors).view(num_images, -1, 4)
+        min_sizes = [self._min_size(s) for s in image_scales(targets, num_images)]
+        boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level,
+                                              min_sizes=min_sizes)
+        losses = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("targets should not be None")
+            labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors, targets,
+                                                                      image_sizes=list(images.image_sizes))
+            regression_targets = self.box_coder.encode(matched_gt_boxes, anchors)
+            loss_objectness, loss_rpn_box_reg = self.compute_loss(objectness, pred_bbox_deltas, labels,
+                                                                  regression_targets)
+            losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
+        return boxes, losses
 
     def _min_size(self, scale: float) -> float:
         return max(self.min_size_original * scale, _TORCHVISION_MIN_SIZE)
 
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
-                         num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
-        scales = self._scales or [1.0] * proposals.shape[0]
-        sizes = [self._min_size(s) for s in scales]
-        if len(set(sizes)) == 1:  # one threshold for the whole batch: a single call of the parent
-            self.min_size = sizes[0]
-            return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
-        objectness = objectness.reshape(proposals.shape[0], -1)
-        boxes, scores = [], []
-        for i, size in enumerate(sizes):  # image by image, each with its own threshold
-            self.min_size = size
-            b, s = super().filter_proposals(proposals[i:i + 1], objectness[i:i + 1].reshape(-1),
-                                            image_shapes[i:i + 1], num_anchors_per_level)
-            boxes += b
-            scores += s
-        return boxes, scores
+                         num_anchors_per_level: list[int], min_sizes: list[float] | None = None
+                         ) -> tuple[list[Tensor], list[Tensor]]:
+        """The parent's selection (top-n per level, clip, small boxes, score, NMS, post-n) with a minimum
+        box side per image, ``min_sizes[i]`` pixels (default: ``min_size_original`` at scale 1)."""
+        num_images = proposals.shape[0]
+        if min_sizes is None:
+            min_sizes = [self._min_size(1.0)] * num_images
+        objectness = objectness.detach().reshape(num_images, -1)  # no gradient through the selection
+        levels = torch.cat([torch.full((n,), idx, dtype=torch.int64, device=proposals.device)
+                            for idx, n in enumerate(num_anchors_per_level)], 0)
+        levels = levels.reshape(1, -1).expand_as(objectness)
+        top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)  # per level, before NMS
+        batch_idx = torch.arange(num_images, device=proposals.device)[:, None]
+        objectness, levels = objectness[batch_idx, top_n_idx], levels[batch_idx, top_n_idx]
+        proposals = proposals[batch_idx, top_n_idx]
+        final_boxes, final_scores = [], []
+        for boxes, scores, lvl, shape, min_size in zip(proposals, torch.sigmoid(objectness), levels, image_shapes,
+                                                       min_sizes):
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            keep = box_ops.remove_small_boxes(boxes, min_size)
+            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep = torch.where(scores >= self.score_thresh)[0]
+            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep = box_ops.batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(scores[keep])
+        return final_boxes, final_scores
 
-    def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
+    def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]],
+                                  image_sizes: list[tuple[int, int]] | None = None
                                   ) -> tuple[list[Tensor], list[Tensor]]:
-        if self.allowed_border < 0 or not self._image_sizes:
+        """The parent's matching; with ``allowed_border >= 0`` and the images' ``(h, w)`` sizes, only the
+        anchors inside the border take part, the others are labelled -1 ("ignore") for the sampler."""
+        if self.allowed_border < 0 or not image_sizes:
             return super().assign_targets_to_anchors(anchors, targets)
         b = self.allowed_border
         inside = []
-        for a, (h, w) in zip(anchors, self._image_sizes):
+        for a, (h, w) in zip(anchors, image_sizes):
             inside.append((a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] <= w + b) & (a[:, 3] <= h + b))
-        # match only the anchors inside; the others are labelled -1 ("ignore") for the sampler
         labels_in, matched_in = super().assign_targets_to_anchors([a[m] for a, m in zip(anchors, inside)], targets)
         labels, matched = [], []
         for a, m, lab, box in zip(anchors, inside, labels_in, matched_in):

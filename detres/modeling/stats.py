@@ -14,6 +14,7 @@ import torch
 
 from detres.backbones.stats import count_gflops, count_params
 from detres.modeling.detector import build_detector
+from detres.modeling.spec import BackboneSpec, DetectorSpec, InputSpec, RPNSpec
 
 __all__ = ["detector_stats", "tame_random_weights"]
 
@@ -21,8 +22,10 @@ __all__ = ["detector_stats", "tame_random_weights"]
 def detector_stats(name: str, style: str, *, height: int = 600, width: int = 1000, proposals: int = 300,
                    num_classes: int = 21) -> dict[str, Any]:
     """``{"backbone", "style", "params_m", "gflops", "rois"}`` of the C4 detector on one image."""
-    model = build_detector(backbone=name, style=style, num_classes=num_classes, rpn_post_nms_top_n_test=proposals,
-                           rpn_nms_thresh=1.0, max_size=max(1000, height, width)).eval()
+    spec = DetectorSpec(backbone=BackboneSpec(name=name, style=style),
+                        rpn=RPNSpec(post_nms_top_n_test=proposals, nms_thresh=1.0),
+                        input=InputSpec(max_size=max(1000, height, width)))
+    model = build_detector(spec, num_classes).eval()
     tame_random_weights(model)
     seen: list[int] = []
     handle = model.roi_heads.box_head.register_forward_hook(lambda m, inp, out: seen.append(int(inp[0].shape[0])))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -41,16 +42,15 @@ from detres.evaluation.inference import inference_on_dataset
 from detres.evaluation.visualize import visualize_dataset
 from detres.evaluation.voc import (VOCEvaluator, VOCServerResults, evaluate_voc_results_dir, format_voc_table,
                                    read_voc_results, write_server_results)
-from detres.backbones import NORMS, SHORTCUTS, STYLES, list_backbones
-from detres.modeling import build_detector
-from detres.modeling.detector import POOLERS
+from detres.modeling import (BackboneSpec, DetectorSpec, InputSpec, PoolerSpec, RoISpec, RPNSpec, SpecError,
+                             build_detector)
 from detres.modeling.fast import prepare_for_inference
 from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
 from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
-__all__ = ["DATASETS", "class_names_for", "num_classes_for", "check_num_classes", "detector_kwargs", "build_model",
+__all__ = ["DATASETS", "class_names_for", "num_classes_for", "check_num_classes", "detector_spec", "build_model",
            "build_train_dataset", "build_test_dataset", "build_evaluator", "build_train_loader_factory",
            "build_test_loader", "detection_loss", "make_eval_fn", "warn_untrained_frozen_bn", "inference_model",
            "load_model_from_checkpoint", "run_train", "run_eval",
@@ -109,34 +109,20 @@ def num_classes_for(cfg: DetConfig) -> int:
 # --------------------------------------------------------------------------------------------------
 # model
 # --------------------------------------------------------------------------------------------------
-def detector_kwargs(cfg: DetConfig) -> dict[str, Any]:
-    """``cfg.model`` as the keyword arguments of :func:`detres.modeling.build_detector`: the one place
-    where config keys are translated into constructor arguments."""
+def detector_spec(cfg: DetConfig) -> DetectorSpec:
+    """``cfg.model`` (and the model's input size) as a :class:`~detres.modeling.DetectorSpec`: the one place
+    where the config becomes the detector's settings. Each part spec has its config section's field names,
+    so the translation is by name; ``input.min_size`` is None because the data pipeline resizes the images.
+    A value the spec refuses is reported with its config key."""
     m = cfg.model
-    b, p, rpn, roi = m.backbone, m.pooler, m.rpn, m.roi
-    check_choice("model.backbone.name", b.name, list_backbones())
-    check_choice("model.backbone.norm", b.norm, NORMS)
-    check_choice("model.backbone.style", b.style, (None, *STYLES))
-    check_choice("model.backbone.shortcut", b.shortcut, SHORTCUTS)
-    check_choice("model.pooler.type", p.type, POOLERS)
-    return dict(
-        backbone=b.name, num_classes=num_classes_for(cfg), weights=b.weights, style=b.style, norm=b.norm,
-        freeze_at=b.freeze_at, shortcut=b.shortcut, width=b.width,
-        pooler=p.type, pooler_resolution=p.resolution, pooler_sampling_ratio=p.sampling_ratio,
-        pooler_aligned=p.aligned,
-        anchor_sizes=tuple(rpn.anchor_sizes), aspect_ratios=tuple(rpn.aspect_ratios),
-        rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train, rpn_pre_nms_top_n_test=rpn.pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=rpn.post_nms_top_n_train, rpn_post_nms_top_n_test=rpn.post_nms_top_n_test,
-        rpn_nms_thresh=rpn.nms_thresh, rpn_min_size=rpn.min_size, rpn_fg_iou_thresh=rpn.fg_iou_thresh,
-        rpn_bg_iou_thresh=rpn.bg_iou_thresh, rpn_allowed_border=rpn.allowed_border,
-        rpn_batch_size_per_image=rpn.batch_size_per_image, rpn_positive_fraction=rpn.positive_fraction,
-        box_batch_size_per_image=roi.batch_size_per_image, box_positive_fraction=roi.positive_fraction,
-        box_fg_iou_thresh=roi.fg_iou_thresh, box_bg_iou_thresh_hi=roi.bg_iou_thresh_hi,
-        box_bg_iou_thresh_lo=roi.bg_iou_thresh_lo,
-        box_score_thresh=roi.score_thresh, box_nms_thresh=roi.nms_thresh, detections_per_img=roi.detections_per_img,
-        min_size=None,  # images arrive resized by the data pipeline
-        max_size=cfg.data.max_size,
-    )
+    sections = {"backbone": m.backbone, "pooler": m.pooler, "rpn": m.rpn, "roi": m.roi}
+    try:
+        parts = {name: part(**{f.name: getattr(section, f.name) for f in fields(section)})
+                 for (name, section), part in zip(sections.items(), (BackboneSpec, PoolerSpec, RPNSpec, RoISpec))}
+        return DetectorSpec(**parts, input=InputSpec(min_size=None, max_size=cfg.data.max_size))
+    except SpecError as e:
+        key = f"data.{e.field.split('.', 1)[1]}" if e.field.startswith("input.") else f"model.{e.field}"
+        raise ValueError(f"config key '{key}': {e.reason}") from None
 
 
 def build_model(cfg: DetConfig, *, weights: str | None | object = ..., weights_meta: dict | None = None,
@@ -148,14 +134,11 @@ def build_model(cfg: DetConfig, *, weights: str | None | object = ..., weights_m
     SyncBatchNorm, which synchronises only when torch.distributed is running. ``num_classes`` (background
     included) overrides the config's (the data set's count, see :func:`check_num_classes`).
     """
-    kwargs = detector_kwargs(cfg)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+    spec = detector_spec(cfg)
     if weights is not ...:
-        kwargs["weights"] = weights
-    if weights_meta:
-        kwargs["weights_meta"] = weights_meta
-    return build_detector(**kwargs)
+        spec = replace(spec, backbone=replace(spec.backbone, weights=weights))
+    return build_detector(spec, num_classes if num_classes is not None else num_classes_for(cfg),
+                          weights_meta=weights_meta or None)
 
 
 def load_model_from_checkpoint(cfg: DetConfig, checkpoint: str, *, device: str | torch.device = "cpu") -> nn.Module:
