@@ -11,11 +11,14 @@ up to 15 VOC mAP without any error (maskrcnn-benchmark #643), so a mismatch here
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Any, Iterable
 
 import torch
 from torch import nn
+
+from detres.utils.io import check_zip_crc
 
 # torchvision's ImageNet weights: RGB in [0, 1], normalised by the ImageNet mean/std.
 TORCHVISION_META: dict[str, Any] = {
@@ -72,6 +75,11 @@ def validate_meta(meta: Any, source: str) -> dict[str, Any]:
     for k in ("mean", "std"):
         if len(meta[k]) != 3:
             raise ValueError(f"{source}: meta {k} must have 3 values, got {meta[k]}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in meta[k]):
+            raise ValueError(f"{source}: meta {k} must be 3 finite numbers, got {meta[k]}")
+    if not isinstance(meta["input_range"], (int, float)) or not math.isfinite(meta["input_range"]) \
+            or meta["input_range"] <= 0:
+        raise ValueError(f"{source}: meta input_range must be a positive number, got {meta['input_range']!r}")
     if any(float(s) <= 0 for s in meta["std"]):
         raise ValueError(f"{source}: meta std must be positive, got {meta['std']}")
     return dict(meta)
@@ -84,6 +92,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise FileNotFoundError(f"weights file not found: {path} (model.backbone.weights=null trains from random "
                                 "weights; or make the file with tools/convert_weights.py from torchvision's or the "
                                 "MSRA checkpoint: README, 'Three ways to get backbone weights')")
+    check_zip_crc(path)  # a flipped bit would otherwise load as silently wrong weights
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
