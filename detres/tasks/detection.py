@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -304,9 +304,11 @@ def make_eval_fn(cfg: DetConfig, dataset: Any, *, device: torch.device, output_d
 
 
 def inference_model(cfg: DetConfig, model: nn.Module, device: str | torch.device) -> nn.Module:
-    """The model evaluation and prediction run: the fast path's copy (``test.fast_inference``, the default)
-    or ``model`` itself."""
-    return prepare_for_inference(model, device=device) if cfg.test.fast_inference else model
+    """The model evaluation, prediction and the ``vis/`` pictures run: the fast path's copy with the options of
+    ``test.fast`` (``test.fast_inference``, the default) or ``model`` itself."""
+    if not cfg.test.fast_inference:
+        return model
+    return prepare_for_inference(model, device=device, **asdict(cfg.test.fast))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,8 +348,9 @@ def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, 
     if comm.is_main_process() and cfg.test.num_vis_images > 0:
         names = getattr(test_set, "class_names", None) or class_names_for(cfg) or ()
         out = os.path.join(cfg.output_dir, "vis")
-        paths = visualize_dataset(model, test_set, out, class_names=names, num_images=cfg.test.num_vis_images,
-                                  device=dev, score_thresh=cfg.test.vis_thresh)
+        # drawn with the model the evaluation used (the fast path's copy unless test.fast_inference is off)
+        paths = visualize_dataset(inference_model(cfg, model, dev), test_set, out, class_names=names,
+                                  num_images=cfg.test.num_vis_images, device=dev, score_thresh=cfg.test.vis_thresh)
         logger.info("drew detections on %d test images in %s", len(paths), out)
     comm.barrier()
     return result
