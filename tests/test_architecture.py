@@ -215,7 +215,7 @@ def test_benchmark_steps_use_the_configs_sgd(tmp_path):
     the bias group of solver.bias_lr_factor / weight_decay_bias (not a fixed lr=1e-4)."""
     from _engine_helpers import write_tiny_config
     from detres.tasks.common import read_config
-    from detres.tasks.timing import det_step
+    from detres.tasks.timing import config_summary, det_step
 
     cfg = read_config(write_tiny_config(tmp_path), ["solver.base_lr=0.02", "solver.momentum=0.8",
                                                     "solver.weight_decay=0.001", "solver.bias_lr_factor=2",
@@ -226,3 +226,5 @@ def test_benchmark_steps_use_the_configs_sgd(tmp_path):
     assert [(g["initial_lr"], g["momentum"], g["weight_decay"]) for g in groups] == [(0.04, 0.8, 0.001),
                                                                                     (0.08, 0.8, 0.0)]
     assert (step.image_size, step.ims_per_batch, step.num_classes, step.backbone) == ((64, 64), 4, 4, "resnet18")
+    assert config_summary(cfg) == {"min_size": 64, "max_size": 64, "backbone": "resnet18", "ims_per_batch": 4,
+                                   "iter_size": 1}  # what benchmarks/scale.py's paper-config job reports
