@@ -38,7 +38,7 @@ logger = logging.getLogger("detres")
 
 __all__ = [
     "BackboneConfig", "PoolerConfig", "ShapesConfig", "RPNConfig", "RoIConfig", "ModelConfig", "DataConfig",
-    "SolverConfig", "TestConfig", "DetConfig",
+    "SolverConfig", "FastConfig", "TestConfig", "DetConfig",
     "ClsModelConfig", "ClsDataConfig", "ClsSolverConfig", "ClsTestConfig", "ClsConfig",
     "CONFIG_SCHEMAS", "load_config", "save_config", "config_to_dict", "config_from_dict",
     "list_config_keys", "apply_overrides", "validate_config",
@@ -156,6 +156,18 @@ class SolverConfig:
 
 
 @dataclass
+class FastConfig:
+    fold_bn: bool = True  # fold every BatchNorm after a conv into the conv (exact up to rounding)
+    channels_last: bool = True  # trunk and per-RoI head in NHWC (oneDNN's native layout)
+    freeze: bool = False  # TorchScript-freeze trunk and head (measure per machine: tools/benchmark.py infer)
+    roi_chunk: Optional[int] = None  # run the per-RoI head over chunks of this many RoIs; None = all at once
+    bf16: bool = False  # bf16 autocast of trunk and head, only on CUDA or a CPU with native bf16 (not exact)
+    pool_threads: int = 2  # threads splitting the CPU RoI pooling (identical output); 1 = none
+    commute_head: bool = True  # RoIAlign as matrix products with the head's first 1x1 convs before it (CPU, ResNet-50+)
+    winograd: bool = True  # F(4x4, 3x3) Winograd for 3x3 convs with >= 128 input channels (CPU; ~1e-5 relative)
+
+
+@dataclass
 class TestConfig:
     eval_period: int = 0  # evaluate every this many iterations (0 = only at the end)
     ims_per_batch: int = 1  # test images per process
@@ -163,6 +175,7 @@ class TestConfig:
     vis_thresh: float = 0.5  # pictures (vis/, tools/predict.py) draw detections from this score; results keep all
     has_labels: bool = True  # False: the test split has no public labels (VOC 2012 test): write the server's files, no AP
     fast_inference: bool = True  # evaluate/predict with detres.modeling.prepare_for_inference (same detections, faster)
+    fast: FastConfig = field(default_factory=FastConfig)  # the fast path's options (measured on the CPUs here)
 
 
 @dataclass
@@ -671,6 +684,8 @@ _RULES: dict[str, tuple] = {
     "test.eval_period": (*_NONNEG, "iterations; 0 = only at the end"),
     "test.ims_per_batch": (*_POS_INT, "images per process"),
     "test.num_vis_images": (*_NONNEG, "images"),
+    "test.fast.roi_chunk": (*_POS_INT, "RoIs per chunk of the head; null = all at once"),
+    "test.fast.pool_threads": (*_POS_INT, "threads; 1 = no splitting"),
 }
 
 

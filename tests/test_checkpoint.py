@@ -50,12 +50,13 @@ def test_rng_state_round_trip_survives_weights_only(tmp_path):
 
 
 def test_warmup_multistep_schedule():
-    f = WarmupMultiStep(steps=[10, 20], gamma=0.1, warmup_iters=5, warmup_factor=0.1)
+    f = WarmupMultiStep(steps=[10, 20], gamma=0.1, warmup_iters=5, warmup_factor=0.1, warmup_method="linear")
     assert f(0) == pytest.approx(0.1) and f(5) == 1.0 and f(9) == 1.0
     assert f(10) == pytest.approx(0.1) and f(25) == pytest.approx(0.01)
     assert 0.1 < f(2) < 1.0
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-    sched = build_warmup_multistep(opt, steps=[2], gamma=0.1)
+    sched = build_warmup_multistep(opt, steps=[2], gamma=0.1, warmup_iters=0, warmup_factor=0.001,
+                                   warmup_method="linear")
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
@@ -63,5 +64,5 @@ def test_warmup_multistep_schedule():
         sched.step()
     assert lrs == pytest.approx([0.5, 0.5, 0.05, 0.05])
     with pytest.raises(ValueError, match="increasing"):
-        WarmupMultiStep(steps=[5, 3])
+        WarmupMultiStep(steps=[5, 3], gamma=0.1, warmup_iters=0, warmup_factor=0.001, warmup_method="linear")
     assert scale_lr(0.02, total_batch=8, reference_batch=16) == pytest.approx(0.01)

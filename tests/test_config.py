@@ -88,3 +88,59 @@ def test_base_is_one_level_and_missing_file(tmp_path):
         load_config(_write(tmp_path / "c.yaml", "_base_: b.yaml\n"))
     with pytest.raises(ValueError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+# --------------------------------------------------------------------------------------------------
+# every default once (issue 18 item 3)
+# --------------------------------------------------------------------------------------------------
+def test_fast_path_options_are_the_test_fast_section():
+    import dataclasses
+    import inspect
+
+    from detres.config import FastConfig
+    from detres.modeling.fast import FAST_DEFAULTS, prepare_for_inference
+
+    assert FAST_DEFAULTS == dataclasses.asdict(FastConfig()) == {
+        "fold_bn": True, "channels_last": True, "freeze": False, "roi_chunk": None, "bf16": False,
+        "pool_threads": 2, "commute_head": True, "winograd": True}
+    assert {f"test.fast.{k}" for k in FAST_DEFAULTS} <= set(list_config_keys(DetConfig))
+    # each option of the fast path is a config key: none can be set only from Python
+    options = set(inspect.signature(prepare_for_inference).parameters) - {"model", "device", "enabled"}
+    assert options == set(FAST_DEFAULTS)
+
+
+def test_fast_options_reach_the_model_evaluation_runs(tmp_path):
+    from _engine_helpers import write_tiny_config
+    from detres.tasks.detection import build_model, inference_model
+
+    path = write_tiny_config(tmp_path)
+    cfg = load_config(path, ["test.fast.winograd=false", "test.fast.pool_threads=1", "test.fast.roi_chunk=5"])
+    model = build_model(cfg, weights=None)
+    fast = inference_model(cfg, model, "cpu")
+    assert fast is not model and fast.inference_options == {
+        "fold_bn": True, "channels_last": True, "freeze": False, "roi_chunk": 5, "bf16": False, "pool_threads": 1,
+        "commute_head": True, "winograd": False}
+    eager = load_config(path, ["test.fast_inference=false"])
+    assert inference_model(eager, model, "cpu") is model
+    with pytest.raises(ValueError, match=r"test.fast.roi_chunk"):
+        load_config(path, ["test.fast.roi_chunk=0"])
+    with pytest.raises(ValueError, match=r"test.fast.pool_threads"):
+        load_config(path, ["test.fast.pool_threads=0"])
+
+
+@pytest.mark.parametrize("func, params", [
+    ("detres.engine.solver.build_sgd", ["momentum", "weight_decay", "bias_lr_factor", "weight_decay_bias"]),
+    ("detres.engine.solver.WarmupMultiStep", ["gamma", "warmup_iters", "warmup_factor", "warmup_method"]),
+    ("detres.engine.solver.build_warmup_multistep", ["gamma", "warmup_iters", "warmup_factor", "warmup_method"]),
+    ("detres.evaluation.visualize.draw_detections", ["score_thresh"]),
+    ("detres.evaluation.visualize.visualize_dataset", ["score_thresh", "num_images"]),
+])
+def test_no_second_default_below_the_config(func, params):
+    """Values the config sets (solver.*, test.vis_thresh, test.num_vis_images) have no default of their own in
+    the engine and evaluation: a caller passes the config's."""
+    import importlib
+    import inspect
+
+    module, name = func.rsplit(".", 1)
+    sig = inspect.signature(getattr(importlib.import_module(module), name))
+    assert {p: sig.parameters[p].default for p in params} == {p: inspect.Parameter.empty for p in params}

@@ -203,7 +203,7 @@ def _one_step_params(cfg_path, *, iter_size, images_per_batch):
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0]]), "labels": torch.tensor([2])}]
     batches = [(images[i:i + images_per_batch], targets[i:i + images_per_batch]) for i in range(0, 2, images_per_batch)]
-    opt = build_sgd(model, lr=0.01, momentum=0.0, weight_decay=0.0)
+    opt = build_sgd(model, lr=0.01, momentum=0.0, weight_decay=0.0, bias_lr_factor=1.0, weight_decay_bias=None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     trainer = Trainer(model=model, loss_fn=detection_loss, optimizer=opt, scheduler=sched,
                       loader_factory=lambda start: iter(batches[start:]), max_iter=1, iter_size=iter_size)

@@ -39,14 +39,14 @@ def test_training_curves_from_metrics(tmp_path):
 def test_small_images_are_enlarged_and_boxes_follow(tmp_path):
     img = np.zeros((128, 128, 3), np.uint8)
     box = torch.tensor([[20.0, 60.0, 100.0, 120.0]])
-    out = draw_detections(img, box, torch.tensor([1]), torch.tensor([0.9]), ["circle"], min_side=480)
+    out = draw_detections(img, box, torch.tensor([1]), torch.tensor([0.9]), ["circle"], score_thresh=0.5, min_side=480)
     assert out.shape == (512, 512, 3)  # enlarged 4x (the smallest integer factor reaching 480)
     colour = tuple(int(PALETTE[1][i:i + 2], 16) for i in (1, 3, 5))
     assert tuple(out[60 * 4 + 100, 20 * 4 + 1]) == colour  # the box's left edge, scaled with the picture
     assert tuple(out[60 * 4 - 5, 20 * 4 + 1]) == colour  # the label tag (its left margin) sits above the box
     assert tuple(out[300, 300]) == (0, 0, 0)  # inside the box: the image is not covered
     big = np.zeros((600, 800, 3), np.uint8)
-    assert draw_detections(big, box, torch.tensor([1]), torch.tensor([0.9]), ["c"]).shape == (600, 800, 3)
+    assert draw_detections(big, box, torch.tensor([1]), torch.tensor([0.9]), ["c"], score_thresh=0.5).shape == (600, 800, 3)
 
 
 def test_empty_pr_panels_say_why():

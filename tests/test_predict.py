@@ -185,7 +185,8 @@ def test_results_keep_low_scores_and_pictures_use_vis_thresh(coco_run, tmp_path,
     assert s.image_ids == f"image ids of {ann}"  # the run's test set lists both images
     from detres.evaluation.visualize import draw_detections
     rgb = cv2.imread(str(data / "a.jpg"))[:, :, ::-1].copy()
-    plain = draw_detections(rgb, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), None, ["cup"])  # no caption
+    plain = draw_detections(rgb, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), None, ["cup"],
+                            score_thresh=None)  # no caption
     drawn = cv2.imread(str(tmp_path / "p" / "a.png"))[:, :, ::-1]
     # a caption "no detection >= 0.95 (best: cup 0.900)" on a black tag at the top left; the rest untouched
     diff = np.abs(drawn.astype(int) - plain.astype(int)).max(axis=2)

@@ -15,9 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detres.config import load_config  # noqa: E402
 from detres.engine.logging import setup_logger  # noqa: E402
 from detres.tasks.check_data import SPLITS, check_data, format_problems  # noqa: E402
+from detres.tasks.common import read_config  # noqa: E402
 from detres.utils.cli import run_tool  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides, allow_empty=False)
+    cfg = read_config(args.config, args.overrides)
     setup_logger(None)
     problems = check_data(cfg, split=args.split, workers=args.workers)
     if problems:

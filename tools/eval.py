@@ -17,14 +17,14 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detres.config import load_config  # noqa: E402
 from detres.evaluation.compare import format_compare_markdown, format_compare_text, load_run  # noqa: E402
+from detres.tasks.common import read_config  # noqa: E402
 from detres.tasks.detection import BENCHMARK_SPLITS, format_metrics, run_eval, run_eval_results  # noqa: E402
 from detres.utils.cli import run_tool  # noqa: E402
+from detres.utils.io import atomic_write_text  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,21 +65,17 @@ def _text(args: argparse.Namespace) -> str:
     if args.compare:
         runs = [load_run(d) for d in args.compare]
         if args.markdown:
-            Path(args.markdown).write_text(format_compare_markdown(runs))
+            atomic_write_text(args.markdown, format_compare_markdown(runs))
         return format_compare_text(runs)
     if args.results:
         metrics = run_eval_results(args.dataset, args.results, root=args.data_root, split=args.split,
                                    ann_file=args.ann_file)
     else:
-        cfg = load_config(args.config, args.opts)
-        cfg.data.root = args.data_root or cfg.data.root
-        if not Path(args.checkpoint).is_file():
-            raise ValueError(f"{args.checkpoint}: checkpoint not found")
-        metrics = run_eval(cfg, args.checkpoint, split=args.split, device=args.device, output_dir=args.output_dir,
-                           num_workers=args.num_workers)
+        metrics = run_eval(read_config(args.config, args.opts, allow_empty=True), args.checkpoint, split=args.split,
+                           device=args.device, output_dir=args.output_dir, num_workers=args.num_workers,
+                           data_root=args.data_root)
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(args.json_out, json.dumps(metrics, indent=2) + "\n")
     return format_metrics(metrics)
 
 

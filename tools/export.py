@@ -17,10 +17,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detres.config import load_config  # noqa: E402
-from detres.engine.checkpoint import load_checkpoint  # noqa: E402
-from detres.modeling.export import FORMATS, export_detector, export_metadata  # noqa: E402
-from detres.tasks.detection import class_names_for, load_model_from_checkpoint  # noqa: E402
+from detres.modeling.export import FORMATS  # noqa: E402
+from detres.tasks.common import read_config  # noqa: E402
+from detres.tasks.detection import run_export  # noqa: E402
 from detres.utils.cli import run_tool  # noqa: E402
 
 
@@ -36,18 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if os.path.exists(args.out) and os.path.exists(args.checkpoint) and os.path.samefile(args.out, args.checkpoint):
-        raise ValueError(f"--out {args.out}: is the checkpoint itself; export to another file")
-    cfg = load_config(args.config)
-    model = load_model_from_checkpoint(cfg, args.checkpoint)
-    state = load_checkpoint(args.checkpoint)
-    min_size = cfg.data.min_size if isinstance(cfg.data.min_size, int) else max(cfg.data.min_size)
-    meta = export_metadata(model, class_names=state.get("class_names") or class_names_for(cfg),
-                           label_to_cat_id=state.get("label_to_cat_id"), min_size=min_size,
-                           max_size=cfg.data.max_size)
-    size = (min_size, min(cfg.data.max_size, round(min_size * 4 / 3)))
-    path = export_detector(model, args.out, fmt=args.format, example_size=size, opset=args.opset, metadata=meta,
-                           overwrite=args.overwrite)
+    path = run_export(read_config(args.config, allow_empty=True), args.checkpoint, args.out,
+                      fmt=args.format, opset=args.opset, overwrite=args.overwrite)
     print(f"{args.checkpoint} -> {path} ({args.format}): image [3, H, W] RGB in [0, 1] -> (boxes, labels, scores)")
     return 0
 

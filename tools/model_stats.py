@@ -31,6 +31,7 @@ from detres.backbones import list_backbones
 from detres.backbones.stats import classifier_stats
 from detres.modeling.stats import detector_stats
 from detres.utils.cli import run_tool
+from detres.utils.io import atomic_write
 
 STYLES = ("msra", "pytorch")
 
@@ -73,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 det_rows.append(r)
                 print(f"{r['backbone']:<10} {r['style']:<8} {r['params_m']:>10.2f} {r['gflops']:>8.1f} {r['rois']:>6}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"classifiers": rows, "detectors": det_rows}, f, indent=2)
+        atomic_write(args.json, lambda f: json.dump({"classifiers": rows, "detectors": det_rows}, f, indent=2))
     return 0
 
 

@@ -24,10 +24,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detres.benchmarks.train import time_cls_step  # noqa: E402
-from detres.config import ClsConfig, load_config  # noqa: E402
 from detres.tasks.classification import run_train  # noqa: E402
 from detres.tasks.check_data import require_clean_data  # noqa: E402
-from detres.tasks.common import check_output_dir  # noqa: E402
+from detres.tasks.common import check_output_dir, read_config  # noqa: E402
 from detres.utils import comm  # noqa: E402
 from detres.utils.cli import add_training_args, check_training_args, run_tool  # noqa: E402
 
@@ -43,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_training_args(args)
-    cfg = load_config(args.config, args.overrides, schema=ClsConfig, task="classification", allow_empty=False)
+    cfg = read_config(args.config, args.overrides, task="classification")
     check_output_dir(cfg, inputs=[args.config], overwrite=args.overwrite, resume=args.resume)
     if args.check_data:
         require_clean_data(cfg, source=args.config)

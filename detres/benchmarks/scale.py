@@ -308,9 +308,10 @@ def job_paper_config(name: str, data_root: str, out_dir: str) -> dict:
     import torch
     from torch.nn.modules.module import register_module_forward_hook
 
-    from detres.config import load_config
     from detres.modeling.detector import C4RoIPooler
+    from detres.tasks.common import read_config
     from detres.tasks.detection import run_train
+    from detres.tasks.timing import config_summary
     from torchvision.models.detection.roi_heads import RoIHeads
     from torchvision.models.detection.rpn import RegionProposalNetwork
 
@@ -326,7 +327,7 @@ def job_paper_config(name: str, data_root: str, out_dir: str) -> dict:
             counts["test_rois"].extend(len(b) for b in inputs[1])
 
     handle = register_module_forward_hook(hook)
-    cfg = load_config(CONFIG_DIR / f"{name}.yaml", [
+    cfg = read_config(CONFIG_DIR / f"{name}.yaml", [
         f"data.root={data_root}", "model.backbone.weights=null", "model.backbone.norm=bn", "solver.max_iter=2",
         "solver.steps=[]", "solver.warmup_iters=0", "solver.log_period=1", "solver.checkpoint_period=100",
         "test.num_vis_images=0", f"output_dir={out_dir}"])
@@ -338,9 +339,7 @@ def job_paper_config(name: str, data_root: str, out_dir: str) -> dict:
     rows = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8")]
     steps = [r["time"] for r in rows if "time" in r]
     evals = [r["eval/time_s"] for r in rows if "eval/time_s" in r]
-    return {"config": name, "min_size": cfg.data.min_size, "max_size": cfg.data.max_size,
-            "backbone": cfg.model.backbone.name, "ims_per_batch": cfg.solver.ims_per_batch,
-            "iter_size": cfg.solver.iter_size, "s_per_iter": steps, "eval_s_2_images": evals[-1] if evals else None,
+    return {"config": name, **config_summary(cfg), "s_per_iter": steps, "eval_s_2_images": evals[-1] if evals else None,
             "wall_s": wall, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB,
             "proposals_per_image_train": sorted(set(counts["train_proposals"])),
             "rois_per_image_train": sorted(set(counts["train_rois"])),

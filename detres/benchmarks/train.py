@@ -15,10 +15,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from detres.benchmarks import register
-from detres.config import ClsConfig, DetConfig, load_config
-from detres.engine.solver import build_sgd
-from detres.tasks import classification as cls_task
-from detres.tasks import detection as det_task
+from detres.tasks.common import read_config
+from detres.tasks.timing import cls_step, det_step
 from detres.benchmarks.mfu import gpu_peak_tflops, mfu, step_flops
 from detres.utils.amp import autocast
 
@@ -52,10 +50,11 @@ def time_sgd_steps(loss_of_batch: Callable[[Any], torch.Tensor], make_batch: Cal
     return times
 
 
-def time_det_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_size: tuple[int, int] | None = None,
+def time_det_step(cfg: Any, *, iters: int = 3, warmup: int = 1, image_size: tuple[int, int] | None = None,
                   device: str | torch.device = "cpu", amp: str | None | object = ..., channels_last: bool = False,
                   compile_modules: bool = False, count_flops: bool = False) -> dict:
-    """Seconds per training iteration of ``cfg``'s detector on random images (no data, no weights).
+    """Seconds per training iteration of ``cfg``'s detector on random images (no data, no weights), with the
+    config's SGD (:func:`detres.tasks.timing.det_step`).
 
     Images are ``image_size`` (H, W), default (min_size, max_size-capped 4:3) as the paper's 600x800;
     each carries 3 random boxes. ``amp`` overrides ``solver.amp``; ``channels_last`` runs trunk and head in
@@ -64,22 +63,22 @@ def time_det_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_size
     "image_size", "ims_per_batch", "backbone", ...}``.
     """
     device = torch.device(device)
-    amp = cfg.solver.amp if amp is ... else amp
     torch.manual_seed(0)
-    model = det_task.build_model(cfg, weights=None).to(device).train()
+    step = det_step(cfg, device=device, image_size=image_size)
+    model, opt = step.model, step.optimizer
+    amp = step.amp if amp is ... else amp
     if channels_last:
         model.backbone.to(memory_format=torch.channels_last)
         model.roi_heads.box_head.to(memory_format=torch.channels_last)
     if compile_modules:
         model.backbone = torch.compile(model.backbone)
         model.roi_heads.box_head = torch.compile(model.roi_heads.box_head)
-    opt = build_sgd(model, lr=1e-4, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay)
-    h, w = image_size or (cfg.data.min_size, min(cfg.data.max_size, round(cfg.data.min_size * 4 / 3)))
-    k = det_task.num_classes_for(cfg) - 1
+    h, w = step.image_size
+    k = step.num_classes - 1
 
     def batch():
         imgs, tgts = [], []
-        for _ in range(cfg.solver.ims_per_batch):
+        for _ in range(step.ims_per_batch):
             img = torch.rand(3, h, w, device=device)
             imgs.append(img.contiguous(memory_format=torch.channels_last) if channels_last else img)
             xy = torch.rand(3, 2) * torch.tensor([w * 0.6, h * 0.6])
@@ -91,8 +90,8 @@ def time_det_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_size
     times = time_sgd_steps(lambda b: sum(model(*b).values()), batch, opt, iters=iters, warmup=warmup,
                            device=device, amp=amp)
     seconds = statistics.median(times)
-    out = {"s_per_iter": seconds, "images_per_s": cfg.solver.ims_per_batch / seconds, "iters": iters,
-           "image_size": [h, w], "ims_per_batch": cfg.solver.ims_per_batch, "backbone": cfg.model.backbone.name,
+    out = {"s_per_iter": seconds, "images_per_s": step.ims_per_batch / seconds, "iters": iters,
+           "image_size": [h, w], "ims_per_batch": step.ims_per_batch, "backbone": step.backbone,
            "amp": amp, "channels_last": channels_last, "compile": compile_modules}
     if count_flops:
         b = batch()
@@ -106,22 +105,22 @@ def time_det_step(cfg: DetConfig, *, iters: int = 3, warmup: int = 1, image_size
     return out
 
 
-def time_cls_step(config: str | os.PathLike | ClsConfig, *, overrides: Sequence[str] = (), batch_size: int = 2,
+def time_cls_step(config: str | os.PathLike | Any, *, overrides: Sequence[str] = (), batch_size: int = 2,
                   steps: int = 3, warmup: int = 1, device: str = "cpu") -> dict[str, float]:
-    """Seconds per training iteration (forward, backward, SGD step) of a config's classifier.
+    """Seconds per training iteration (forward, backward, SGD step) of a config's classifier (a path, read
+    with ``overrides``, or a loaded config), with the config's SGD (:func:`detres.tasks.timing.cls_step`).
 
     Synthetic inputs ``[batch_size, 3, crop, crop]`` and random labels stand in for data, so only the
     model is timed. Returns ``{"median_s", "min_s", "batch_size", "crop", "params_m"}``.
     """
-    cfg = load_config(config, list(overrides)) if isinstance(config, (str, os.PathLike)) else config
+    cfg = read_config(config, overrides, allow_empty=True) if isinstance(config, (str, os.PathLike)) else config
     dev = torch.device(device)
-    model = cls_task.build_model(cfg).to(dev).train()
-    optimizer = build_sgd(model, lr=1e-4, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay)
-    crop = cfg.data.crop
+    step = cls_step(cfg, device=dev)
+    model, crop = step.model, step.crop
     images = torch.randn(batch_size, 3, crop, crop, device=dev)
-    labels = torch.randint(0, cfg.model.num_classes, (batch_size,), device=dev)
-    times = time_sgd_steps(lambda b: cls_task.classification_loss(model, b)["loss_cls"], lambda: (images, labels), optimizer,
-                           iters=steps, warmup=warmup, device=dev, amp=cfg.solver.amp)
+    labels = torch.randint(0, step.num_classes, (batch_size,), device=dev)
+    times = time_sgd_steps(lambda b: step.loss(model, b)["loss_cls"], lambda: (images, labels), step.optimizer,
+                           iters=steps, warmup=warmup, device=dev, amp=step.amp)
     return {"median_s": statistics.median(times), "min_s": min(times), "batch_size": batch_size, "crop": crop,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
@@ -163,7 +162,7 @@ def bench_train_step(args: argparse.Namespace) -> dict[str, Any]:
     out = {}
     for path in _configs(args, lambda n: not n.startswith(("imagenet_", "demo_"))):
         overrides = list(args.opts or []) + ([f"solver.ims_per_batch={args.batch}"] if args.batch else [])
-        cfg = load_config(path, overrides)
+        cfg = read_config(path, overrides, allow_empty=True)
         size = tuple(args.size) if args.size else None
         if not args.variants:
             out[path.stem] = time_det_step(cfg, iters=args.iters, device=args.device, image_size=size,

@@ -3,6 +3,9 @@
 The schedule is iteration based (the unit of py-faster-rcnn's and Detectron's solvers). The base learning
 rate follows the linear scaling rule (Goyal et al. 2017): when the total batch (processes x images per
 process) differs from the batch the rate was tuned for, the rate is multiplied by their ratio.
+
+No argument has a default here: the values come from the config's ``solver`` section, translated once by
+:func:`detres.tasks.common.build_solver` (its defaults live in :mod:`detres.config`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ def scale_lr(base_lr: float, *, total_batch: int, reference_batch: int) -> float
     return base_lr * total_batch / reference_batch
 
 
-def build_sgd(model: nn.Module, *, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
-              bias_lr_factor: float = 1.0, weight_decay_bias: float | None = None) -> torch.optim.SGD:
+def build_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
+              bias_lr_factor: float, weight_decay_bias: float | None) -> torch.optim.SGD:
     """SGD over the trainable parameters (``requires_grad``) of ``model``; frozen ones are left out.
 
     Parameters named ``bias`` form a second group with the rate ``lr * bias_lr_factor`` and the weight
@@ -53,8 +56,8 @@ class WarmupMultiStep:
     A plain callable object (not a lambda) so LambdaLR can save and restore it in its state dict.
     """
 
-    def __init__(self, *, steps: Sequence[int], gamma: float = 0.1, warmup_iters: int = 0,
-                 warmup_factor: float = 0.001, warmup_method: str = "linear") -> None:
+    def __init__(self, *, steps: Sequence[int], gamma: float, warmup_iters: int, warmup_factor: float,
+                 warmup_method: str) -> None:
         steps = list(steps)
         if steps != sorted(steps):
             raise ValueError(f"solver.steps must be increasing, got {steps}")
@@ -76,8 +79,8 @@ class WarmupMultiStep:
         return factor
 
 
-def build_warmup_multistep(optimizer: torch.optim.Optimizer, *, steps: Iterable[int], gamma: float = 0.1,
-                           warmup_iters: int = 0, warmup_factor: float = 0.001, warmup_method: str = "linear"
+def build_warmup_multistep(optimizer: torch.optim.Optimizer, *, steps: Iterable[int], gamma: float,
+                           warmup_iters: int, warmup_factor: float, warmup_method: str
                            ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR stepping once per iteration with :class:`WarmupMultiStep`."""
     fn = WarmupMultiStep(steps=list(steps), gamma=gamma, warmup_iters=warmup_iters, warmup_factor=warmup_factor,

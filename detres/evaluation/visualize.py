@@ -55,12 +55,13 @@ def empty_caption(labels: torch.Tensor, scores: torch.Tensor, class_names: Seque
 
 
 def draw_detections(image: torch.Tensor | np.ndarray, boxes: torch.Tensor, labels: torch.Tensor,
-                    scores: torch.Tensor | None, class_names: Sequence[str], *, score_thresh: float = 0.5,
+                    scores: torch.Tensor | None, class_names: Sequence[str], *, score_thresh: float | None,
                     min_side: int = 480) -> np.ndarray:
     """Draw xyxy ``boxes`` [N, 4] (pixels of ``image``) with "name score" tags; returns HWC uint8 RGB.
 
     ``labels`` [N] are 1..K (0 = background) and index ``class_names`` (K names, background excluded).
-    Detections scoring below ``score_thresh`` are not drawn; when that leaves none, a caption says so:
+    Detections scoring below ``score_thresh`` (the config's ``test.vis_thresh``, passed by the caller; None only
+    with ``scores`` None) are not drawn; when that leaves none, a caption says so:
     "no detection >= t (best: <class> <score>)" (or "(the model returned none)"), so that an empty picture is
     never mistaken for a broken one. An image whose shorter side is below ``min_side`` is enlarged by an
     integer factor first (boxes scale with it).
@@ -73,6 +74,8 @@ def draw_detections(image: torch.Tensor | np.ndarray, boxes: torch.Tensor, label
     labels = torch.as_tensor(labels).detach().cpu().reshape(-1)
     caption = None
     if scores is not None:
+        if score_thresh is None:
+            raise ValueError("draw_detections: scores given without score_thresh (the config's test.vis_thresh)")
         scores = torch.as_tensor(scores).detach().float().cpu().reshape(-1)
         keep = scores >= score_thresh
         caption = empty_caption(labels, scores, class_names, score_thresh)
@@ -127,9 +130,9 @@ def _picture_name(dataset, index: int, target: dict) -> str:
 
 @torch.no_grad()
 def visualize_dataset(model: torch.nn.Module, dataset, out_dir: str | os.PathLike, *, class_names: Sequence[str],
-                      num_images: int = 4, device: str | torch.device = "cpu", score_thresh: float = 0.5) -> list[str]:
+                      num_images: int, device: str | torch.device = "cpu", score_thresh: float) -> list[str]:
     """Draw ``model``'s detections scoring at least ``score_thresh`` (``test.vis_thresh``) on the first
-    ``num_images`` ORIGINAL images of ``dataset`` and save ``out_dir/<image file name>.png`` (COCO: the
+    ``num_images`` (``test.num_vis_images``) ORIGINAL images of ``dataset`` and save ``out_dir/<image file name>.png`` (COCO: the
     ``file_name`` without its suffix, subfolders kept; VOC: the image id, which is the stem); returns the paths.
 
     ``dataset[i]`` gives the transformed input and ``dataset.load(i)`` the original image (see

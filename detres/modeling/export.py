@@ -26,6 +26,7 @@ harmless warnings are filtered; any other warning is shown.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
@@ -34,6 +35,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from detres.utils.io import atomic_write
 
 __all__ = ["ExportableDetector", "export_detector", "export_metadata", "read_metadata", "FORMATS", "RESIZE_RULE"]
 
@@ -178,29 +181,28 @@ def export_detector(model: nn.Module, path: str | os.PathLike, *, fmt: str = "to
     frozen = copy.deepcopy(model).eval().requires_grad_(False)  # outputs without grad; the caller's model untouched
     wrapper = ExportableDetector(frozen).eval()
     example = torch.rand(3, *example_size)
-    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
     ctx = _quiet()
-    try:
+    try:  # written beside path, fsynced and renamed over it (utils/io's atomic write)
         with torch.no_grad():
             if fmt == "torchscript":
                 traced = torch.jit.trace(wrapper, (example,), check_trace=False)
                 scripted = torch.jit.script(_RangeWarning(traced))
-                torch.jit.save(scripted, str(tmp), _extra_files={"detres.json": json.dumps(meta)})
+                atomic_write(path, lambda f: torch.jit.save(scripted, f,
+                                                            _extra_files={"detres.json": json.dumps(meta)}),
+                             binary=True)
             else:
-                torch.onnx.export(wrapper, (example,), str(tmp), opset_version=opset, dynamo=False,
+                buffer = io.BytesIO()
+                torch.onnx.export(wrapper, (example,), buffer, opset_version=opset, dynamo=False,
                                   input_names=["image"], output_names=["boxes", "labels", "scores"],
                                   dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
                                                 "labels": {0: "detections"}, "scores": {0: "detections"}})
                 import onnx
 
-                proto = onnx.load(str(tmp))
+                proto = onnx.load_from_string(buffer.getvalue())
                 for key, value in meta.items():
                     entry = proto.metadata_props.add()
                     entry.key, entry.value = str(key), str(value)
-                onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+                atomic_write(path, lambda f: f.write(proto.SerializeToString()), binary=True)
     finally:
         ctx.__exit__(None, None, None)
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -32,6 +32,7 @@ The exact options give the same labels, boxes within 0.5 px and scores within 1e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 from typing import Any
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from detres.config import FastConfig
 from detres.modeling.roi_algebra import CommutedC4Block
 from detres.modeling.winograd import replace_convs
 
@@ -47,10 +49,9 @@ __all__ = ["prepare_for_inference", "fold_batchnorm", "cpu_has_native_bf16", "FA
 
 logger = logging.getLogger(__name__)
 
-#: The options used when a caller asks for the fast path without choosing (measured on the CPUs here).
-FAST_DEFAULTS: dict[str, Any] = {"fold_bn": True, "channels_last": True, "freeze": False, "roi_chunk": None,
-                                 "bf16": False, "pool_threads": 2, "commute_head": True,
-                                 "winograd": True}
+#: The options used when a caller asks for the fast path without choosing: the defaults of the config's
+#: ``test.fast`` section (:class:`detres.config.FastConfig`, where they are written once).
+FAST_DEFAULTS: dict[str, Any] = dataclasses.asdict(FastConfig())
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
 

@@ -26,7 +26,7 @@ except ImportError:  # Windows: the pid check alone
 import torch
 from torch import nn
 
-from detres.config import config_to_dict, save_config
+from detres.config import CONFIG_SCHEMAS, config_to_dict, load_config, save_config
 from detres.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from detres.engine.hooks import CheckpointHook, EvalHook, MetricsHook
 from detres.engine.logging import MetricsWriter, setup_logger
@@ -36,10 +36,22 @@ from detres.evaluation.plots import plot_training_curves
 from detres.utils import comm
 from detres.utils.io import atomic_write_text
 
-__all__ = ["check_choice", "scaled_lr", "warmup_iters", "build_solver", "check_output_dir", "prepare_output_dir",
-           "acquire_run_lock", "release_run_lock", "start_run", "run_training", "AUTO_WARMUP_ITERS", "LOCK_FILE"]
+__all__ = ["read_config", "check_choice", "scaled_lr", "warmup_iters", "build_solver", "check_output_dir",
+           "prepare_output_dir", "acquire_run_lock", "release_run_lock", "start_run", "run_training",
+           "AUTO_WARMUP_ITERS", "LOCK_FILE"]
 
 logger = logging.getLogger("detres")
+
+
+def read_config(path: str | os.PathLike, overrides: Iterable[str] = (), *, task: str | None = None,
+                allow_empty: bool = False) -> Any:
+    """The config a tool (or a benchmark) runs: the YAML ``path`` with ``key.sub=value`` ``overrides``, read
+    with the schema of ``task`` ("detection" | "classification"; None: the file's ``task`` key). The tools
+    and benchmarks get their config here and hand it to ``detres.tasks`` without reading its fields (only
+    ``detres/tasks/`` reads a config; tests/test_architecture.py checks it). ``allow_empty=False`` refuses a file
+    without keys. ValueError names the file and key."""
+    schema = CONFIG_SCHEMAS[task] if task is not None else None
+    return load_config(path, list(overrides), schema, task=task, allow_empty=allow_empty)
 
 
 def check_choice(key: str, value: Any, choices) -> Any:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -44,6 +44,7 @@ from detres.evaluation.voc import (VOCEvaluator, VOCServerResults, evaluate_voc_
                                    read_voc_results, write_server_results)
 from detres.modeling import (BackboneSpec, DetectorSpec, InputSpec, PoolerSpec, RoISpec, RPNSpec, SpecError,
                              build_detector)
+from detres.modeling.export import export_detector, export_metadata
 from detres.modeling.fast import prepare_for_inference
 from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
@@ -53,7 +54,7 @@ from detres.utils.rng import seed_all
 __all__ = ["DATASETS", "class_names_for", "num_classes_for", "check_num_classes", "detector_spec", "build_model",
            "build_train_dataset", "build_test_dataset", "build_evaluator", "build_train_loader_factory",
            "build_test_loader", "detection_loss", "make_eval_fn", "warn_untrained_frozen_bn", "inference_model",
-           "load_model_from_checkpoint", "run_train", "run_eval",
+           "load_model_from_checkpoint", "run_train", "run_eval", "run_export",
            "run_eval_results", "format_metrics", "BENCHMARK_SPLITS"]
 
 logger = logging.getLogger("detres")
@@ -304,9 +305,11 @@ def make_eval_fn(cfg: DetConfig, dataset: Any, *, device: torch.device, output_d
 
 
 def inference_model(cfg: DetConfig, model: nn.Module, device: str | torch.device) -> nn.Module:
-    """The model evaluation and prediction run: the fast path's copy (``test.fast_inference``, the default)
-    or ``model`` itself."""
-    return prepare_for_inference(model, device=device) if cfg.test.fast_inference else model
+    """The model evaluation, prediction and the ``vis/`` pictures run: the fast path's copy with the options of
+    ``test.fast`` (``test.fast_inference``, the default) or ``model`` itself."""
+    if not cfg.test.fast_inference:
+        return model
+    return prepare_for_inference(model, device=device, **asdict(cfg.test.fast))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,17 +349,23 @@ def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, 
     if comm.is_main_process() and cfg.test.num_vis_images > 0:
         names = getattr(test_set, "class_names", None) or class_names_for(cfg) or ()
         out = os.path.join(cfg.output_dir, "vis")
-        paths = visualize_dataset(model, test_set, out, class_names=names, num_images=cfg.test.num_vis_images,
-                                  device=dev, score_thresh=cfg.test.vis_thresh)
+        # drawn with the model the evaluation used (the fast path's copy unless test.fast_inference is off)
+        paths = visualize_dataset(inference_model(cfg, model, dev), test_set, out, class_names=names,
+                                  num_images=cfg.test.num_vis_images, device=dev, score_thresh=cfg.test.vis_thresh)
         logger.info("drew detections on %d test images in %s", len(paths), out)
     comm.barrier()
     return result
 
 
 def run_eval(cfg: DetConfig, checkpoint: str, *, split: str | None = None, device: str | None = None,
-             output_dir: str | None = None, num_workers: int | None = None) -> dict:
+             output_dir: str | None = None, num_workers: int | None = None, data_root: str | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``split`` (default ``data.test``); returns the evaluator's metrics and, with
-    ``output_dir``, writes the results files there (VOC comp4 txt / COCO json)."""
+    ``output_dir``, writes the results files there (VOC comp4 txt / COCO json). ``data_root`` replaces
+    ``data.root`` (tools/eval.py's ``--data-root``)."""
+    if not Path(checkpoint).is_file():
+        raise ValueError(f"{checkpoint}: checkpoint not found")
+    if data_root:
+        cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = build_test_dataset(cfg, split)
     model = load_model_from_checkpoint(cfg, checkpoint, device=dev)
@@ -368,6 +377,23 @@ def run_eval(cfg: DetConfig, checkpoint: str, *, split: str | None = None, devic
     curves = os.path.join(output_dir, "pr_curves.png") if output_dir else None
     return make_eval_fn(cfg, dataset, device=dev, output_dir=output_dir, num_workers=num_workers,
                         curves_path=curves)(model)
+
+
+def run_export(cfg: DetConfig, checkpoint: str, out: str, *, fmt: str, opset: int, overwrite: bool = False) -> Path:
+    """The job of ``tools/export.py``: the detector of ``checkpoint`` (trained with ``cfg``) exported to ``out``
+    as ``fmt`` (see :func:`detres.modeling.export.export_detector`), with the class names, category ids, the
+    resize rule (``data.min_size``/``max_size``) and the normalisation inside the file; traced on a
+    ``min_size`` x (4:3, at most ``max_size``) image. Returns the path written."""
+    if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
+        raise ValueError(f"--out {out}: is the checkpoint itself; export to another file")
+    model = load_model_from_checkpoint(cfg, checkpoint)
+    state = load_checkpoint(checkpoint)
+    min_size = cfg.data.min_size if isinstance(cfg.data.min_size, int) else max(cfg.data.min_size)
+    meta = export_metadata(model, class_names=state.get("class_names") or class_names_for(cfg),
+                           label_to_cat_id=state.get("label_to_cat_id"), min_size=min_size,
+                           max_size=cfg.data.max_size)
+    size = (min_size, min(cfg.data.max_size, round(min_size * 4 / 3)))
+    return export_detector(model, out, fmt=fmt, example_size=size, opset=opset, metadata=meta, overwrite=overwrite)
 
 
 #: Benchmarks of ``tools/eval.py --results``: VOC (year, default image set) or COCO.
