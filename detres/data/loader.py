@@ -45,7 +45,8 @@ def collate(batch: Sequence[tuple[Any, dict]]) -> tuple[list, list[dict]]:
 
 def stack_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``[(image, label), ...] -> (images [B, ...] stacked, labels int64 [B])`` (classification)."""
-    return default_collate(batch)
+    images, labels = default_collate(batch)
+    return images, labels
 
 
 def worker_init(worker_id: int) -> None:
