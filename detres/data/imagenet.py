@@ -21,16 +21,13 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from detres.config import ClsDataConfig
 from detres.data.transforms import CENTER_VIEW, read_image_rgb
 
-__all__ = ["IMAGE_EXTENSIONS", "PAPER_MEAN", "PAPER_STD", "CENTER_VIEW", "ImageNetFolder", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "CENTER_VIEW", "ImageNetFolder", "read_image"]
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
-
-#: ImageNet per-channel mean of RGB in [0, 1] and the paper's std (1: mean subtraction only): the schema's.
-PAPER_MEAN: tuple[float, float, float] = tuple(ClsDataConfig().mean)
-PAPER_STD: tuple[float, float, float] = tuple(ClsDataConfig().std)
+#: Index of the centre crop among the 10 test views (defined with the views in detres.data.transforms).
+CENTER_VIEW = CENTER_VIEW
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
