@@ -246,3 +246,51 @@ def test_degradation_demo_wires_the_four_nets_and_reports_what_it_observed(tmp_p
                                    "deep residual trains at least as well as shallow residual": False,
                                    "residual responses smaller than plain (same depth)": True}
     assert json.loads((tmp_path / "summary.json").read_text())["observed"] == summary["observed"]
+
+
+def test_cifar_augmentation_is_the_items_seed_alone(tmp_path):
+    """Pad + crop + flip come from default_rng(seed): the exact crop and flip, never a global RNG."""
+    import random
+
+    write_synthetic_cifar(tmp_path, "py", num_train=10, num_test=2, seed=0)
+    train, _ = CIFAR10.build(tmp_path)
+    state = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    padded = torch.nn.functional.pad(torch.from_numpy(train.images[3]).float() / 255.0 - train.mean, (4, 4, 4, 4))
+    flips = set()
+    for seed in range(8):
+        x, label = train.get(3, seed=seed)
+        rng = np.random.default_rng(seed)
+        i, j = rng.integers(0, 9, 2)
+        expected = padded[:, i:i + 32, j:j + 32]
+        flip = bool(rng.random() < 0.5)
+        flips.add(flip)
+        torch.testing.assert_close(x, expected.flip(2) if flip else expected, rtol=0, atol=1e-6)
+        assert label == int(train.labels[3])
+    assert flips == {True, False}  # both branches checked exactly
+    assert torch.equal(torch.get_rng_state(), state[0]) and (np.random.get_state()[1] == state[1]).all()
+    assert random.getstate() == state[2]
+
+
+def test_cifar_batches_are_the_same_for_any_worker_count(tmp_path):
+    import random
+
+    from detres.data.loader import build_train_loader, stack_collate
+
+    write_synthetic_cifar(tmp_path, "py", num_train=20, num_test=2, seed=1)
+    train, _ = CIFAR10.build(tmp_path)
+
+    def batches(workers, seed=5, start_iter=0):
+        it = build_train_loader(train, images_per_batch=4, seed=seed, num_workers=workers, start_iter=start_iter,
+                                aspect_ratio_grouping=False, collate_fn=stack_collate)
+        return [next(it) for _ in range(3)]
+
+    state = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    plain = batches(0)
+    assert torch.equal(torch.get_rng_state(), state[0]) and (np.random.get_state()[1] == state[1]).all()
+    assert random.getstate() == state[2]  # no global RNG state consumed by the augmentation
+    torch.manual_seed(123)  # whatever the global state, the batches are the same
+    for other in (batches(2), batches(0)):
+        for (a, la), (b, lb) in zip(plain, other):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not torch.equal(batches(0, seed=6)[0][0], plain[0][0])
+    assert torch.equal(batches(0, start_iter=2)[0][0], plain[2][0])

@@ -63,3 +63,33 @@ def test_bad_arguments():
         build_transforms(train=True, flip_prob=2.0)
     with pytest.raises(ValueError, match="uint8"):
         build_transforms(train=False)(np.zeros((4, 4), np.float32), _target([]))
+
+
+def test_to_tensor_and_normalize_are_the_one_conversion():
+    from detres.data.transforms import normalize, to_tensor
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10  # HWC
+    x = to_tensor(image)
+    assert x.shape == (3, 2, 3) and x.dtype == torch.float32
+    assert x[2, 1, 0].item() == np.float32(110) / np.float32(255)  # image[1, 0, 2] = 110, channel 2 of pixel (1, 0)
+    out = normalize(x, [0.1, 0.2, 0.3], [2.0, 1.0, 0.5])
+    torch.testing.assert_close(out[:, 1, 2], (x[:, 1, 2] - torch.tensor([0.1, 0.2, 0.3])) / torch.tensor([2.0, 1.0, 0.5]))
+    mean_image = torch.rand(3, 2, 3)
+    assert torch.equal(normalize(x, mean_image), x - mean_image)  # CIFAR's per-pixel mean image, no std
+
+
+def test_pipeline_defaults_are_the_config_schemas():
+    import inspect
+
+    from detres.config import ClsDataConfig, DataConfig
+    from detres.data.transforms import build_cls_test_transform, build_cls_train_transform
+
+    det, cls = DataConfig(), ClsDataConfig()
+    p = inspect.signature(build_transforms).parameters
+    assert (p["min_size"].default, p["max_size"].default, p["flip_prob"].default) == (det.min_size, det.max_size,
+                                                                                      det.flip_prob)
+    p = inspect.signature(build_cls_train_transform).parameters
+    assert (p["min_scale"].default, p["max_scale"].default, p["crop"].default, p["lighting"].default,
+            list(p["mean"].default), list(p["std"].default)) == (cls.min_scale, cls.max_scale, cls.crop,
+                                                                  cls.pca_lighting, cls.mean, cls.std)
+    assert inspect.signature(build_cls_test_transform).parameters["resize"].default == cls.test_resize

@@ -8,7 +8,8 @@ label byte and 3072 pixel bytes, the red, green and blue 32x32 planes in row-maj
 
 The recipe's data part: "the per-pixel mean subtracted" (the mean image of the training images in use),
 "4 pixels are padded on each side, and a 32x32 crop is randomly sampled from the padded image or its
-horizontal flip" in training; the single original view for testing. Optionally 45k/5k train/val: the last
+horizontal flip" in training, seeded per item like detection's augmentation (``get(index, seed=...)``,
+the training loader's stream seed); the single original view for testing. Optionally 45k/5k train/val: the last
 ``val_size`` training images (after a seeded shuffle) are held out.
 """
 from __future__ import annotations
@@ -21,12 +22,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from detres.config import ClsDataConfig
+from detres.data.transforms import normalize, to_tensor
 from detres.utils.io import safe_load_pickle
 
 __all__ = ["CIFAR10_CLASSES", "read_cifar10", "CIFAR10", "write_synthetic_cifar", "digits"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+_CLS = ClsDataConfig()  # the schema's defaults
 _RECORD = 1 + 3 * 32 * 32
 
 
@@ -88,30 +92,37 @@ class CIFAR10(Dataset):
             (``flip``) half of the images.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, mean: np.ndarray, train: bool, padding: int = 4,
-                 flip: bool = True, classes: Sequence[str] = CIFAR10_CLASSES):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, mean: np.ndarray, train: bool,
+                 padding: int = _CLS.padding, flip: bool = True, classes: Sequence[str] = CIFAR10_CLASSES):
         if images.ndim != 4 or images.shape[1] != 3 or len(images) != len(labels):
             raise ValueError(f"images must be [N, 3, H, W] with one label each, got {images.shape}, {len(labels)} labels")
         self.images, self.labels = images, np.asarray(labels, np.int64)
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
         self.train, self.padding, self.flip = train, padding, flip
         self.classes = list(classes)
+        self._rng = np.random.default_rng()
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(self.images[index]).float().div_(255.0) - self.mean
+    def get(self, index: int, *, seed: int | None = None) -> tuple[torch.Tensor, int]:
+        """Item ``index``; in training its padding offset and flip are drawn from
+        ``numpy.random.default_rng(seed)`` (None: the data set's own generator), never from a global RNG."""
+        x = normalize(to_tensor(self.images[index].transpose(1, 2, 0)), self.mean)
         if self.train:
+            rng = self._rng if seed is None else np.random.default_rng(seed)
             p = self.padding
             h, w = x.shape[1:]
             if p:
                 x = torch.nn.functional.pad(x, (p, p, p, p))
-            i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+            i, j = (int(v) for v in rng.integers(0, 2 * p + 1, 2))
             x = x[:, i:i + h, j:j + w]
-            if self.flip and torch.rand(()) < 0.5:
+            if self.flip and rng.random() < 0.5:
                 x = x.flip(2)
         return x.contiguous(), int(self.labels[index])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.get(index)
 
     @staticmethod
     def mean_image(images: np.ndarray) -> np.ndarray:
@@ -119,7 +130,7 @@ class CIFAR10(Dataset):
         return (images.astype(np.float64).mean(axis=0) / 255.0).astype(np.float32)
 
     @classmethod
-    def build(cls, root: str | os.PathLike, *, val_size: int = 0, seed: int = 0, padding: int = 4
+    def build(cls, root: str | os.PathLike, *, val_size: int = _CLS.val_size, seed: int = 0, padding: int = _CLS.padding
               ) -> tuple["CIFAR10", "CIFAR10"]:
         """(train set, evaluation set): the test set, or with ``val_size`` > 0 the held-out training images
         (the paper's 45k/5k split for choosing hyper-parameters). The mean image is the training part's."""

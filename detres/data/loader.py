@@ -1,4 +1,4 @@
-"""Data loaders for detection: aspect-ratio grouped, seeded, resumable, shardable.
+"""The data loaders of every task (detection, ImageNet, CIFAR-10): seeded, resumable, shardable.
 
 Training (:func:`build_train_loader`) is an infinite stream of batches drawn by
 :class:`~detres.data.samplers.GroupedInfiniteBatchSampler`: a pure function of ``(seed, rank,
@@ -9,22 +9,26 @@ on worker scheduling (a data set without ``get`` is indexed plainly and its augm
 ``images_per_batch`` is the batch size of ONE process (rank); the global batch is
 ``images_per_batch * world_size``.
 
+Detection batches are lists (:func:`collate`: images keep their sizes) grouped by aspect ratio;
+classification passes ``collate_fn=stack_collate`` (``(images [B, ...], labels [B])``) and
+``aspect_ratio_grouping=False``. The data sets' ``get(index, seed=...)`` is the one augmentation contract.
+
 Testing (:func:`build_test_loader`) is finite and ordered; rank ``r`` reads its
 :func:`~detres.data.samplers.shard_range` slice, and the evaluators gather the slices.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, Subset, default_collate
 
 from detres.data.samplers import GroupedInfiniteBatchSampler, shard_range
 from detres.utils.comm import resolve_rank_world
 
-__all__ = ["collate", "get_aspect_ratios", "build_train_loader", "build_test_loader", "worker_init",
+__all__ = ["collate", "stack_collate", "get_aspect_ratios", "build_train_loader", "build_test_loader", "worker_init",
            "worker_context"]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,12 @@ def collate(batch: Sequence[tuple[Any, dict]]) -> tuple[list, list[dict]]:
         images.append(image)
         targets.append(target)
     return images, targets
+
+
+def stack_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[(image, label), ...] -> (images [B, ...] stacked, labels int64 [B])`` (classification)."""
+    images, labels = default_collate(batch)
+    return images, labels
 
 
 def worker_init(worker_id: int) -> None:
@@ -106,8 +116,10 @@ class _SeededDataset(Dataset):
 
 def build_train_loader(dataset: Dataset, *, images_per_batch: int, num_workers: int = 0, seed: int = 0,
                        start_iter: int = 0, aspect_ratio_grouping: bool = True, rank: int | None = None,
-                       world_size: int | None = None) -> Iterator[tuple[list, list[dict]]]:
-    """Infinite iterator of ``(images, targets)`` batches (``images_per_batch`` per process).
+                       world_size: int | None = None, collate_fn: Callable = collate, pin_memory: bool = False
+                       ) -> Iterator[Any]:
+    """Infinite iterator of ``collate_fn`` batches (``images_per_batch`` items per process): detection's
+    ``(images, targets)`` lists by default.
 
     ``rank``/``world_size`` default to torch.distributed's when it is initialised, else 0/1.
     Batch ``k`` of a run started with ``start_iter=s`` is batch ``s + k`` of a run from 0.
@@ -123,18 +135,19 @@ def build_train_loader(dataset: Dataset, *, images_per_batch: int, num_workers: 
         _SeededDataset(dataset),
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         worker_init_fn=worker_init if num_workers > 0 else None,
         multiprocessing_context=worker_context(num_workers),
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
-        pin_memory=False,
+        pin_memory=pin_memory,
     )
     return iter(loader)
 
 
 def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int = 0, rank: int | None = None,
-                      world_size: int | None = None) -> DataLoader:
-    """Finite, ordered loader over this rank's contiguous slice of ``dataset``."""
+                      world_size: int | None = None, collate_fn: Callable = collate, pin_memory: bool = False
+                      ) -> DataLoader:
+    """Finite, ordered loader over this rank's contiguous slice of ``dataset`` (``collate_fn`` batches)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rank, world_size = resolve_rank_world(rank, world_size)
@@ -143,8 +156,9 @@ def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int
         dataset,
         batch_sampler=BatchSampler(indices, batch_size, drop_last=False),
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         worker_init_fn=worker_init if num_workers > 0 else None,
         multiprocessing_context=worker_context(num_workers),
+        pin_memory=pin_memory,
         persistent_workers=num_workers > 0,  # evaluated again and again during training: start workers once
     )

@@ -4,9 +4,8 @@ Training samplers are infinite and resumable: the stream of batches is a pure fu
 ``(seed, rank, world_size)``, and ``start_iter=k`` skips the first ``k`` batches without reading any
 image, so a resumed run sees exactly the batches an uninterrupted one would have seen.
 
-- :class:`GroupedInfiniteBatchSampler` (detection): aspect-ratio groups, padding like
-  ``DistributedSampler``, and a per-item augmentation seed.
-- :class:`InfiniteBatchSampler` (classification): fixed-size global batches of a per-epoch permutation.
+- :class:`GroupedInfiniteBatchSampler` (every task's training loader): aspect-ratio groups (one group for
+  classification), padding like ``DistributedSampler``, and a per-item augmentation seed.
 
 Test data is split by ONE policy for every task: :func:`shard_range`, a contiguous slice per rank
 (no padding, no duplicates, sizes differing by at most one), so the gathered results cover each image
@@ -18,10 +17,8 @@ import math
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Sampler
 
-__all__ = ["GroupedInfiniteBatchSampler", "InfiniteBatchSampler", "shard_range"]
+__all__ = ["GroupedInfiniteBatchSampler", "shard_range"]
 
 
 def shard_range(n: int, rank: int, world_size: int) -> range:
@@ -83,40 +80,3 @@ class GroupedInfiniteBatchSampler:
                     if emitted > self.start_iter:
                         yield [(i, self._sample_seed(e, p)) for i, e, p in batch]
             epoch += 1
-
-
-class InfiniteBatchSampler(Sampler[list[int]]):
-    """Infinite, resumable batches of indices for one rank.
-
-    Global iteration ``it`` takes positions ``[p * G, (p + 1) * G)`` of the permutation of epoch
-    ``it // P`` (seeded by ``seed + epoch``), where ``G = batch_size * world_size`` and ``P = n // G``
-    (the incomplete last batch of an epoch is dropped); this rank takes its ``batch_size`` slice.
-    """
-
-    def __init__(self, num_samples: int, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_iter: int = 0):
-        if batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
-        global_batch = batch_size * world_size
-        if num_samples < global_batch:
-            raise ValueError(f"{num_samples} training images cannot fill one batch of {global_batch} "
-                             f"({batch_size} per process x {world_size})")
-        self.n, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world_size, self.start_iter = rank, world_size, start_iter
-        self.per_epoch = num_samples // global_batch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        it = self.start_iter
-        epoch, perm = -1, None
-        g = self.batch_size * self.world_size
-        while True:
-            e, p = divmod(it, self.per_epoch)
-            if e != epoch:
-                gen = torch.Generator().manual_seed(self.seed + e)
-                perm, epoch = torch.randperm(self.n, generator=gen), e
-            start = p * g + self.rank * self.batch_size
-            yield perm[start:start + self.batch_size].tolist()
-            it += 1
-
-    def __len__(self) -> int:  # infinite; DataLoader only needs this for len(loader)
-        return 2 ** 62

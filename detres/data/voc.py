@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import Counter
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path

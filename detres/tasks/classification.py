@@ -1,6 +1,7 @@
 """ImageNet pretraining: the only code that reads a :class:`~detres.config.ClsConfig`.
 
-The classifier, the ImageNet loaders, the cross-entropy loss, the centre-crop / 10-crop evaluation and
+The classifier, the data sets (ImageNet, CIFAR-10, digits) on detection's loaders, the cross-entropy loss,
+the centre-crop / 10-crop evaluation and
 the weights meta are wired here; the loop, checkpoints, logging, AMP and torchrun support are the
 engine's, the same as for detection (:func:`detres.tasks.common.run_training`).
 
@@ -22,8 +23,9 @@ from detres.backbones import NORMS, SHORTCUTS, STYLES, build_classifier, list_cl
 from detres.config import ClsConfig
 from detres.data.cifar import CIFAR10
 from detres.data.cifar import digits as cifar_digits
-from detres.data.imagenet import (ImageNetFolder, build_test_loader, build_test_transform, build_train_loader_factory,
-                                  build_train_transform)
+from detres.data.imagenet import ImageNetFolder
+from detres.data.loader import build_test_loader, build_train_loader, stack_collate
+from detres.data.transforms import build_cls_test_transform, build_cls_train_transform
 from detres.evaluation.classification import evaluate_classifier
 from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
@@ -31,7 +33,7 @@ from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
 __all__ = ["classification_loss", "cls_mean_std", "cls_meta", "imagenet_root", "build_model", "build_datasets",
-           "build_eval_fn", "run_train"]
+           "build_train_loader_factory", "build_eval_fn", "run_train"]
 
 logger = logging.getLogger("detres")
 
@@ -109,7 +111,7 @@ def build_datasets(cfg: ClsConfig, *, train: bool = True, test: bool = True) -> 
     train_set = val_set = None
     classes = None
     if train:
-        train_set = ImageNetFolder(train_dir, transform=build_train_transform(
+        train_set = ImageNetFolder(train_dir, transform=build_cls_train_transform(
             min_scale=d.min_scale, max_scale=d.max_scale, crop=d.crop, lighting=d.pca_lighting, mean=mean, std=std))
         classes = train_set.classes
         if len(classes) != cfg.model.num_classes:
@@ -117,15 +119,27 @@ def build_datasets(cfg: ClsConfig, *, train: bool = True, test: bool = True) -> 
     if test:
         if classes is None and train_dir.is_dir():
             classes = sorted(e.name for e in train_dir.iterdir() if e.is_dir())
-        val_set = ImageNetFolder(root / d.val_dir, classes=classes, transform=build_test_transform(
+        val_set = ImageNetFolder(root / d.val_dir, classes=classes, transform=build_cls_test_transform(
             resize=d.test_resize, crop=d.crop, ten_crop=cfg.test.ten_crop, mean=mean, std=std))
     return train_set, val_set
+
+
+def build_train_loader_factory(cfg: ClsConfig, train_set: Any, *, pin_memory: bool = False
+                               ) -> Callable[[int], Any]:
+    """``f(start_iter)`` -> infinite iterator of ``(images [B, 3, crop, crop], labels [B])`` batches: detection's
+    loader (per-item seeded augmentation, resumable at ``start_iter``), one aspect-ratio group."""
+    def factory(start_iter: int) -> Any:
+        return build_train_loader(train_set, images_per_batch=cfg.solver.ims_per_batch,
+                                  num_workers=cfg.data.num_workers, seed=cfg.seed, start_iter=start_iter,
+                                  aspect_ratio_grouping=False, collate_fn=stack_collate, pin_memory=pin_memory)
+    return factory
 
 
 def build_eval_fn(cfg: ClsConfig, val_set: Any, *, device: torch.device) -> Callable[[nn.Module], dict]:
     """``f(model) -> {"top1_error_center", "top5_error_center", "top1_error_10crop", ..., "num_images"}``."""
     loader = build_test_loader(val_set, batch_size=cfg.test.ims_per_batch, num_workers=cfg.data.num_workers,
-                               rank=comm.get_rank(), world_size=comm.get_world_size(), pin_memory=device.type == "cuda")
+                               rank=comm.get_rank(), world_size=comm.get_world_size(), collate_fn=stack_collate,
+                               pin_memory=device.type == "cuda")
     return lambda model: evaluate_classifier(model, loader, device=device, amp=cfg.solver.amp)
 
 
@@ -147,10 +161,8 @@ def run_train(cfg: ClsConfig, *, resume: bool = False, overwrite: bool = False, 
     logger.info("classification: %s (%s), %d train / %d val images, %d classes, batch %d x %d",
                 cfg.model.name, cfg.model.style, len(train_set), len(val_set), len(train_set.classes),
                 cfg.solver.ims_per_batch, comm.get_world_size())
-    factory = build_train_loader_factory(train_set, batch_size=cfg.solver.ims_per_batch,
-                                         num_workers=cfg.data.num_workers, seed=cfg.seed, rank=comm.get_rank(),
-                                         world_size=comm.get_world_size(), pin_memory=dev.type == "cuda")
-    return run_training(cfg, model=comm.wrap_model(model, dev), loss_fn=classification_loss, loader_factory=factory,
+    return run_training(cfg, model=comm.wrap_model(model, dev), loss_fn=classification_loss,
+                        loader_factory=build_train_loader_factory(cfg, train_set, pin_memory=dev.type == "cuda"),
                         eval_fn=build_eval_fn(cfg, val_set, device=dev), meta=cls_meta(cfg), device=dev,
                         resume=resume, new_solver=new_solver, progress=progress,
                         extra_state={"class_names": list(train_set.classes)})

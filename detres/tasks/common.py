@@ -108,14 +108,23 @@ def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, tor
     return optimizer, scheduler
 
 
-#: What a run writes into its output_dir (all of it goes with --overwrite).
-RUN_FILES = ("model_*.pth", "model_*.pth.sha256", "last_checkpoint", "metrics.jsonl", "eval.json", "log.txt",
-             "config.yaml", "events.out.tfevents.*", "*.tmp.*", "training_curves.png", "pr_curves.png")
-RUN_FOLDERS = ("results", "vis")
-#: The files of a run that produced something: a fresh run refuses a folder holding any of them (an empty
-#: metrics.jsonl, config.yaml, log.txt and TensorBoard's first file are what a run that failed at its start
-#: leaves, and are replaced).
-_RESULT_FILES = ("model_*.pth", "eval.json", "metrics.jsonl", "training_curves.png", "pr_curves.png")
+#: THE table of what a run writes into its output_dir (``LOCK_FILE`` aside), each entry with its kind:
+#: ``result`` is what a run that produced something leaves (a fresh run refuses a folder holding one: an empty
+#: metrics.jsonl, config.yaml, log.txt and TensorBoard's first file are what a run that failed at its start leaves,
+#: and are replaced); ``run`` is bookkeeping. A name ending in ``/`` is a folder. All of it goes with --overwrite.
+#: A new file a run writes gets one line here, and only here.
+RUN_OUTPUTS: dict[str, str] = {
+    "model_*.pth": "result", "model_*.pth.sha256": "run", "last_checkpoint": "run",
+    "metrics.jsonl": "result", "eval.json": "result", "log.txt": "run", "config.yaml": "run",
+    "events.out.tfevents.*": "run", "*.tmp.*": "run",
+    "training_curves.png": "result", "pr_curves.png": "result",
+    "results/": "result",  # VOC/COCO results files
+    "results.tar.gz": "result",  # the VOC evaluation server's archive beside results/ (test.has_labels: false)
+    "vis/": "result",  # detection pictures
+}
+RUN_FILES = tuple(p for p in RUN_OUTPUTS if not p.endswith("/"))
+RUN_FOLDERS = tuple(p.rstrip("/") for p in RUN_OUTPUTS if p.endswith("/"))
+_RESULT_FILES = tuple(p for p in RUN_FILES if RUN_OUTPUTS[p] == "result")
 LOCK_FILE = "run.lock"
 
 

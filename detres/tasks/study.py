@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from detres.config import ClsConfig, config_from_dict, load_config
-from detres.data.imagenet import build_test_loader
+from detres.data.loader import build_test_loader, stack_collate
 from detres.engine.checkpoint import load_checkpoint
 from detres.evaluation.degradation import format_table6, layer_responses, plot_error_curves, plot_layer_responses
 from detres.evaluation.plots import read_metrics
@@ -62,7 +62,7 @@ def responses(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLike,
         model = build_model(cfg)
         model.load_state_dict(load_checkpoint(str(path / "model_final.pth"))["model"])
         _, eval_set = build_datasets(cfg, train=False)
-        loader = build_test_loader(eval_set, batch_size=cfg.test.ims_per_batch, num_workers=0)
+        loader = build_test_loader(eval_set, batch_size=cfg.test.ims_per_batch, collate_fn=stack_collate)
         results[_label(cfg, path)] = layer_responses(model.to(device), loader, device=device)
     return plot_layer_responses(results, out_png)
 
@@ -105,7 +105,7 @@ def _final_train_error(cfg: ClsConfig, model: torch.nn.Module) -> float:
     """Top-1 error on the whole training set, without augmentation, in eval mode."""
     train_set, _ = build_datasets(cfg, test=False)
     train_set.train = False
-    loader = build_test_loader(train_set, batch_size=512, num_workers=0)
+    loader = build_test_loader(train_set, batch_size=512, collate_fn=stack_collate)
     model.eval()
     wrong = total = 0
     for images, labels in loader:
