@@ -364,7 +364,14 @@ def bench_paper_configs(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(args.dir or tmp_ctx.name)
     try:
         data = write_paper_data(tmp / "data")
-        return {name: _child("paper-config", name, str(data), str(tmp / "runs" / name)) for name in args.configs}
+        out: dict[str, Any] = {}
+        for name in args.configs:  # one config failing is reported in its row; the others still run
+            try:
+                out[name] = _child("paper-config", name, str(data), str(tmp / "runs" / name))
+            except RuntimeError as exc:
+                out[name] = {"error": str(exc)[-2000:]}
+            print(f"{name}: {'failed' if 'error' in out[name] else 'done'}", file=sys.stderr, flush=True)
+        return out
     finally:
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
