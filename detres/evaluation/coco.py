@@ -135,7 +135,18 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
     for key, value in (("images", images), ("annotations", anns), ("categories", cats)):
         if not isinstance(value, list):
             raise ValueError(f"{source}: {key!r} must be a list, got {type(value).__name__}")
-    # images
+    raw_ids, images, id_map = _check_images(images, source)
+    cat_ids = _check_category_ids(cats, source)
+    out, raw_ann_ids = _check_annotations(anns, source, set(raw_ids), set(cat_ids), id_map)
+    _warn_annotation_ids(raw_ann_ids, source)
+    clean = {key: value for key, value in data.items() if key not in ("images", "annotations", "categories")}
+    clean.update(images=images, annotations=out, categories=list(cats))
+    return clean, id_map
+
+
+def _check_images(images: list, source: str) -> tuple[list, list, dict | None]:
+    """``(the raw image ids in order, the images with integer ids, the string id -> integer id map or None)``.
+    Ids must be all integers or all strings, each once; string ids are numbered 1..N in sorted order."""
     raw_ids = []
     for k, img in enumerate(images):
         if not isinstance(img, Mapping) or "id" not in img:
@@ -156,7 +167,11 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
     if strs:
         id_map = {s: k + 1 for k, s in enumerate(sorted(strs))}
         images = [{**img, "id": id_map[img["id"]]} for img in images]
-    # categories
+    return raw_ids, images, id_map
+
+
+def _check_category_ids(cats: list, source: str) -> list[int]:
+    """The category ids in order: each an integer, each once."""
     cat_ids = []
     for k, cat in enumerate(cats):
         if not isinstance(cat, Mapping) or not _is_int(cat.get("id")):
@@ -166,8 +181,28 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
     dup = _first_repeat(cat_ids)
     if dup is not None:
         raise ValueError(f"{source}: category id {dup!r} is listed twice")
-    known_images, known_cats = set(raw_ids), set(cat_ids)
-    # annotations
+    return cat_ids
+
+
+def _annotation_problem(ann: Mapping, known_images: set, known_cats: set) -> str:
+    """Why ``ann`` is left out of the evaluation ("" when it is kept)."""
+    why = ""
+    try:
+        if ann.get("image_id") not in known_images:
+            why = "of an image id not in 'images'"
+        elif ann.get("category_id") not in known_cats:
+            why = "of a category id not in 'categories'"
+    except TypeError:  # an unhashable id
+        why = "of an image id not in 'images'"
+    if not why and not _is_box(ann.get("bbox")):
+        why = "crowd region without a bbox" if ann.get("iscrowd", 0) else "bbox not 4 finite numbers"
+    return why
+
+
+def _check_annotations(anns: list, source: str, known_images: set, known_cats: set, id_map: dict | None
+                       ) -> tuple[list[dict], list[int | None]]:
+    """``(the kept annotations, renumbered 1..N, image ids mapped through id_map and a missing area set to
+    w * h; the raw annotation ids in order, None for a non-integer)``. Logs one warning per kind of problem."""
     out: list[dict] = []
     raw_ann_ids = []
     dropped: Counter = Counter()
@@ -177,17 +212,7 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
             raise ValueError(f"{source}: annotations[{k}] is not an object")
         ann_id = ann.get("id")
         raw_ann_ids.append(ann_id if _is_int(ann_id) else None)
-        image_id = ann.get("image_id")
-        why = ""
-        try:
-            if image_id not in known_images:
-                why = "of an image id not in 'images'"
-            elif ann.get("category_id") not in known_cats:
-                why = "of a category id not in 'categories'"
-        except TypeError:  # an unhashable id
-            why = "of an image id not in 'images'"
-        if not why and not _is_box(ann.get("bbox")):
-            why = "crowd region without a bbox" if ann.get("iscrowd", 0) else "bbox not 4 finite numbers"
+        why = _annotation_problem(ann, known_images, known_cats)
         if why:
             dropped[why] += 1
             first.setdefault(why, f"id {ann_id!r}" if ann_id is not None else f"annotations[{k}]")
@@ -195,7 +220,7 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
         new = dict(ann)
         new["id"] = len(out) + 1
         if id_map is not None:
-            new["image_id"] = id_map[image_id]
+            new["image_id"] = id_map[ann.get("image_id")]
         area = ann.get("area")
         if not (_is_number(area) and math.isfinite(area)):
             w, h = ann["bbox"][2], ann["bbox"][3]
@@ -207,6 +232,11 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
     for why, n in sorted(dropped.items()):
         action = "" if why.startswith("area") else "; left out of the evaluation"
         logger.warning("%s: %d annotation(s) %s (first: %s)%s", source, n, why, first[why], action)
+    return out, raw_ann_ids
+
+
+def _warn_annotation_ids(raw_ann_ids: list[int | None], source: str) -> None:
+    """Warn when the annotation ids repeat or are not positive integers (the evaluation renumbers them)."""
     ids = [i for i in raw_ann_ids if i is not None]
     repeated = _first_repeat(ids)
     if repeated is not None:
@@ -218,9 +248,6 @@ def _check_ground_truth(data: Any, source: str) -> tuple[dict, dict | None]:
         logger.warning("%s: annotation ids must be positive integers (found %r); renumbered 1..N for the evaluation "
                        "(pycocotools reads id 0 as 'unmatched' and would count a detection of that box as a false "
                        "positive)", source, bad)
-    clean = {key: value for key, value in data.items() if key not in ("images", "annotations", "categories")}
-    clean.update(images=images, annotations=out, categories=list(cats))
-    return clean, id_map
 
 
 def load_coco_ground_truth(source: Any) -> CocoGroundTruth:
@@ -474,18 +501,7 @@ def evaluate_coco_results(coco_gt: Any, results: Any, *, img_ids: Sequence | Non
         raise ValueError(f"COCO eval: category ids {unknown} are not in the ground truth ({gt.source})")
     if not cat_ids:
         raise ValueError(f"COCO eval: no category to evaluate ({gt.source})")
-    if img_ids is None:
-        eval_imgs = sorted(gt.coco.getImgIds())
-    else:
-        wanted = list(dict.fromkeys(img_ids))
-        if gt.image_id_map is not None:
-            missing = [i for i in wanted if i not in gt.image_id_map]
-            eval_imgs = sorted(gt.image_id_map[i] for i in wanted if i in gt.image_id_map)
-        else:
-            missing = [i for i in wanted if i not in gt.coco.imgs]
-            eval_imgs = sorted(int(i) for i in wanted if i in gt.coco.imgs)
-        if missing:
-            raise ValueError(f"COCO eval: image id {missing[0]!r} is not in the ground truth ({gt.source})")
+    eval_imgs = _eval_image_ids(gt, img_ids)
     if not eval_imgs:  # an evaluator that saw no image (as before faster-coco-eval: zeros, not an error)
         logger.warning("COCO eval: no image to evaluate; every metric is 0")
         metrics: dict[str, Any] = {k: 0.0 for k in COCO_STAT_NAMES}
@@ -502,6 +518,33 @@ def evaluate_coco_results(coco_gt: Any, results: Any, *, img_ids: Sequence | Non
         ev.accumulate()
         ev.summarize()
     metrics = {k: (None if v < 0 else float(v)) for k, v in zip(COCO_STAT_NAMES, ev.stats)}
+    metrics["per_category"] = _per_category_ap(ev, gt)
+    if curves_path is not None:
+        plot_pr_curves(coco_pr_curves(ev), curves_path, title=f"COCO AP@[.5,.95] {100 * (metrics['AP'] or 0):.1f}; "
+                       "curves at IoU 0.5")
+    return metrics
+
+
+def _eval_image_ids(gt: CocoGroundTruth, img_ids: Sequence | None) -> list[int]:
+    """The evaluator's (integer) ids of the images to evaluate, sorted: all of ``gt``'s for None, else
+    ``img_ids`` (the file's own ids, string ones mapped) each once; ValueError for an id not in ``gt``."""
+    if img_ids is None:
+        return sorted(gt.coco.getImgIds())
+    wanted = list(dict.fromkeys(img_ids))
+    if gt.image_id_map is not None:
+        missing = [i for i in wanted if i not in gt.image_id_map]
+        eval_imgs = sorted(gt.image_id_map[i] for i in wanted if i in gt.image_id_map)
+    else:
+        missing = [i for i in wanted if i not in gt.coco.imgs]
+        eval_imgs = sorted(int(i) for i in wanted if i in gt.coco.imgs)
+    if missing:
+        raise ValueError(f"COCO eval: image id {missing[0]!r} is not in the ground truth ({gt.source})")
+    return eval_imgs
+
+
+def _per_category_ap(ev: Any, gt: CocoGroundTruth) -> dict[str, float | None]:
+    """``{category name: AP@[.5,.95]}`` of an accumulated COCOeval, all areas, most detections; None for a
+    category without ground truth."""
     # precision: [T iou thresholds, R recall points, K categories, A area ranges, M max dets]
     precision = np.asarray(ev.eval["precision"])
     per_cat = {}
@@ -509,11 +552,7 @@ def evaluate_coco_results(coco_gt: Any, results: Any, *, img_ids: Sequence | Non
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
         per_cat[gt.cat_names[int(cat_id)]] = float(p.mean()) if p.size else None
-    metrics["per_category"] = per_cat
-    if curves_path is not None:
-        plot_pr_curves(coco_pr_curves(ev), curves_path, title=f"COCO AP@[.5,.95] {100 * (metrics['AP'] or 0):.1f}; "
-                       "curves at IoU 0.5")
-    return metrics
+    return per_cat
 
 
 # --------------------------------------------------------------------------------------------------
