@@ -148,44 +148,9 @@ def voc_eval(det_image: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarra
     d_img, d_box = det_image[order], det_boxes[order]
     tp = np.zeros(n_det, np.float64)
     fp = np.zeros(n_det, np.float64)
-
     if n_det:
-        ovmax = np.full(n_det, -np.inf)
-        jmax = np.full(n_det, -1, np.int64)
-        if n_gt:
-            g_order = np.argsort(gt_image, kind="stable")  # group by image, keep annotation order
-            g_img, g_box = gt_image[g_order], gt_boxes[g_order]
-            n_img = int(max(d_img.max(), g_img.max())) + 1
-            counts = np.bincount(g_img, minlength=n_img)
-            starts = np.cumsum(counts) - counts
-            per_det = counts[d_img]
-            n_pairs = int(per_det.sum())
-            if n_pairs:
-                pair_det = np.repeat(np.arange(n_det), per_det)
-                seg_start = np.cumsum(per_det) - per_det
-                pair_gt = np.repeat(starts[d_img], per_det) + (np.arange(n_pairs) - np.repeat(seg_start, per_det))
-                b, g = d_box[pair_det], g_box[pair_gt]
-                iw = np.minimum(b[:, 2], g[:, 2]) - np.maximum(b[:, 0], g[:, 0]) + 1.0
-                ih = np.minimum(b[:, 3], g[:, 3]) - np.maximum(b[:, 1], g[:, 1]) + 1.0
-                inter = iw * ih
-                union = ((b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
-                         + (g[:, 2] - g[:, 0] + 1.0) * (g[:, 3] - g[:, 1] + 1.0) - inter)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ov = np.where((iw > 0) & (ih > 0), inter / union, -np.inf)
-                has = per_det > 0
-                ovmax[has] = np.maximum.reduceat(ov, seg_start[has])
-                at_max = np.flatnonzero(ov == ovmax[pair_det])
-                dets_at_max, first = np.unique(pair_det[at_max], return_index=True)
-                jmax[dets_at_max] = g_order[pair_gt[at_max[first]]]
-        matched = ovmax >= iou_threshold
-        fp[~matched] = 1.0
-        cand = np.flatnonzero(matched & ~gt_difficult[np.maximum(jmax, 0)] if n_gt else np.zeros(n_det, bool))
-        if cand.size:
-            fp[cand] = 1.0
-            _, first = np.unique(jmax[cand], return_index=True)  # earliest-ranked detection per box
-            tp[cand[first]] = 1.0
-            fp[cand[first]] = 0.0
-        # detections whose best box is difficult stay 0/0 ("don't care")
+        ovmax, jmax = _best_overlaps(d_img, d_box, gt_image, gt_boxes)
+        _mark_tp_fp(tp, fp, ovmax, jmax, gt_difficult, iou_threshold)
 
     tp_c, fp_c = np.cumsum(tp), np.cumsum(fp)
     denom = tp_c + fp_c
@@ -197,6 +162,59 @@ def voc_eval(det_image: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarra
         rec = tp_c / npos
         ap11, ap_area = voc_ap_11point(rec, prec), voc_ap_area(rec, prec)
     return {"ap_11point": ap11, "ap_area": ap_area, "npos": npos, "tp": tp, "fp": fp, "rec": rec, "prec": prec}
+
+
+def _best_overlaps(d_img: np.ndarray, d_box: np.ndarray, gt_image: np.ndarray, gt_boxes: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``(ovmax [D], jmax [D])``: each detection's best IoU (devkit ``+1`` widths) with a ground-truth box of
+    its image and that box's index into ``gt_image`` (the first in annotation order on a tie); ``-inf`` and
+    -1 for a detection that overlaps no box. Detections ``[D]`` in ranked order, ``D >= 1``."""
+    n_det = len(d_img)
+    ovmax = np.full(n_det, -np.inf)
+    jmax = np.full(n_det, -1, np.int64)
+    if not len(gt_image):
+        return ovmax, jmax
+    g_order = np.argsort(gt_image, kind="stable")  # group by image, keep annotation order
+    g_img, g_box = gt_image[g_order], gt_boxes[g_order]
+    n_img = int(max(d_img.max(), g_img.max())) + 1
+    counts = np.bincount(g_img, minlength=n_img)
+    starts = np.cumsum(counts) - counts
+    per_det = counts[d_img]
+    n_pairs = int(per_det.sum())
+    if n_pairs:
+        pair_det = np.repeat(np.arange(n_det), per_det)
+        seg_start = np.cumsum(per_det) - per_det
+        pair_gt = np.repeat(starts[d_img], per_det) + (np.arange(n_pairs) - np.repeat(seg_start, per_det))
+        b, g = d_box[pair_det], g_box[pair_gt]
+        iw = np.minimum(b[:, 2], g[:, 2]) - np.maximum(b[:, 0], g[:, 0]) + 1.0
+        ih = np.minimum(b[:, 3], g[:, 3]) - np.maximum(b[:, 1], g[:, 1]) + 1.0
+        inter = iw * ih
+        union = ((b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
+                 + (g[:, 2] - g[:, 0] + 1.0) * (g[:, 3] - g[:, 1] + 1.0) - inter)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ov = np.where((iw > 0) & (ih > 0), inter / union, -np.inf)
+        has = per_det > 0
+        ovmax[has] = np.maximum.reduceat(ov, seg_start[has])
+        at_max = np.flatnonzero(ov == ovmax[pair_det])
+        dets_at_max, first = np.unique(pair_det[at_max], return_index=True)
+        jmax[dets_at_max] = g_order[pair_gt[at_max[first]]]
+    return ovmax, jmax
+
+
+def _mark_tp_fp(tp: np.ndarray, fp: np.ndarray, ovmax: np.ndarray, jmax: np.ndarray, gt_difficult: np.ndarray,
+                iou_threshold: float) -> None:
+    """Set ``tp``/``fp`` (``[D]``, ranked order, zeros on entry) in place with the devkit's rules: a detection
+    under the threshold is a false positive; the earliest-ranked one matching a box is a true positive, a later
+    one a duplicate (false positive); one whose best box is difficult stays 0/0 ("don't care")."""
+    n_det, n_gt = len(ovmax), len(gt_difficult)
+    matched = ovmax >= iou_threshold
+    fp[~matched] = 1.0
+    cand = np.flatnonzero(matched & ~gt_difficult[np.maximum(jmax, 0)] if n_gt else np.zeros(n_det, bool))
+    if cand.size:
+        fp[cand] = 1.0
+        _, first = np.unique(jmax[cand], return_index=True)  # earliest-ranked detection per box
+        tp[cand[first]] = 1.0
+        fp[cand[first]] = 0.0
 
 
 # --------------------------------------------------------------------------------------------------
