@@ -232,16 +232,9 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     fast = copy.deepcopy(model).eval().to(device)
     if not enabled:
         return fast
-    opts = dict(FAST_DEFAULTS)
-    opts.update({k: v for k, v in dict(fold_bn=fold_bn, channels_last=channels_last, freeze=freeze,
-                                       roi_chunk=roi_chunk, bf16=bf16, pool_threads=pool_threads,
-                                       commute_head=commute_head, winograd=winograd).items()
-                 if v is not None})
-    if opts["bf16"] and device.type == "cpu" and not cpu_has_native_bf16():
-        logger.info("fast path: bf16 skipped, this CPU has no native bf16 (it would be emulated)")
-        opts["bf16"] = False
-    if opts["roi_chunk"] is not None and opts["roi_chunk"] < 1:
-        raise ValueError(f"roi_chunk must be >= 1 or None, got {opts['roi_chunk']}")
+    opts = _fast_options(device, dict(fold_bn=fold_bn, channels_last=channels_last, freeze=freeze,
+                                      roi_chunk=roi_chunk, bf16=bf16, pool_threads=pool_threads,
+                                      commute_head=commute_head, winograd=winograd))
     if opts["fold_bn"]:
         fold_batchnorm(fast.backbone)
         fold_batchnorm(fast.roi_heads.box_head)
@@ -249,34 +242,16 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     # CPU only: on CUDA the per-RoI products (a Python loop, a host sync) were never measured against cuDNN
     commuted = (opts["commute_head"] and device.type == "cpu" and opts["fold_bn"] and not opts["freeze"]
                 and _can_commute(fast))
-    if commuted:  # the first block moves into the pooler; the head keeps the rest of conv5
-        head = fast.roi_heads.box_head
-        first, rest = head.layer4[0], head.layer4[1:]
-        if opts["channels_last"]:
-            first.to(memory_format=torch.channels_last)
-        fast.roi_heads.box_roi_pool = CommutedC4Block(fast.roi_heads.box_roi_pool, first)
-        fast.roi_heads.box_head = _PooledHead(rest, head.out_channels)
+    if commuted:
+        _commute_head(fast, opts["channels_last"])
     if opts["winograd"] and device.type == "cpu" and not opts["freeze"]:
         for part in (fast.backbone, fast.rpn.head, fast.roi_heads):
             replace_convs(part)
     trunk, head = fast.backbone, fast.roi_heads.box_head
-    keys = None
     if opts["freeze"]:
         if opts["bf16"]:
             raise ValueError("freeze and bf16 cannot be combined in the fast path")
-        with torch.no_grad():
-            if opts["channels_last"]:
-                trunk, head = trunk.to(memory_format=torch.channels_last), head.to(memory_format=torch.channels_last)
-            probe = torch.rand(1, 3, 64, 64, device=device)
-            keys = tuple(trunk(probe).keys())
-            channels = next(iter(trunk(probe).values())).shape[1]
-            trunk_in = probe.contiguous(memory_format=torch.channels_last) if opts["channels_last"] else probe
-            trunk = _Frozen(trunk, trunk_in, keys)
-            head_in = torch.rand(2, channels, fast.roi_heads.box_roi_pool.output_size,
-                                 fast.roi_heads.box_roi_pool.output_size, device=device)
-            if opts["channels_last"]:
-                head_in = head_in.contiguous(memory_format=torch.channels_last)
-            head = _Frozen(head, head_in, None)
+        trunk, head = _freeze_trunk_and_head(fast, opts["channels_last"], device)
     if opts["channels_last"]:
         trunk, head = _ChannelsLast(trunk), _ChannelsLast(head)
         fast.rpn.head.to(memory_format=torch.channels_last)  # it reads the trunk's NHWC map
@@ -292,3 +267,48 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     fast.backbone, fast.roi_heads.box_head = trunk, head
     fast.inference_options = opts
     return fast
+
+
+def _fast_options(device: torch.device, given: dict[str, Any]) -> dict[str, Any]:
+    """:data:`FAST_DEFAULTS` updated with the ``given`` options that are not None; bf16 dropped (with a log
+    line) on a CPU without native bf16. ValueError for a ``roi_chunk`` under 1."""
+    opts = dict(FAST_DEFAULTS)
+    opts.update({k: v for k, v in given.items() if v is not None})
+    if opts["bf16"] and device.type == "cpu" and not cpu_has_native_bf16():
+        logger.info("fast path: bf16 skipped, this CPU has no native bf16 (it would be emulated)")
+        opts["bf16"] = False
+    if opts["roi_chunk"] is not None and opts["roi_chunk"] < 1:
+        raise ValueError(f"roi_chunk must be >= 1 or None, got {opts['roi_chunk']}")
+    return opts
+
+
+def _commute_head(fast: nn.Module, channels_last: bool) -> None:
+    """Move the head's first block into the pooler (:class:`CommutedC4Block`); the head keeps the rest of
+    conv5 and its pooling. ``fast`` is changed in place; :func:`_can_commute` must hold."""
+    head = fast.roi_heads.box_head
+    first, rest = head.layer4[0], head.layer4[1:]
+    if channels_last:
+        first.to(memory_format=torch.channels_last)
+    fast.roi_heads.box_roi_pool = CommutedC4Block(fast.roi_heads.box_roi_pool, first)
+    fast.roi_heads.box_head = _PooledHead(rest, head.out_channels)
+
+
+def _freeze_trunk_and_head(fast: nn.Module, channels_last: bool, device: torch.device
+                           ) -> tuple[nn.Module, nn.Module]:
+    """``(trunk, head)`` of ``fast`` traced and frozen (:class:`_Frozen`) with random probes: a
+    ``[1, 3, 64, 64]`` image for the trunk, two pooled RoIs ``[2, C, S, S]`` for the head."""
+    trunk, head = fast.backbone, fast.roi_heads.box_head
+    with torch.no_grad():
+        if channels_last:
+            trunk, head = trunk.to(memory_format=torch.channels_last), head.to(memory_format=torch.channels_last)
+        probe = torch.rand(1, 3, 64, 64, device=device)
+        keys = tuple(trunk(probe).keys())
+        channels = next(iter(trunk(probe).values())).shape[1]
+        trunk_in = probe.contiguous(memory_format=torch.channels_last) if channels_last else probe
+        trunk = _Frozen(trunk, trunk_in, keys)
+        head_in = torch.rand(2, channels, fast.roi_heads.box_roi_pool.output_size,
+                             fast.roi_heads.box_roi_pool.output_size, device=device)
+        if channels_last:
+            head_in = head_in.contiguous(memory_format=torch.channels_last)
+        head = _Frozen(head, head_in, None)
+    return trunk, head
