@@ -89,53 +89,12 @@ def parse_voc_xml(path: str | os.PathLike, class_names: Sequence[str], *, image_
     except OSError as exc:
         raise ValueError(f"{path}: cannot read annotation ({exc.strerror or exc})") from None
     class_to_label = {name: i + 1 for i, name in enumerate(class_names)}
-
-    width = height = 0
-    size = root.find("size")
-    if size is not None:
-        try:
-            width = int(float(_text(size.find("width")) or 0))
-            height = int(float(_text(size.find("height")) or 0))
-        except ValueError:
-            raise ValueError(f"{path}: <size> has a non-numeric width/height") from None
-
+    width, height = _image_size(root, path)
     boxes, labels, difficult = [], [], []
     for k, obj in enumerate(root.iter("object"), start=1):
-        name = _text(obj.find("name"))
-        if name is None:
-            raise ValueError(f"{path}: object {k} has no <name>")
-        if name not in class_to_label:
-            near = [c for c in class_names if c.lower() == name.lower()]
-            if near:
-                raise ValueError(f"{path}: object {k} has class {name!r}; class names are case-sensitive: did you "
-                                 f"mean {near[0]!r}? (fix the file, or list {name!r} in data.classes)")
-            raise ValueError(f"{path}: object {k} has unknown class {name!r} (known: {', '.join(class_names)})")
-        diff_text = _text(obj.find("difficult"))
-        try:
-            diff = bool(int(float(diff_text))) if diff_text else False
-        except ValueError:
-            raise ValueError(f"{path}: object {k} has a non-numeric <difficult> {diff_text!r}") from None
-        bnd = obj.find("bndbox")
-        if bnd is None:
-            raise ValueError(f"{path}: object {k} ({name}) has no <bndbox>")
-        coords = []
-        for tag in ("xmin", "ymin", "xmax", "ymax"):
-            value = _text(bnd.find(tag))
-            if value is None:
-                raise ValueError(f"{path}: object {k} ({name}) has no <{tag}>")
-            try:
-                number = float(value)
-            except ValueError:
-                raise ValueError(f"{path}: object {k} ({name}) has a non-numeric <{tag}> {value!r}") from None
-            if not math.isfinite(number):
-                raise ValueError(f"{path}: object {k} ({name}) has a non-finite <{tag}> {value!r}")
-            coords.append(number)
-        x1, y1, x2, y2 = coords
-        if not (x2 >= x1 and y2 >= y1):
-            raise ValueError(f"{path}: object {k} ({name}) has xmax < xmin or ymax < ymin: {coords}")
-        # 1-based inclusive -> 0-based continuous (detectron2's convention).
-        boxes.append((x1 - 1.0, y1 - 1.0, x2, y2))
-        labels.append(class_to_label[name])
+        box, label, diff = _parse_object(obj, k, path, class_names, class_to_label)
+        boxes.append(box)
+        labels.append(label)
         difficult.append(diff)
 
     filename = os.path.basename((_text(root.find("filename")) or "").replace("\\", "/"))
@@ -148,6 +107,64 @@ def parse_voc_xml(path: str | os.PathLike, class_names: Sequence[str], *, image_
         width=width,
         height=height,
     )
+
+
+def _image_size(root: ET.Element, path: Path) -> tuple[int, int]:
+    """``(width, height)`` from ``<size>``; 0 for a missing size or field."""
+    width = height = 0
+    size = root.find("size")
+    if size is not None:
+        try:
+            width = int(float(_text(size.find("width")) or 0))
+            height = int(float(_text(size.find("height")) or 0))
+        except ValueError:
+            raise ValueError(f"{path}: <size> has a non-numeric width/height") from None
+    return width, height
+
+
+def _parse_object(obj: ET.Element, k: int, path: Path, class_names: Sequence[str], class_to_label: dict[str, int]
+                  ) -> tuple[tuple[float, float, float, float], int, bool]:
+    """``(box xyxy 0-based continuous px, label 1..K, difficult)`` of the ``k``-th ``<object>`` (1-based)."""
+    name = _text(obj.find("name"))
+    if name is None:
+        raise ValueError(f"{path}: object {k} has no <name>")
+    if name not in class_to_label:
+        near = [c for c in class_names if c.lower() == name.lower()]
+        if near:
+            raise ValueError(f"{path}: object {k} has class {name!r}; class names are case-sensitive: did you "
+                             f"mean {near[0]!r}? (fix the file, or list {name!r} in data.classes)")
+        raise ValueError(f"{path}: object {k} has unknown class {name!r} (known: {', '.join(class_names)})")
+    diff_text = _text(obj.find("difficult"))
+    try:
+        diff = bool(int(float(diff_text))) if diff_text else False
+    except ValueError:
+        raise ValueError(f"{path}: object {k} has a non-numeric <difficult> {diff_text!r}") from None
+    bnd = obj.find("bndbox")
+    if bnd is None:
+        raise ValueError(f"{path}: object {k} ({name}) has no <bndbox>")
+    x1, y1, x2, y2 = coords = _bndbox_coords(bnd, f"{path}: object {k} ({name})")
+    if not (x2 >= x1 and y2 >= y1):
+        raise ValueError(f"{path}: object {k} ({name}) has xmax < xmin or ymax < ymin: {coords}")
+    # 1-based inclusive -> 0-based continuous (detectron2's convention).
+    return (x1 - 1.0, y1 - 1.0, x2, y2), class_to_label[name], diff
+
+
+def _bndbox_coords(bnd: ET.Element, where: str) -> list[float]:
+    """``[xmin, ymin, xmax, ymax]`` of a ``<bndbox>`` as finite floats (VOC's 1-based inclusive pixels);
+    ``where`` starts the error message."""
+    coords = []
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        value = _text(bnd.find(tag))
+        if value is None:
+            raise ValueError(f"{where} has no <{tag}>")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{where} has a non-numeric <{tag}> {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{where} has a non-finite <{tag}> {value!r}")
+        coords.append(number)
+    return coords
 
 
 def read_image_set(path: str | os.PathLike) -> list[str]:
