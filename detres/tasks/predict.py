@@ -187,25 +187,7 @@ def predict_files(predictor: Predictor, images: Sequence[str], out_dir: str | os
     names = output_names(images)
     _check_outputs(out, names, images, overwrite)
     summary = PredictSummary(results=[], pictures=[])
-    coco, lookup, source = None, None, ""
-    if ann_file is not None:
-        coco, source = load_coco(ann_file), str(ann_file)
-        lookup = coco_image_ids(coco, image_root if image_root is not None else Path(ann_file).parent)
-        unknown = [p for p in images if lookup(p) is None]
-        if unknown:
-            raise ValueError(f"{unknown[0]}: not an image of {ann_file} (matched by file_name relative to "
-                             f"{image_root or Path(ann_file).parent}, or by a base name listed once)"
-                             + (f"; {len(unknown)} images are not" if len(unknown) > 1 else ""))
-    else:
-        test = predictor.test_annotations()
-        if test is not None:
-            test_coco = load_coco(test[0])
-            test_lookup = coco_image_ids(test_coco, test[1])
-            if all(test_lookup(p) is not None for p in images):
-                coco, lookup, source = test_coco, test_lookup, str(test[0])
-            else:
-                logger.info("the images are not all in the run's test set %s: image_id is the image's path",
-                            test[0])
+    coco, lookup, source = _coco_of_images(predictor, images, ann_file, image_root)
     cat_of = category_ids(predictor, coco, source=source)
     if lookup is not None:
         summary.image_ids = f"image ids of {source}"
@@ -214,26 +196,65 @@ def predict_files(predictor: Predictor, images: Sequence[str], out_dir: str | os
     elif coco is not None:
         summary.category_ids = f"category ids of {source} (by class name)"
     for path, name in zip(images, names):
-        try:
-            rgb = as_rgb_array(path)
-        except ValueError as e:
-            summary.skipped[str(path)] = str(e)
-            logger.warning("skipped: %s", e)
-            continue
-        det = predictor(rgb)
-        boxes, labels, scores = det["boxes"], det["labels"], det["scores"]
-        drawn = draw_detections(rgb, boxes, labels, scores, predictor.class_names, score_thresh=vis)
-        summary.pictures.append(save_png(drawn, out / name))
-        image_id: Any = lookup(path) if lookup is not None else str(path)
-        for (x1, y1, x2, y2), lab, s in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
-            summary.results.append({"image_id": image_id, "category_id": int(cat_of[int(lab)]),
-                                    "category": predictor.class_names[int(lab) - 1], "score": round(float(s), 5),
-                                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]})
+        _predict_one(predictor, path, out / name, vis, lookup, cat_of, summary)
     if summary.skipped and not summary.pictures:  # nothing could be read: a plain user error
         first, why = next(iter(summary.skipped.items()))
         more = len(summary.skipped) - 1
         raise ValueError(why + (f" (and {more} other image{'s' if more > 1 else ''}: none could be read)" if more else ""))
     atomic_write_json(out / "predictions.json", summary.results)
+    _update_manifest(out, names)
+    return summary
+
+
+def _coco_of_images(predictor: Predictor, images: Sequence[str], ann_file: str | os.PathLike | None,
+                    image_root: str | os.PathLike | None) -> tuple[Any | None, Callable[[str], int | None] | None, str]:
+    """``(COCO, image path -> image id, the annotation file's name)`` the images belong to: ``ann_file``
+    (ValueError for an image not in it), else the run's COCO test set when it lists every image, else
+    ``(None, None, "")`` (image ids are then the paths)."""
+    if ann_file is not None:
+        coco = load_coco(ann_file)
+        lookup = coco_image_ids(coco, image_root if image_root is not None else Path(ann_file).parent)
+        unknown = [p for p in images if lookup(p) is None]
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not an image of {ann_file} (matched by file_name relative to "
+                             f"{image_root or Path(ann_file).parent}, or by a base name listed once)"
+                             + (f"; {len(unknown)} images are not" if len(unknown) > 1 else ""))
+        return coco, lookup, str(ann_file)
+    test = predictor.test_annotations()
+    if test is not None:
+        test_coco = load_coco(test[0])
+        test_lookup = coco_image_ids(test_coco, test[1])
+        if all(test_lookup(p) is not None for p in images):
+            return test_coco, test_lookup, str(test[0])
+        logger.info("the images are not all in the run's test set %s: image_id is the image's path", test[0])
+    return None, None, ""
+
+
+def _predict_one(predictor: Predictor, path: str, picture: Path, vis: float,
+                 lookup: Callable[[str], int | None] | None, cat_of: dict[int, int], summary: PredictSummary) -> None:
+    """Detect in the image ``path``, draw the detections scoring ``>= vis`` into ``picture`` and add them to
+    ``summary.results`` (COCO results format: ``bbox`` xywh in original-image pixels); an image that cannot
+    be decoded goes to ``summary.skipped`` with a warning."""
+    try:
+        rgb = as_rgb_array(path)
+    except ValueError as e:
+        summary.skipped[str(path)] = str(e)
+        logger.warning("skipped: %s", e)
+        return
+    det = predictor(rgb)
+    boxes, labels, scores = det["boxes"], det["labels"], det["scores"]
+    drawn = draw_detections(rgb, boxes, labels, scores, predictor.class_names, score_thresh=vis)
+    summary.pictures.append(save_png(drawn, picture))
+    image_id: Any = lookup(path) if lookup is not None else str(path)
+    for (x1, y1, x2, y2), lab, s in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
+        summary.results.append({"image_id": image_id, "category_id": int(cat_of[int(lab)]),
+                                "category": predictor.class_names[int(lab) - 1], "score": round(float(s), 5),
+                                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]})
+
+
+def _update_manifest(out: Path, names: Sequence[str]) -> None:
+    """Add this run's pictures and ``predictions.json`` to ``out``'s :data:`MANIFEST` (the files that
+    ``--overwrite`` may replace); an unreadable manifest starts afresh."""
     previous = []
     if (out / MANIFEST).is_file():
         try:
@@ -241,4 +262,3 @@ def predict_files(predictor: Predictor, images: Sequence[str], out_dir: str | os
         except (ValueError, TypeError):
             previous = []
     atomic_write_json(out / MANIFEST, sorted(set(previous) | set(names) | {"predictions.json"}))
-    return summary
