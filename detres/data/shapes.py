@@ -153,19 +153,9 @@ def generate_shapes_voc(
               "min_objects": min_objects, "max_objects": max_objects, "seed": seed,
               "difficult_prob": difficult_prob, "jpeg_quality": jpeg_quality}
     manifest = root / _MANIFEST
-    if manifest.is_file():
-        try:
-            if json.loads(manifest.read_text()) == params:
-                return root
-        except (OSError, ValueError):
-            pass
-    for sub in ("Annotations", "JPEGImages", "ImageSets"):
-        if (root / sub).exists():
-            shutil.rmtree(root / sub)
-    manifest.unlink(missing_ok=True)
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-
+    if _manifest_matches(manifest, params):
+        return root
+    _empty_tree(root, manifest)
     ids = [f"{i:06d}" for i in range(num_train + num_test)]
     for i, image_id in enumerate(ids):
         rng = np.random.default_rng([seed, i])
@@ -181,3 +171,24 @@ def generate_shapes_voc(
     (main / "test.txt").write_text("".join(f"{i}\n" for i in test_ids))
     manifest.write_text(json.dumps(params))  # written last: marks the tree complete
     return root
+
+
+def _manifest_matches(manifest: Path, params: dict) -> bool:
+    """True when ``manifest`` exists and records exactly ``params`` (a complete tree written with them)."""
+    if manifest.is_file():
+        try:
+            if json.loads(manifest.read_text()) == params:
+                return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
+def _empty_tree(root: Path, manifest: Path) -> None:
+    """Remove an earlier tree under ``root`` (its three folders and ``manifest``) and make the empty folders."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets"):
+        if (root / sub).exists():
+            shutil.rmtree(root / sub)
+    manifest.unlink(missing_ok=True)
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
