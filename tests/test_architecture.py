@@ -228,3 +228,25 @@ def test_benchmark_steps_use_the_configs_sgd(tmp_path):
     assert (step.image_size, step.ims_per_batch, step.num_classes, step.backbone) == ((64, 64), 4, 4, "resnet18")
     assert config_summary(cfg) == {"min_size": 64, "max_size": 64, "backbone": "resnet18", "ims_per_batch": 4,
                                    "iter_size": 1}  # what benchmarks/scale.py's paper-config job reports
+
+
+# --------------------------------------------------------------------------------------------------
+# no function over 60 lines (issue 18)
+# --------------------------------------------------------------------------------------------------
+def test_no_function_over_60_lines():
+    """Every function and method of detres/ and tools/ is at most 60 lines from ``def`` to the end of its body
+    (ast ``end_lineno - lineno + 1``); a longer one is split into helpers along its steps."""
+    limit = 60
+
+    def too_long(source: str) -> list[str]:
+        return [f"line {n.lineno}: {n.name} is {n.end_lineno - n.lineno + 1} lines"
+                for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and n.end_lineno - n.lineno + 1 > limit]
+
+    # negative control: a 60-line function passes, a 61-line method (nested in a class) is found
+    fits = "def fits():\n" + "".join(f"    x{k} = {k}\n" for k in range(59))  # lines 1-60
+    long = "class C:\n    def long(self):\n" + "".join(f"        x{k} = {k}\n" for k in range(60))  # 61-122
+    assert too_long(fits) == []
+    assert too_long(fits + long) == ["line 62: long is 61 lines"]
+    found = [f"{_rel(p)} {hit}" for p in SOURCES for hit in too_long(p.read_text(encoding="utf-8"))]
+    assert not found, "functions over 60 lines (split them along their steps):\n" + "\n".join(found)
