@@ -113,3 +113,15 @@ def test_run_training_accumulates_the_resolved_passes(tmp_path, monkeypatch):
                             device=torch.device("cpu"))
     assert (seen["iter_size"], cfg.solver.iter_size) == (4, 1)
     assert seen["optimizer"].param_groups[0]["initial_lr"] == 0.01  # base_lr unscaled (before the warmup)
+
+
+def test_build_solver_checks_the_normalisation():
+    """build_solver runs the BN check: a SyncBatchNorm model under accumulation (1 process, 16 passes) is refused,
+    and the same model under linear_scaling is built."""
+    cfg = load_config(CONFIGS / "coco_r101.yaml")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4))
+    with pytest.raises(ValueError, match="solver.batch_rule"):
+        build_solver(cfg, model)
+    cfg = load_config(CONFIGS / "coco_r101.yaml", ["solver.batch_rule=linear_scaling"])
+    opt, _ = build_solver(cfg, model)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001 / 8, rel=1e-12)
