@@ -142,8 +142,9 @@ class SolverConfig:
     bias_lr_factor: float = 1.0  # biases learn at this multiple of the lr (py-faster-rcnn prototxts: lr_mult 2)
     weight_decay_bias: Optional[float] = None  # weight decay of biases; None = weight_decay (py-faster-rcnn: decay_mult 0)
     ims_per_batch: int = 1  # images per GPU/process and forward pass
-    iter_size: int = 1  # forward/backward passes accumulated per update (Caffe iter_size; py-faster-rcnn VOC: 2)
-    reference_batch: int = 1  # total batch (processes x ims_per_batch x iter_size) base_lr was tuned for; lr scales linearly
+    iter_size: int = 1  # passes accumulated per update (Caffe iter_size; pfr VOC: 2); batch_rule accumulate derives it
+    reference_batch: int = 1  # total batch (processes x ims_per_batch x iter_size) base_lr was tuned for
+    batch_rule: str = "linear_scaling"  # other batches: linear_scaling (lr x total/reference) | accumulate (iter_size fills the reference, lr kept)
     steps: list[int] = field(default_factory=lambda: [50000])  # iterations where lr is multiplied by gamma
     gamma: float = 0.1  # lr decay factor at each step (paper: divide by 10)
     warmup_iters: Optional[int] = None  # linear warmup length; None = auto: a warmup only when the linear scaling rule raises lr above base_lr; 0 = none

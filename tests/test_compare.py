@@ -107,3 +107,42 @@ def test_own_data_gets_no_paper_table(tmp_path):
     both = format_compare_text([load_run(paper), runs[0]])
     assert "COCO val (paper Table 8)" in both and "48.4" in both and "Own data" in both
     assert format_compare_markdown(runs).count("| paper |") == 0
+
+
+_VOC_CFG = ("model: {backbone: {name: resnet101}, roi: {bg_iou_thresh_lo: %s}}\n"
+            "data: {dataset: voc, train: [2007_trainval, 2012_trainval], test: 2007_test}\n")
+
+
+def test_pfr_differences_left_on_purpose_are_named_with_sources(tmp_path):
+    """VOC with the paper's background range [0.1, 0.5): the compare output names it beside pfr's BG_THRESH_LO 0.0
+    (both files and lines), and end-to-end vs alternating training; a COCO run gets its schedule line instead."""
+    voc = load_run(_run_dir(tmp_path, "voc", {"mAP_11point": 0.76, "mAP_area": 0.78}, _VOC_CFG % "0.1"))
+    text = format_compare_text([voc])
+    assert "differences from py-faster-rcnn (781a917) left on purpose:" in text
+    assert "background RoI range (model.roi.bg_iou_thresh_lo) [" + voc.run_dir + "=0.1]" in text
+    assert "experiments/cfgs/faster_rcnn_end2end.yml:9" in text and "faster_rcnn_alt_opt.yml:3" in text
+    assert "tools/train_faster_rcnn_alt_opt.py:228-319" in text and "faster_rcnn_end2end.sh:51-57" in text
+    assert "COCO schedule" not in text
+    md = format_compare_markdown([voc])
+    assert "- background RoI range" in md and "- training scheme" in md
+    # negative control: pfr's own value is no difference to list
+    same = load_run(_run_dir(tmp_path, "voc_pfr", {"mAP_11point": 0.76, "mAP_area": 0.78}, _VOC_CFG % "0.0"))
+    text = format_compare_text([same])
+    assert "background RoI range" not in text and "training scheme" in text
+    coco = load_run(_run_dir(tmp_path, "coco", {"AP": 0.27, "AP50": 0.48},
+                             "model: {backbone: {name: resnet101}, roi: {bg_iou_thresh_lo: 0.0}}\n"))
+    text = format_compare_text([coco])
+    assert "COCO schedule and test set" in text and "faster_rcnn_end2end.sh:39" in text
+    assert "background RoI range" not in text
+
+
+def test_paper_configs_differ_from_pfr_where_the_compare_list_says():
+    """The list's key-based entries hold for the paper configs: VOC keeps [0.1, 0.5), COCO has pfr's 0.0."""
+    from detres.config import load_config
+    from detres.evaluation.compare import PFR_DIFFERENCES
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    keyed = [d for d in PFR_DIFFERENCES if d.key]
+    assert [d.key for d in keyed] == ["model.roi.bg_iou_thresh_lo"]
+    assert load_config(root / "voc07_r101.yaml").model.roi.bg_iou_thresh_lo == 0.1 != keyed[0].pfr_value
+    assert load_config(root / "coco_r101.yaml").model.roi.bg_iou_thresh_lo == 0.0 == keyed[0].pfr_value

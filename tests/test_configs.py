@@ -54,11 +54,26 @@ def test_paper_schedules():
         (0.001, [240000], 320000, 16)
     assert load_config(root / "voc0712_r101.yaml").data.train == ["2007_trainval", "2012_trainval"]
     assert load_config(root / "voc12_r101.yaml").data.train == ["2007_trainval", "2007_test", "2012_trainval"]
-    for name in ("voc07_vgg16", "voc07_r101", "coco_vgg16"):
+    for name in ("voc07_vgg16", "voc07_r101", "voc0712_r101", "voc12_vgg16", "coco_vgg16", "coco_r50", "coco_r101"):
         s = load_config(root / f"{name}.yaml").solver
-        assert (s.weight_decay, s.bias_lr_factor, s.weight_decay_bias) == (0.0005, 2.0, 0.0), name
+        # pfr train.prototxt: lr_mult 2 on trainable biases, decay_mult 0 only on the frozen conv1_x/conv2_x
+        assert (s.weight_decay, s.bias_lr_factor, s.weight_decay_bias) == (0.0005, 2.0, None), name
+        assert s.batch_rule == "accumulate", name  # the paper's update on any number of processes
     voc_roi, coco_roi = load_config(root / "voc07_r101.yaml").model.roi, coco.model.roi
     assert (voc_roi.bg_iou_thresh_lo, coco_roi.bg_iou_thresh_lo) == (0.1, 0.0)
+
+
+def test_paper_configs_decay_biases_as_the_weights():
+    """The optimiser built from a paper config decays the bias group by 5e-4 as the weights (pfr prototxts:
+    default decay_mult on trainable biases), with twice the rate; the old weight_decay_bias 0.0 fails here."""
+    import torch
+    from detres.tasks.common import build_solver
+
+    cfg = load_config(CONFIGS[0].parent / "voc07_r101.yaml")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    opt, _ = build_solver(cfg, model)
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == \
+        [(0.001, 0.0005, 2), (0.002, 0.0005, 2)]
 
 
 def _flat(d, prefix=""):

@@ -2,7 +2,8 @@
 
 The schedule is iteration based (the unit of py-faster-rcnn's and Detectron's solvers). The base learning
 rate follows the linear scaling rule (Goyal et al. 2017): when the total batch (processes x images per
-process) differs from the batch the rate was tuned for, the rate is multiplied by their ratio.
+process) differs from the batch the rate was tuned for, the rate is multiplied by their ratio. (The other rule,
+accumulating passes up to that batch with the rate kept, is :func:`detres.tasks.common.resolve_batch`'s.)
 
 No argument has a default here: the values come from the config's ``solver`` section, translated once by
 :func:`detres.tasks.common.build_solver` (its defaults live in :mod:`detres.config`).

@@ -20,7 +20,9 @@ rows or deltas: the paper's figures say nothing about them.
 A comparison is only the paper's when the runs differ in the network alone: :func:`config_differences`
 lists every other setting that differs (the weights' file and style, and the RoI size that follows the
 backbone, may differ), and the text and Markdown tables print it under "these runs differ in more than
-the network:".
+the network:". Under "differences from py-faster-rcnn left on purpose" they name each difference from the
+reference code (:data:`PFR_DIFFERENCES`: end-to-end vs alternating training, the VOC background range, ...)
+that applies to the runs, with the file and line of each source.
 """
 from __future__ import annotations
 
@@ -32,12 +34,63 @@ from typing import Any, Sequence
 
 import yaml
 
-__all__ = ["PAPER", "NETWORK_KEYS", "RunSummary", "load_run", "compare_rows", "config_differences",
-           "format_differences", "format_compare_text", "format_compare_markdown"]
+__all__ = ["PAPER", "NETWORK_KEYS", "PFR_COMMIT", "PfrDifference", "PFR_DIFFERENCES", "RunSummary", "load_run",
+           "compare_rows", "config_differences", "format_differences", "pfr_differences", "format_pfr_differences",
+           "format_compare_text", "format_compare_markdown"]
 
 #: Config keys that are part of "the network" in a paper comparison, plus where the run was written.
 NETWORK_KEYS = frozenset({"model.backbone.name", "model.backbone.weights", "model.backbone.style",
                           "model.pooler.resolution", "output_dir"})
+
+#: The py-faster-rcnn commit (rbgirshick/py-faster-rcnn) whose files and lines the differences below cite.
+PFR_COMMIT = "781a917"
+
+
+@dataclass(frozen=True)
+class PfrDifference:
+    """A difference from py-faster-rcnn (pfr) kept on purpose: ``what`` differs, ``here`` (detres's choice and
+    its source) vs ``pfr`` (the reference's, with file:line at :data:`PFR_COMMIT`), for the ``benchmarks``
+    listed. With ``key``, it applies to a run only when that config key differs from ``pfr_value``."""
+
+    what: str
+    here: str
+    pfr: str
+    benchmarks: tuple[str, ...]
+    key: str | None = None
+    pfr_value: Any = None
+
+
+#: Every difference from pfr left on purpose in the paper configs (configs/_base_/{voc,coco}.yaml).
+PFR_DIFFERENCES: tuple[PfrDifference, ...] = (
+    PfrDifference(
+        "training scheme",
+        "end to end (approximate joint training, Faster R-CNN Sec. 3.2), as pfr's "
+        "experiments/scripts/faster_rcnn_end2end.sh:51-57",
+        "the papers' tables come from 4-step alternating training (Faster R-CNN Sec. 3.2; ResNet App. A's "
+        "separate RPN and Fast R-CNN steps): tools/train_faster_rcnn_alt_opt.py:228-319, "
+        "stages of 80k/40k/80k/40k iterations (line 80)",
+        ("voc07", "voc12", "coco")),
+    PfrDifference(
+        "background RoI range (model.roi.bg_iou_thresh_lo)",
+        "[0.1, 0.5) on VOC: Fast R-CNN Sec. 2.3, and Faster R-CNN Sec. 4.2 names it the VOC range; "
+        "pfr's default lib/fast_rcnn/config.py:58",
+        "[0.0, 0.5): BG_THRESH_LO 0.0 in both experiments/cfgs/faster_rcnn_end2end.yml:9 and "
+        "experiments/cfgs/faster_rcnn_alt_opt.yml:3",
+        ("voc07", "voc12"), key="model.roi.bg_iou_thresh_lo", pfr_value=0.0),
+    PfrDifference(
+        "horizontal flips",
+        "each drawn image flipped with probability 0.5 (data.flip_prob)",
+        "every image appended once flipped, both used each epoch: lib/fast_rcnn/train.py:117-118 "
+        "(TRAIN.USE_FLIPPED, lib/fast_rcnn/config.py:61)",
+        ("voc07", "voc12", "coco")),
+    PfrDifference(
+        "COCO schedule and test set",
+        "ResNet App. A: lr 0.001 for 240k, 0.0001 for 80k iterations of 16 images; train2014 -> val2014",
+        "490k iterations (experiments/scripts/faster_rcnn_end2end.sh:39), step at 350k "
+        "(models/coco/VGG16/faster_rcnn_end2end/solver.prototxt:5), tested on coco_2014_minival (.sh:37)",
+        ("coco",)),
+)
+
 
 #: The paper's figures (percent): benchmark -> metric -> backbone -> value.
 PAPER: dict[str, dict[str, dict[str, float]]] = {
@@ -221,6 +274,38 @@ def format_differences(runs: Sequence[RunSummary], *, markdown: bool = False) ->
     return "\n".join(lines)
 
 
+def pfr_differences(runs: Sequence[RunSummary]) -> list[tuple[PfrDifference, list[str]]]:
+    """The entries of :data:`PFR_DIFFERENCES` that apply to ``runs`` (a benchmark among theirs and, for an entry
+    with a ``key``, a run whose config sets that key to another value than pfr's), each with those runs'
+    values of the key ("run=value"; empty without a key)."""
+    out = []
+    for d in PFR_DIFFERENCES:
+        these = [r for r in runs if r.benchmark in d.benchmarks]
+        if not these:
+            continue
+        if d.key is None:
+            out.append((d, []))
+            continue
+        values = [f"{r.run_dir}={r.config[d.key]}" for r in these
+                  if r.config is not None and d.key in r.config and r.config[d.key] != d.pfr_value]
+        if values:
+            out.append((d, values))
+    return out
+
+
+def format_pfr_differences(runs: Sequence[RunSummary], *, markdown: bool = False) -> str:
+    """The differences from py-faster-rcnn left on purpose that apply to ``runs``, each with its sources."""
+    found = pfr_differences(runs)
+    if not found:
+        return ""
+    lines = [f"differences from py-faster-rcnn ({PFR_COMMIT}) left on purpose:"]
+    bullet = "- " if markdown else "  - "
+    for d, values in found:
+        runs_text = f" [{', '.join(values)}]" if values else ""
+        lines.append(f"{bullet}{d.what}{runs_text}: here {d.here}; pfr: {d.pfr}")
+    return "\n".join(lines)
+
+
 def _own_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     names = [m for m in _OWN_METRICS if any(m in r.metrics for r in runs)]
     rows = [["source", "backbone", "train data", "test data"] + names]
@@ -280,6 +365,9 @@ def format_compare_text(runs: Sequence[RunSummary]) -> str:
     diff = format_differences(runs)
     if diff:
         out.append(diff)
+    pfr = format_pfr_differences(runs)
+    if pfr:
+        out.append(pfr)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -295,4 +383,7 @@ def format_compare_markdown(runs: Sequence[RunSummary]) -> str:
     diff = format_differences(runs, markdown=True)
     if diff:
         out += [diff, ""]
+    pfr = format_pfr_differences(runs, markdown=True)
+    if pfr:
+        out += [pfr, ""]
     return "\n".join(out)

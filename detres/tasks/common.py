@@ -1,8 +1,8 @@
 """What both tasks share: the solver read from ``cfg.solver`` and a training run with the default hooks.
 
 Both schemas (:class:`~detres.config.DetConfig`, :class:`~detres.config.ClsConfig`) name these fields
-alike: ``solver.{base_lr, momentum, weight_decay, ims_per_batch, reference_batch, steps, gamma,
-warmup_iters, warmup_factor, max_iter, checkpoint_period, log_period, clip_grad_norm, amp}``,
+alike: ``solver.{base_lr, momentum, weight_decay, ims_per_batch, iter_size, reference_batch, batch_rule, steps,
+gamma, warmup_iters, warmup_factor, max_iter, checkpoint_period, log_period, clip_grad_norm, amp}``,
 ``test.eval_period`` and ``output_dir``.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -36,7 +37,8 @@ from detres.evaluation.plots import plot_training_curves
 from detres.utils import comm
 from detres.utils.io import atomic_write_text
 
-__all__ = ["read_config", "check_choice", "scaled_lr", "warmup_iters", "build_solver", "check_output_dir",
+__all__ = ["read_config", "check_choice", "BATCH_RULES", "BatchPlan", "resolve_batch", "check_accumulation",
+           "scaled_lr", "warmup_iters", "build_solver", "check_output_dir",
            "prepare_output_dir", "acquire_run_lock", "release_run_lock", "start_run", "run_training",
            "AUTO_WARMUP_ITERS", "LOCK_FILE"]
 
@@ -67,12 +69,50 @@ def check_choice(key: str, value: Any, choices) -> Any:
 AUTO_WARMUP_ITERS = 1000
 
 
-def scaled_lr(cfg: Any, world_size: int | None = None) -> tuple[float, int]:
-    """(``solver.base_lr`` after the linear scaling rule, the total batch): the rate is multiplied by
-    ``(processes x solver.ims_per_batch x solver.iter_size) / solver.reference_batch``."""
+#: ``solver.batch_rule`` values: how a total batch other than ``solver.reference_batch`` is handled.
+BATCH_RULES = ("linear_scaling", "accumulate")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one update is made: ``processes`` x ``ims_per_batch`` images per forward pass x ``iter_size``
+    passes accumulated = ``total`` images, at the rate ``lr`` (``solver.base_lr`` x total / reference)."""
+    rule: str
+    processes: int
+    ims_per_batch: int
+    iter_size: int
+    total: int
+    reference: int
+    lr: float
+
+
+def resolve_batch(cfg: Any, world_size: int | None = None) -> BatchPlan:
+    """The update ``cfg.solver`` asks for on ``world_size`` processes (None: the current world).
+
+    ``solver.batch_rule: linear_scaling``: ``solver.iter_size`` as configured; the rate is multiplied by
+    ``(processes x ims_per_batch x iter_size) / reference_batch`` (Goyal et al. 2017), iterations unchanged.
+    ``accumulate`` (the paper configs): the update keeps ``reference_batch`` images, so the rate and the
+    iterations stay the paper's: ``iter_size = reference_batch / (processes x ims_per_batch)``, e.g. coco_r101
+    (16 = 8 x 1 x 2 in the paper) on 1 process -> 16. Where that is no whole number >= 1 (more images per pass
+    than the reference, or a remainder), ``iter_size`` is rounded up and the rest of the difference is scaled
+    linearly. ValueError names a wrong ``solver.batch_rule``."""
     s = cfg.solver
-    total = s.ims_per_batch * s.iter_size * (comm.get_world_size() if world_size is None else world_size)
-    return scale_lr(s.base_lr, total_batch=total, reference_batch=s.reference_batch), total
+    rule = check_choice("solver.batch_rule", s.batch_rule, BATCH_RULES)
+    n = comm.get_world_size() if world_size is None else int(world_size)
+    per_pass = n * s.ims_per_batch
+    k = max(1, -(-s.reference_batch // per_pass)) if rule == "accumulate" else s.iter_size
+    total = per_pass * k
+    lr = scale_lr(s.base_lr, total_batch=total, reference_batch=s.reference_batch)
+    return BatchPlan(rule=rule, processes=n, ims_per_batch=s.ims_per_batch, iter_size=k, total=total,
+                     reference=s.reference_batch, lr=lr)
+
+
+def scaled_lr(cfg: Any, world_size: int | None = None) -> tuple[float, int]:
+    """(the rate of :func:`resolve_batch`, the total batch per update): with ``solver.batch_rule:
+    linear_scaling`` ``solver.base_lr`` x ``(processes x solver.ims_per_batch x solver.iter_size) /
+    solver.reference_batch``; with ``accumulate`` ``solver.base_lr`` wherever accumulation reaches the reference."""
+    plan = resolve_batch(cfg, world_size)
+    return plan.lr, plan.total
 
 
 def warmup_iters(cfg: Any, lr: float) -> int:
@@ -90,17 +130,53 @@ def warmup_iters(cfg: Any, lr: float) -> int:
     return 0
 
 
+def check_accumulation(model: nn.Module, plan: BatchPlan) -> None:
+    """Refuse or warn where accumulating ``plan.iter_size`` passes is not the paper's larger batch.
+
+    With frozen BN (the paper's detectors, ResNet App. A), GroupNorm or no normalisation each image's gradient
+    does not depend on the other images of the update: accumulation is exact. Trainable BN (``bn``) takes its
+    batch statistics from each pass's ``ims_per_batch`` images, as the paper's per-GPU BN did from each GPU's,
+    but updates its running mean/variance once per pass (``iter_size`` times per update): warned.
+    SyncBatchNorm (``syncbn``) would reduce over the paper's processes x images; with fewer processes its
+    batch is ``iter_size`` times smaller: refused (ValueError), use ``solver.batch_rule=linear_scaling``."""
+    if plan.rule != "accumulate" or plan.iter_size == 1:
+        return
+    bns = [m for m in comm.unwrap_model(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if any(isinstance(m, nn.SyncBatchNorm) for m in bns):
+        raise ValueError(f"config key 'solver.batch_rule': accumulate ({plan.iter_size} passes per update) cannot "
+                         f"reproduce SyncBatchNorm's batch: its statistics would span {plan.processes} x "
+                         f"{plan.ims_per_batch} images instead of the reference's {plan.reference}; set "
+                         "solver.batch_rule=linear_scaling or model.backbone.norm=frozen_bn")
+    if bns:
+        logger.warning("solver.batch_rule accumulate with trainable BatchNorm: the gradients are those of %d "
+                       "images with per-pass batch statistics of %d image(s), but the running mean/variance are "
+                       "updated %d times per update instead of once, so the statistics used at test differ from "
+                       "the reference's; frozen BN (the paper's detectors) is exact", plan.total,
+                       plan.ims_per_batch, plan.iter_size)
+
+
 def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD (momentum, weight decay) at the linearly scaled rate, and the per-iteration warmup + multi-step
-    schedule. Logs the scaling it applied."""
+    """SGD (momentum, weight decay) at the rate of :func:`resolve_batch` (``solver.batch_rule``), and the
+    per-iteration warmup + multi-step schedule. Logs the update it makes and the scaling it applied; the
+    caller accumulates ``resolve_batch(cfg).iter_size`` passes per update."""
     s = cfg.solver
-    lr, total = scaled_lr(cfg)
-    if total != s.reference_batch:
+    plan = resolve_batch(cfg)
+    check_accumulation(model, plan)
+    lr = plan.lr
+    if plan.rule == "accumulate":
+        what = "paper update" if plan.total == plan.reference else "update"
+        logger.info("%s: %d images = %d processes x %d x accumulation %d (solver.batch_rule accumulate; "
+                    "solver.reference_batch %d)", what, plan.total, plan.processes, plan.ims_per_batch,
+                    plan.iter_size, plan.reference)
+        if plan.iter_size != s.iter_size:
+            logger.info("solver.iter_size %d -> %d: the reference batch of %d images on %d process(es)",
+                        s.iter_size, plan.iter_size, plan.reference, plan.processes)
+    if plan.total != plan.reference:
         logger.info("linear scaling rule: total batch %d (%d process(es) x %d images x iter_size %d) vs reference %d "
-                    "-> lr %.6g x %d/%d = %.6g", total, comm.get_world_size(), s.ims_per_batch, s.iter_size,
-                    s.reference_batch, s.base_lr, total, s.reference_batch, lr)
+                    "-> lr %.6g x %d/%d = %.6g", plan.total, plan.processes, plan.ims_per_batch, plan.iter_size,
+                    plan.reference, s.base_lr, plan.total, plan.reference, lr)
     else:
-        logger.info("learning rate %.6g (total batch %d = solver.reference_batch, no scaling)", lr, total)
+        logger.info("learning rate %.6g (total batch %d = solver.reference_batch, no scaling)", lr, plan.total)
     optimizer = build_sgd(comm.unwrap_model(model), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
                           bias_lr_factor=s.bias_lr_factor, weight_decay_bias=s.weight_decay_bias)
     scheduler = build_warmup_multistep(optimizer, steps=s.steps, gamma=s.gamma, warmup_iters=warmup_iters(cfg, lr),
@@ -482,9 +558,10 @@ def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, An
     """
     optimizer, scheduler = build_solver(cfg, model)
     s = cfg.solver
+    iter_size = resolve_batch(cfg).iter_size  # solver.batch_rule accumulate: the reference batch per update
     trainer = Trainer(model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                       loader_factory=loader_factory, max_iter=s.max_iter, device=device, amp=s.amp,
-                      clip_grad_norm=s.clip_grad_norm, iter_size=s.iter_size, batch_size_fn=batch_size_fn)
+                      clip_grad_norm=s.clip_grad_norm, iter_size=iter_size, batch_size_fn=batch_size_fn)
     if resume:
         _resume(trainer, cfg, device, new_solver=new_solver, class_names=(extra_state or {}).get("class_names"))
     with MetricsWriter(cfg.output_dir, max_iter=s.max_iter, start_iter=trainer.start_iter,
