@@ -26,6 +26,7 @@ from detres.data.cifar import digits as cifar_digits
 from detres.data.imagenet import ImageNetFolder
 from detres.data.loader import build_test_loader, build_train_loader, stack_collate
 from detres.data.transforms import build_cls_test_transform, build_cls_train_transform
+from detres.engine.hooks import ErrorDrivenLR
 from detres.evaluation.classification import evaluate_classifier
 from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
@@ -33,7 +34,7 @@ from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
 __all__ = ["classification_loss", "cls_mean_std", "cls_meta", "imagenet_root", "build_model", "build_datasets",
-           "build_train_loader_factory", "build_eval_fn", "run_train"]
+           "build_train_loader_factory", "build_eval_fn", "build_lr_hooks", "run_train"]
 
 logger = logging.getLogger("detres")
 
@@ -143,6 +144,29 @@ def build_eval_fn(cfg: ClsConfig, val_set: Any, *, device: torch.device) -> Call
     return lambda model: evaluate_classifier(model, loader, device=device, amp=cfg.solver.amp)
 
 
+#: ``solver.lr_schedule`` choices.
+LR_SCHEDULES = ("steps", "plateau")
+
+
+def build_lr_hooks(cfg: ClsConfig) -> list[ErrorDrivenLR]:
+    """The hook that sets the rate from the training error, when the config asks for one:
+    ``solver.lr_schedule: plateau`` (Sec. 3.4) and/or ``solver.warmup_until_error`` (Sec. 4.2); else none.
+    Refuses settings that would also drop or warm up by iteration count."""
+    s = cfg.solver
+    plateau = check_choice("solver.lr_schedule", s.lr_schedule, LR_SCHEDULES) == "plateau"
+    if plateau and s.steps:
+        raise ValueError(f"config key 'solver.steps': must be [] with solver.lr_schedule: plateau (the rate drops when "
+                         f"the training error plateaus, not at fixed iterations), got {s.steps}")
+    if s.warmup_until_error is not None and s.warmup_iters:
+        raise ValueError(f"config key 'solver.warmup_iters': must be 0 with solver.warmup_until_error (the warmup "
+                         f"lasts until the training error is below it), got {s.warmup_iters}")
+    if not plateau and s.warmup_until_error is None:
+        return []
+    return [ErrorDrivenLR(window=s.error_window, warmup_until_error=s.warmup_until_error,
+                          warmup_factor=s.warmup_factor, plateau=plateau, gamma=s.gamma,
+                          plateau_patience=s.plateau_patience, plateau_threshold=s.plateau_threshold)]
+
+
 def run_train(cfg: ClsConfig, *, resume: bool = False, overwrite: bool = False, new_solver: bool = False,
               device: str | None = None, progress: bool = True) -> dict:
     """Train ``cfg`` (torchrun-aware) and evaluate; returns ``{"iteration", "losses", "eval"}``.
@@ -152,6 +176,7 @@ def run_train(cfg: ClsConfig, *, resume: bool = False, overwrite: bool = False, 
     """
     if cfg.task != "classification":
         raise ValueError(f"config task is {cfg.task!r}; tools/train_cls.py needs task: classification")
+    lr_hooks = build_lr_hooks(cfg)
     dev = start_run(cfg, device=device, resume=resume, overwrite=overwrite)
     seed_all(cfg.seed + comm.get_rank())
     train_set, val_set = build_datasets(cfg)
@@ -165,4 +190,4 @@ def run_train(cfg: ClsConfig, *, resume: bool = False, overwrite: bool = False, 
                         loader_factory=build_train_loader_factory(cfg, train_set, pin_memory=dev.type == "cuda"),
                         eval_fn=build_eval_fn(cfg, val_set, device=dev), meta=cls_meta(cfg), device=dev,
                         resume=resume, new_solver=new_solver, progress=progress,
-                        extra_state={"class_names": list(train_set.classes)})
+                        extra_state={"class_names": list(train_set.classes)}, extra_hooks=lr_hooks)

@@ -1,0 +1,94 @@
+"""The rate set from the training error (ImageNet's plateau drops, ResNet-110's warmup until 80%):
+engine.hooks.ErrorDrivenLR on a trainer fed a scripted error, and its wiring from the config."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from detres.config import load_config
+from detres.engine.hooks import ErrorDrivenLR
+from detres.engine.solver import build_warmup_multistep
+from detres.engine.trainer import HookBase, Trainer
+from detres.tasks.classification import build_lr_hooks
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class _Record(HookBase):
+    def __init__(self):
+        self.lrs = []
+
+    def after_step(self):
+        self.lrs.append(self.trainer.lr)
+
+
+def _run(errors, hooks, *, warmup_iters=0, warmup_factor=0.1, steps=(), start=None):
+    """Train a 1-parameter model for len(errors) iterations whose batch i reports train_error errors[i];
+    returns the rate each iteration used."""
+    model = nn.Linear(1, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = build_warmup_multistep(opt, steps=list(steps), gamma=0.1, warmup_iters=warmup_iters,
+                                   warmup_factor=warmup_factor, warmup_method="constant")
+
+    def loss_fn(m, i):
+        return {"loss": (m.weight * 0).sum(), "train_error": torch.tensor(errors[i])}
+
+    t = Trainer(model=model, loss_fn=loss_fn, optimizer=opt, scheduler=sched,
+                loader_factory=lambda start: iter(range(start, len(errors))), max_iter=len(errors))
+    rec = _Record()
+    t.register_hooks([*hooks, rec])
+    t.train()
+    return rec.lrs, t
+
+
+def test_warmup_lasts_until_the_error_is_below_the_threshold():
+    errors = [0.95] * 6 + [0.7] * 10  # the windowed (2) error is below 0.8 after iteration 8 (indices 6, 7)
+    hook = ErrorDrivenLR(window=2, warmup_until_error=0.8, warmup_factor=0.1)
+    lrs, _ = _run(errors, [hook])
+    assert lrs[:8] == pytest.approx([0.1] * 8) and lrs[8:] == pytest.approx([1.0] * 8)
+    assert hook.warmup_ended_at == 8
+    # negative control: the old fixed-length warmup (3 iterations here) ends by the count, error or not
+    old, _ = _run(errors, [], warmup_iters=3)
+    assert old[3:8] == pytest.approx([1.0] * 5)
+    # an error that never falls below 80% keeps the warmup rate throughout
+    lrs, _ = _run([0.95] * 10, [ErrorDrivenLR(window=2, warmup_until_error=0.8, warmup_factor=0.1)])
+    assert lrs == pytest.approx([0.1] * 10)
+
+
+def test_plateau_divides_the_rate_by_ten_when_the_error_stops_falling():
+    errors = [0.9, 0.9, 0.5, 0.5] + [0.5] * 8 + [0.2] * 4
+    hook = ErrorDrivenLR(window=2, plateau=True, gamma=0.1, plateau_patience=1, plateau_threshold=0.01)
+    lrs, _ = _run(errors, [hook])
+    # windows end at 2 (0.9 best), 4 (0.5 best), 6 (bad 1), 8 (bad 2 > patience: drop), 10 (bad 1), 12 (drop),
+    # 14 (0.2: best), 16
+    assert hook.drops == [8, 12]
+    assert lrs == pytest.approx([1.0] * 8 + [0.1] * 4 + [0.01] * 4)
+    # negative control: the fixed-step schedule ignores the error (no steps: the rate never drops)
+    old, _ = _run(errors, [])
+    assert old == pytest.approx([1.0] * 16)
+    # a relative improvement below the threshold counts as no improvement
+    hook = ErrorDrivenLR(window=2, plateau=True, gamma=0.1, plateau_patience=0, plateau_threshold=0.1)
+    lrs, _ = _run([0.5, 0.5, 0.48, 0.48], [hook])
+    assert hook.drops == [4]
+
+
+def test_configs_ask_for_the_papers_rules():
+    cfg = load_config(ROOT / "configs" / "cifar10_resnet110.yaml")
+    assert cfg.solver.warmup_until_error == 0.8 and cfg.solver.warmup_iters == 0
+    assert cfg.solver.warmup_factor * cfg.solver.base_lr == pytest.approx(0.01)
+    (hook,) = build_lr_hooks(cfg)
+    assert hook.warming and hook.plateau is None and hook.warmup_until_error == 0.8
+    r50 = load_config(ROOT / "configs" / "imagenet_r50.yaml")
+    assert build_lr_hooks(r50) == []  # fixed steps by default
+    plateau = load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.lr_schedule=plateau", "solver.steps=[]"])
+    (hook,) = build_lr_hooks(plateau)
+    assert hook.plateau is not None and not hook.warming
+    with pytest.raises(ValueError, match="solver.steps"):
+        build_lr_hooks(load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.lr_schedule=plateau"]))
+    with pytest.raises(ValueError, match="solver.lr_schedule"):
+        build_lr_hooks(load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.lr_schedule=cosine"]))
+    with pytest.raises(ValueError, match="solver.warmup_until_error"):
+        load_config(ROOT / "configs" / "cifar10_resnet110.yaml", ["solver.warmup_until_error=1.5"])
