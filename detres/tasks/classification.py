@@ -34,7 +34,7 @@ from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
 __all__ = ["classification_loss", "cls_mean_std", "cls_meta", "imagenet_root", "build_model", "build_datasets",
-           "build_train_loader_factory", "build_eval_fn", "build_lr_hooks", "run_train"]
+           "build_train_loader_factory", "build_eval_fn", "build_lr_hooks", "run_train", "bn_sample", "recompute_bn"]
 
 logger = logging.getLogger("detres")
 
@@ -191,3 +191,65 @@ def run_train(cfg: ClsConfig, *, resume: bool = False, overwrite: bool = False, 
                         eval_fn=build_eval_fn(cfg, val_set, device=dev), meta=cls_meta(cfg), device=dev,
                         resume=resume, new_solver=new_solver, progress=progress,
                         extra_state={"class_names": list(train_set.classes)}, extra_hooks=lr_hooks)
+
+
+def bn_sample(cfg: ClsConfig, num_images: int, size: int) -> list[tuple[int, int]]:
+    """``[(index, seed), ...]``: the ``num_images`` training items (of ``size``) whose BN statistics
+    :func:`recompute_bn` measures: the first of a permutation drawn from ``cfg.seed``, each augmented as in
+    training with its own seed (``cfg.seed + index``)."""
+    if not 1 <= num_images <= size:
+        raise ValueError(f"--num-images must be in [1, {size}] (the training set's size), got {num_images}")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(cfg.seed))[:num_images]
+    return [(int(i), cfg.seed + int(i)) for i in order]
+
+
+def recompute_bn(cfg: ClsConfig, weights: str, output: str, *, num_images: int, batch_size: int | None = None,
+                 device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Appendix A of He et al. (2015): before a classifier is used for detection, its BN statistics are
+    recomputed on a large set of training images (the running averages of training lag the final weights).
+
+    Loads ``weights`` (a checkpoint of :func:`run_train`: ``{"model", "meta"}``) into ``build_model(cfg)``,
+    resets every BatchNorm's running mean and variance, and measures them again as the exact average over
+    ``num_images`` training images (:func:`bn_sample`) in batches of ``batch_size`` (default
+    ``solver.ims_per_batch``; each batch's mean and unbiased variance, averaged over the batches: torch's
+    ``swa_utils.update_bn``). Only the BN buffers change. Writes ``{"model", "meta"}`` to ``output``
+    (atomically; the meta gains ``bn_recomputed: {"num_images", "from"}``) and returns a summary.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    from detres.backbones import read_weights
+    from detres.engine.checkpoint import save_checkpoint
+    from detres.utils.cli import check_device
+
+    if Path(output).exists() and not overwrite:
+        raise ValueError(f"{output} exists; pass --overwrite to replace it")
+    if Path(output).resolve() == Path(weights).resolve():
+        raise ValueError(f"--output {output} is the input weights file; write the new statistics to another file")
+    batch_size = cfg.solver.ims_per_batch if batch_size is None else batch_size
+    if batch_size < 2:
+        raise ValueError(f"--batch-size must be >= 2 (a variance needs two images), got {batch_size}")
+    state, meta = read_weights(weights)
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: does not fit model.name={cfg.model.name} (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError(f"model.name={cfg.model.name} (norm {cfg.model.norm}) has no BatchNorm layer")
+    dev = torch.device(check_device(device) or "cpu")
+    model.to(dev)
+    train_set, _ = build_datasets(cfg, test=False)
+    chosen = bn_sample(cfg, num_images, len(train_set))
+
+    def batches():
+        for start in range(0, len(chosen), batch_size):
+            items = [train_set.get(i, seed=seed)[0] for i, seed in chosen[start:start + batch_size]]
+            yield torch.stack(items).to(dev)
+
+    update_bn(batches(), model, device=None)
+    meta = dict(meta, bn_recomputed={"num_images": len(chosen), "from": str(weights)})
+    save_checkpoint({"model": model.cpu().state_dict(), "meta": meta}, str(output), update_last=False)
+    logger.info("recomputed the statistics of %d BatchNorm layers on %d training images: %s", len(bns),
+                len(chosen), output)
+    return {"output": str(output), "num_images": len(chosen), "bn_layers": len(bns)}
