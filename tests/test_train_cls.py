@@ -159,3 +159,33 @@ def test_checkpoint_fits_every_resnet_detection_config(trained):
         assert model.weights_meta["mean"] == read_weights(ckpt)[1]["mean"], path.name
         built += 1
     assert built >= 1
+
+
+def test_eval_only_with_the_multi_scale_test(trained, capsys):
+    """--eval-only: the config's test protocol on a checkpoint; test.multi_scale adds the fully-convolutional
+    multi-scale errors, which are the top-1 of the softmax averaged over the whole image at each scale."""
+    from detres.data.imagenet import ImageNetFolder, MultiScaleViews
+    from detres.tasks.classification import build_model, cls_mean_std
+
+    data, out, tool = trained
+    ckpt = out / "model_final.pth"
+    args = [str(ROOT / "configs" / "imagenet_r50.yaml"), *tiny_overrides(data, out), "test.multi_scale=[36,60]",
+            "--eval-only", str(ckpt), "--device", "cpu"]
+    assert tool.main(args) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert {"top1_error_center", "top1_error_10crop", "top1_error_multiscale", "top5_error_multiscale"} <= set(ev)
+    cfg = load_config(out / "config.yaml", ["test.multi_scale=[36,60]"])
+    model = build_model(cfg).eval()
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    mean, std = cls_mean_std(cfg)
+    ms = ImageNetFolder(data / "val", classes=list(CLASSES), transform=MultiScaleViews([36, 60], mean=mean, std=std))
+    wrong = 0
+    with torch.no_grad():
+        for i in range(len(ms)):
+            views, label = ms.get(i)
+            assert min(views[1].shape[1:]) == 60
+            p = sum(model(v[None]).softmax(dim=1)[0] for v in views) / 2
+            wrong += int(p.argmax()) != label
+    assert ev["top1_error_multiscale"] == pytest.approx(wrong / len(ms))
+    assert tool.main([*args[:-4], "test.multi_scale=[0]", "--eval-only", str(ckpt)]) == 2
+    assert "test.multi_scale" in capsys.readouterr().err

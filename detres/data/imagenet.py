@@ -21,9 +21,9 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from detres.data.transforms import CENTER_VIEW, read_image_rgb
+from detres.data.transforms import CENTER_VIEW, ClassificationTransform, ShortSideResize, read_image_rgb
 
-__all__ = ["IMAGE_EXTENSIONS", "CENTER_VIEW", "ImageNetFolder", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "CENTER_VIEW", "ImageNetFolder", "MultiScaleViews", "list_collate", "read_image"]
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 #: Index of the centre crop among the 10 test views (defined with the views in detres.data.transforms).
@@ -92,3 +92,24 @@ class ImageNetFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.get(index)
+
+
+class MultiScaleViews:
+    """The test views of the fully-convolutional multi-scale test (He et al. 2015, Sec. 3.4): HWC uint8 ->
+    ``[x_s for s in scales]``, each the whole image (no crop) resized so its shorter side is ``s`` (area
+    averaging when shrinking), as float ``[3, h_s, w_s]`` with ``(x - mean) / std`` per channel."""
+
+    def __init__(self, scales: Sequence[int], *, mean: Sequence[float], std: Sequence[float]):
+        if not scales or any(int(s) < 1 for s in scales):
+            raise ValueError(f"multi-scale test: scales must be positive shorter sides, got {list(scales)}")
+        self.scales = [int(s) for s in scales]
+        self._resize = [ClassificationTransform([ShortSideResize(s, None, area_for_downscale=True)], mean=mean, std=std)
+                        for s in self.scales]
+
+    def __call__(self, image, *, seed: int | None = None) -> list[torch.Tensor]:
+        return [t(image, seed=seed) for t in self._resize]
+
+
+def list_collate(batch: Sequence[tuple[list[torch.Tensor], int]]) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+    """``[(views, label), ...] -> ([views, ...], labels int64 [B])``: views of different sizes stay a list."""
+    return [views for views, _ in batch], torch.as_tensor([int(label) for _, label in batch], dtype=torch.int64)

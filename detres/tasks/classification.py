@@ -23,18 +23,18 @@ from detres.backbones import NORMS, SHORTCUTS, STYLES, build_classifier, list_cl
 from detres.config import ClsConfig
 from detres.data.cifar import CIFAR10
 from detres.data.cifar import digits as cifar_digits
-from detres.data.imagenet import ImageNetFolder
+from detres.data.imagenet import ImageNetFolder, MultiScaleViews, list_collate
 from detres.data.loader import build_test_loader, build_train_loader, stack_collate
 from detres.data.transforms import build_cls_test_transform, build_cls_train_transform
 from detres.engine.hooks import ErrorDrivenLR
-from detres.evaluation.classification import evaluate_classifier
+from detres.evaluation.classification import evaluate_classifier, evaluate_multi_scale
 from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
 from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
 __all__ = ["classification_loss", "cls_mean_std", "cls_meta", "imagenet_root", "build_model", "build_datasets",
-           "build_train_loader_factory", "build_eval_fn", "build_lr_hooks", "run_train", "bn_sample", "recompute_bn"]
+           "build_train_loader_factory", "build_eval_fn", "build_lr_hooks", "build_multi_scale_set", "run_eval", "run_train", "bn_sample", "recompute_bn"]
 
 logger = logging.getLogger("detres")
 
@@ -136,12 +136,61 @@ def build_train_loader_factory(cfg: ClsConfig, train_set: Any, *, pin_memory: bo
     return factory
 
 
+def build_multi_scale_set(cfg: ClsConfig, classes: list[str]) -> ImageNetFolder | None:
+    """The validation images as :class:`~detres.data.imagenet.MultiScaleViews` at ``test.multi_scale`` (the
+    fully-convolutional test of Sec. 3.4), or None when that list is empty. ImageNet folders only."""
+    scales = list(cfg.test.multi_scale)
+    if not scales:
+        return None
+    if cfg.data.dataset != "imagenet":
+        raise ValueError(f"config key 'test.multi_scale': the multi-scale test is for ImageNet folders, not "
+                         f"data.dataset={cfg.data.dataset!r}; set it to []")
+    bad = [s for s in scales if not 1 <= s <= 16384]
+    if bad or len(set(scales)) != len(scales):
+        raise ValueError(f"config key 'test.multi_scale': must be distinct shorter sides in [1, 16384] pixels, "
+                         f"got {scales}")
+    mean, std = cls_mean_std(cfg)
+    return ImageNetFolder(imagenet_root(cfg) / cfg.data.val_dir, classes=classes,
+                          transform=MultiScaleViews(scales, mean=mean, std=std))
+
+
 def build_eval_fn(cfg: ClsConfig, val_set: Any, *, device: torch.device) -> Callable[[nn.Module], dict]:
-    """``f(model) -> {"top1_error_center", "top5_error_center", "top1_error_10crop", ..., "num_images"}``."""
+    """``f(model) -> {"top1_error_center", "top5_error_center", "top1_error_10crop", ..., "num_images"}``, plus
+    ``top{1,5}_error_multiscale`` when ``test.multi_scale`` lists scales (the fully-convolutional test)."""
     loader = build_test_loader(val_set, batch_size=cfg.test.ims_per_batch, num_workers=cfg.data.num_workers,
                                rank=comm.get_rank(), world_size=comm.get_world_size(), collate_fn=stack_collate,
                                pin_memory=device.type == "cuda")
-    return lambda model: evaluate_classifier(model, loader, device=device, amp=cfg.solver.amp)
+    ms_set = build_multi_scale_set(cfg, list(val_set.classes)) if cfg.test.multi_scale else None
+    ms_loader = None if ms_set is None else build_test_loader(
+        ms_set, batch_size=cfg.test.ims_per_batch, num_workers=cfg.data.num_workers, rank=comm.get_rank(),
+        world_size=comm.get_world_size(), collate_fn=list_collate)
+
+    def evaluate(model: nn.Module) -> dict:
+        out = evaluate_classifier(model, loader, device=device, amp=cfg.solver.amp)
+        if ms_loader is not None:
+            ms = evaluate_multi_scale(model, ms_loader, device=device, amp=cfg.solver.amp,
+                                      flip=cfg.test.multi_scale_flip)
+            out.update({k: v for k, v in ms.items() if k != "num_images"})
+        return out
+    return evaluate
+
+
+def run_eval(cfg: ClsConfig, weights: str, *, device: str | None = None) -> dict:
+    """Evaluate the classifier in ``weights`` (a checkpoint of :func:`run_train` or any ``{"model", "meta"}``
+    file of ``model.name``) on the validation set with the config's test protocol (centre crop, 10-crop,
+    ``test.multi_scale``); returns the errors. Writes nothing."""
+    from detres.backbones import read_weights
+    from detres.utils.cli import check_device
+
+    dev = torch.device(check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _, val_set = build_datasets(cfg, train=False)
+    state, _ = read_weights(weights)
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: does not fit model.name={cfg.model.name} (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    return build_eval_fn(cfg, val_set, device=dev)(model.to(dev))
 
 
 #: ``solver.lr_schedule`` choices.
