@@ -218,6 +218,8 @@ class ClsDataConfig:
     test_resize: int = 256  # shorter side before the centre/ten crops at test time
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # mean subtraction (paper Sec. 3.4): ImageNet RGB mean in [0, 1]
     std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # the paper subtracts the mean only; BN after conv1 absorbs the scale
+    mean_image: bool = False  # subtract the training set's per-pixel mean image (crop x crop, Sec. 3.4) instead of data.mean; stored in the checkpoints
+    mean_image_samples: int = 0  # training images averaged into the mean image (a seeded sample); 0 = all
 
 
 @dataclass
@@ -673,6 +675,7 @@ _RULES: dict[str, tuple] = {
     "data.pca_lighting": (*_NONNEG, "a noise strength"),
     "data.val_size": (*_NONNEG, "images"),
     "data.padding": (*_NONNEG, "pixels"),
+    "data.mean_image_samples": (*_NONNEG, "images; 0 = the whole training set"),
     "solver.max_iter": (*_POS_INT, "iterations"),
     "solver.base_lr": (*_NONNEG, "a learning rate"),
     "solver.momentum": (*_between(0, 1, hi_open=True), "SGD momentum"),
