@@ -92,3 +92,33 @@ def test_configs_ask_for_the_papers_rules():
         build_lr_hooks(load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.lr_schedule=cosine"]))
     with pytest.raises(ValueError, match="solver.warmup_until_error"):
         load_config(ROOT / "configs" / "cifar10_resnet110.yaml", ["solver.warmup_until_error=1.5"])
+
+
+def test_resume_keeps_the_rate_the_hook_had_reached():
+    errors = [0.95] * 6 + [0.7] * 10
+    warmup = dict(window=2, warmup_until_error=0.8, warmup_factor=0.1)
+
+    def resumed(stop, kwargs=warmup):
+        hook = ErrorDrivenLR(**kwargs)
+        _, first = _run(errors[:stop], [hook])
+        state = first.state_dict()
+        model = nn.Linear(1, 1, bias=False)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched = build_warmup_multistep(opt, steps=[], gamma=0.1, warmup_iters=0, warmup_factor=0.1,
+                                       warmup_method="constant")
+        t = Trainer(model=model, loss_fn=lambda m, i: {"loss": (m.weight * 0).sum(),
+                                                        "train_error": torch.tensor(errors[i])},
+                    optimizer=opt, scheduler=sched, loader_factory=lambda start: iter(range(start, len(errors))),
+                    max_iter=len(errors))
+        t.load_state_dict(state)
+        again, rec = ErrorDrivenLR(**kwargs), _Record()
+        t.register_hooks([again, rec])
+        t.train()
+        return rec.lrs
+
+    assert resumed(10) == pytest.approx([1.0] * 6)  # warmup had ended at 8: it does not start again
+    assert resumed(4) == pytest.approx([0.1] * 4 + [1.0] * 8)  # still warming at 4: ends at 8 as without a stop
+    # plateau: dropped once by iteration 10 (see above): the resumed run goes on at 0.1, counters afresh
+    errors[:] = [0.9, 0.9, 0.5, 0.5] + [0.5] * 8 + [0.2] * 4
+    plateau = dict(window=2, plateau=True, gamma=0.1, plateau_patience=1, plateau_threshold=0.01)
+    assert resumed(10, plateau) == pytest.approx([0.1] * 6)
