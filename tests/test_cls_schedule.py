@@ -15,6 +15,10 @@ from detres.engine.trainer import HookBase, Trainer
 from detres.tasks.classification import build_lr_hooks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+WARMUP = dict(window=2, warmup_until_error=0.8, warmup_factor=0.1, plateau=False, gamma=0.1, plateau_patience=0,
+              plateau_threshold=0.0)
+PLATEAU = dict(window=2, warmup_until_error=None, warmup_factor=1.0, plateau=True, gamma=0.1, plateau_patience=1,
+               plateau_threshold=0.01)
 
 
 class _Record(HookBase):
@@ -46,7 +50,7 @@ def _run(errors, hooks, *, warmup_iters=0, warmup_factor=0.1, steps=(), start=No
 
 def test_warmup_lasts_until_the_error_is_below_the_threshold():
     errors = [0.95] * 6 + [0.7] * 10  # the windowed (2) error is below 0.8 after iteration 8 (indices 6, 7)
-    hook = ErrorDrivenLR(window=2, warmup_until_error=0.8, warmup_factor=0.1)
+    hook = ErrorDrivenLR(**WARMUP)
     lrs, _ = _run(errors, [hook])
     assert lrs[:8] == pytest.approx([0.1] * 8) and lrs[8:] == pytest.approx([1.0] * 8)
     assert hook.warmup_ended_at == 8
@@ -54,13 +58,13 @@ def test_warmup_lasts_until_the_error_is_below_the_threshold():
     old, _ = _run(errors, [], warmup_iters=3)
     assert old[3:8] == pytest.approx([1.0] * 5)
     # an error that never falls below 80% keeps the warmup rate throughout
-    lrs, _ = _run([0.95] * 10, [ErrorDrivenLR(window=2, warmup_until_error=0.8, warmup_factor=0.1)])
+    lrs, _ = _run([0.95] * 10, [ErrorDrivenLR(**WARMUP)])
     assert lrs == pytest.approx([0.1] * 10)
 
 
 def test_plateau_divides_the_rate_by_ten_when_the_error_stops_falling():
     errors = [0.9, 0.9, 0.5, 0.5] + [0.5] * 8 + [0.2] * 4
-    hook = ErrorDrivenLR(window=2, plateau=True, gamma=0.1, plateau_patience=1, plateau_threshold=0.01)
+    hook = ErrorDrivenLR(**PLATEAU)
     lrs, _ = _run(errors, [hook])
     # windows end at 2 (0.9 best), 4 (0.5 best), 6 (bad 1), 8 (bad 2 > patience: drop), 10 (bad 1), 12 (drop),
     # 14 (0.2: best), 16
@@ -70,7 +74,7 @@ def test_plateau_divides_the_rate_by_ten_when_the_error_stops_falling():
     old, _ = _run(errors, [])
     assert old == pytest.approx([1.0] * 16)
     # a relative improvement below the threshold counts as no improvement
-    hook = ErrorDrivenLR(window=2, plateau=True, gamma=0.1, plateau_patience=0, plateau_threshold=0.1)
+    hook = ErrorDrivenLR(**dict(PLATEAU, plateau_patience=0, plateau_threshold=0.1))
     lrs, _ = _run([0.5, 0.5, 0.48, 0.48], [hook])
     assert hook.drops == [4]
 
@@ -96,9 +100,7 @@ def test_configs_ask_for_the_papers_rules():
 
 def test_resume_keeps_the_rate_the_hook_had_reached():
     errors = [0.95] * 6 + [0.7] * 10
-    warmup = dict(window=2, warmup_until_error=0.8, warmup_factor=0.1)
-
-    def resumed(stop, kwargs=warmup):
+    def resumed(stop, kwargs=WARMUP):
         hook = ErrorDrivenLR(**kwargs)
         _, first = _run(errors[:stop], [hook])
         state = first.state_dict()
@@ -120,5 +122,15 @@ def test_resume_keeps_the_rate_the_hook_had_reached():
     assert resumed(4) == pytest.approx([0.1] * 4 + [1.0] * 8)  # still warming at 4: ends at 8 as without a stop
     # plateau: dropped once by iteration 10 (see above): the resumed run goes on at 0.1, counters afresh
     errors[:] = [0.9, 0.9, 0.5, 0.5] + [0.5] * 8 + [0.2] * 4
-    plateau = dict(window=2, plateau=True, gamma=0.1, plateau_patience=1, plateau_threshold=0.01)
-    assert resumed(10, plateau) == pytest.approx([0.1] * 6)
+    assert resumed(10, PLATEAU) == pytest.approx([0.1] * 6)
+
+
+def test_no_second_default_below_the_config():
+    """The values solver.* and test.multi_scale_flip set have no default of their own below tasks/."""
+    import inspect
+
+    from detres.evaluation.classification import evaluate_multi_scale
+
+    sig = inspect.signature(ErrorDrivenLR)
+    assert all(p.default is inspect.Parameter.empty for p in sig.parameters.values())
+    assert inspect.signature(evaluate_multi_scale).parameters["flip"].default is inspect.Parameter.empty

@@ -185,9 +185,8 @@ class ErrorDrivenLR(HookBase):
     run from the ratio of the optimiser's rate to the scheduler's (the plateau counters start afresh).
     """
 
-    def __init__(self, *, window: int, warmup_until_error: float | None = None, warmup_factor: float = 1.0,
-                 plateau: bool = False, gamma: float = 0.1, plateau_patience: int = 0,
-                 plateau_threshold: float = 0.0):
+    def __init__(self, *, window: int, warmup_until_error: float | None, warmup_factor: float, plateau: bool,
+                 gamma: float, plateau_patience: int, plateau_threshold: float):
         if window < 1:
             raise ValueError(f"window must be >= 1 iteration, got {window}")
         if warmup_until_error is not None and not 0 < warmup_until_error <= 1:

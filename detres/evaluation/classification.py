@@ -144,7 +144,7 @@ def fully_conv_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_multi_scale(model: nn.Module, data_loader: Iterable, *, device: torch.device | str = "cpu",
-                         amp: str | None = None, flip: bool = False, topk: tuple[int, ...] = (1, 5)) -> dict[str, Any]:
+                         amp: str | None, flip: bool, topk: tuple[int, ...] = (1, 5)) -> dict[str, Any]:
     """Top-k errors of the fully-convolutional multi-scale test over ``([views, ...], labels [N])`` batches, each
     ``views`` a list of ``[3, h_s, w_s]`` tensors of one image (:class:`detres.data.imagenet.MultiScaleViews`).
 

@@ -1,7 +1,8 @@
 """ImageNet pretraining: the only code that reads a :class:`~detres.config.ClsConfig`.
 
 The classifier, the data sets (ImageNet, CIFAR-10, digits) on detection's loaders, the cross-entropy loss,
-the centre-crop / 10-crop evaluation and
+the centre-crop / 10-crop / multi-scale evaluation, the optional per-pixel mean image, the rate set from the
+training error (plateau drops, a warmup until an error), Appendix A's BN recomputation and
 the weights meta are wired here; the loop, checkpoints, logging, AMP and torchrun support are the
 engine's, the same as for detection (:func:`detres.tasks.common.run_training`).
 
@@ -34,7 +35,8 @@ from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
 __all__ = ["classification_loss", "cls_mean_std", "cls_meta", "imagenet_root", "build_model", "build_datasets",
-           "build_train_loader_factory", "build_eval_fn", "build_lr_hooks", "build_multi_scale_set", "compute_mean_image", "weights_mean_image", "run_eval", "run_train", "bn_sample", "recompute_bn"]
+           "build_train_loader_factory", "build_eval_fn", "build_lr_hooks", "build_multi_scale_set",
+           "compute_mean_image", "weights_mean_image", "run_eval", "run_train", "bn_sample", "recompute_bn"]
 
 logger = logging.getLogger("detres")
 
