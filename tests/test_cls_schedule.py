@@ -134,3 +134,28 @@ def test_no_second_default_below_the_config():
     sig = inspect.signature(ErrorDrivenLR)
     assert all(p.default is inspect.Parameter.empty for p in sig.parameters.values())
     assert inspect.signature(evaluate_multi_scale).parameters["flip"].default is inspect.Parameter.empty
+
+
+def test_resnet110_config_trains_with_the_error_condition(tmp_path):
+    """tools/train_cls.py on the ResNet-110 config (a ResNet-20 on digits, 4 iterations): the rate stays at 0.01
+    while the training error is above the threshold, whatever the iteration count."""
+    import json
+
+    from test_train_cls import _tool
+
+    tool = _tool("train_cls")
+    base = [str(ROOT / "configs" / "cifar10_resnet110.yaml"), "data.dataset=digits", "data.num_workers=0",
+            "model.name=cifar_resnet20", "solver.max_iter=4", "solver.steps=[]", "solver.ims_per_batch=16",
+            "solver.reference_batch=16", "solver.log_period=1", "solver.checkpoint_period=0", "test.eval_period=0",
+            "solver.error_window=1"]
+
+    def lrs(out, *over):
+        assert tool.main([*base, f"output_dir={out}", *over, "--no-progress", "--device", "cpu"]) == 0
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["lr"] for r in rows if "lr" in r]
+
+    # an untrained net errs on far more than 1% of a batch: the warmup never ends
+    assert lrs(tmp_path / "a", "solver.warmup_until_error=0.01") == pytest.approx([0.01] * 4)
+    # negative control: the old fixed-length warmup (2 iterations here) ends by the count
+    assert lrs(tmp_path / "b", "solver.warmup_until_error=null", "solver.warmup_iters=2",
+               "solver.warmup_method=constant") == pytest.approx([0.01, 0.01, 0.1, 0.1])
