@@ -69,7 +69,7 @@ def cls_meta(cfg: ClsConfig, mean_image: torch.Tensor | None = None) -> dict[str
     if mean_image is not None:
         mean = [float(v) for v in mean_image.double().mean(dim=(1, 2))]
         extra["mean_image"] = {"shape": list(mean_image.shape), "checkpoint_key": "mean_image"}
-    return {**extra,
+    return {
         "style": cfg.model.style if cfg.model.name != "vgg16" else "pytorch",
         "channel_order": "RGB",
         "input_range": 1.0,
@@ -78,6 +78,7 @@ def cls_meta(cfg: ClsConfig, mean_image: torch.Tensor | None = None) -> dict[str
         "bn_eps": 1e-5,  # nn.BatchNorm2d's default, which build_classifier uses when training from scratch
         "arch": cfg.model.name,
         "source": "detres-imagenet",
+        **extra,
     }
 
 
