@@ -219,6 +219,8 @@ class ClsDataConfig:
     test_resize: int = 256  # shorter side before the centre/ten crops at test time
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # mean subtraction (paper Sec. 3.4): ImageNet RGB mean in [0, 1]
     std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # the paper subtracts the mean only; BN after conv1 absorbs the scale
+    mean_image: bool = False  # subtract the training set's per-pixel mean image (crop x crop, Sec. 3.4) instead of data.mean; stored in the checkpoints
+    mean_image_samples: int = 0  # training images averaged into the mean image (a seeded sample); 0 = all
 
 
 @dataclass
@@ -228,15 +230,22 @@ class ClsSolverConfig(SolverConfig):
     weight_decay: float = 0.0001  # paper: 1e-4
     ims_per_batch: int = 32  # images per GPU (8 GPUs x 32 = 256)
     reference_batch: int = 256  # paper: mini-batch 256
-    steps: list[int] = field(default_factory=lambda: [150000, 300000, 450000])  # paper divides by 10 on plateaus; fixed here
+    steps: list[int] = field(default_factory=lambda: [150000, 300000, 450000])  # lr_schedule steps: fixed drops at these iterations
     warmup_iters: int = 0  # paper: no warmup for ResNet-50/101/152 (only ResNet-110 on CIFAR used 0.01 first)
     checkpoint_period: int = 10000  # save every this many iterations
+    lr_schedule: str = "steps"  # steps: multiply by gamma at solver.steps | plateau: when the training error plateaus (Sec. 3.4), steps must be []
+    error_window: int = 1000  # iterations the training error is averaged over (plateau checks and the warmup condition)
+    plateau_patience: int = 5  # lr_schedule plateau: windows without improvement before the rate drops
+    plateau_threshold: float = 0.01  # lr_schedule plateau: a relative error decrease smaller than this is no improvement
+    warmup_until_error: Optional[float] = None  # warmup_factor x the rate until the windowed training error is below this (ResNet-110: 0.8); null = off
 
 
 @dataclass
 class ClsTestConfig:
     eval_period: int = 10000  # evaluate every this many iterations (0 = only at the end)
     ten_crop: bool = True  # paper: standard 10-crop testing for comparison studies (ImageNet only)
+    multi_scale: list[int] = field(default_factory=list)  # fully-convolutional test at these shorter sides, scores averaged (Sec. 3.4: [224, 256, 384, 480, 640]); [] = off
+    multi_scale_flip: bool = False  # also average the mirrored images (Sec. 3.4 does not say; VGG's dense test does)
     ims_per_batch: int = 32  # test images per process
 
 
@@ -667,6 +676,7 @@ _RULES: dict[str, tuple] = {
     "data.pca_lighting": (*_NONNEG, "a noise strength"),
     "data.val_size": (*_NONNEG, "images"),
     "data.padding": (*_NONNEG, "pixels"),
+    "data.mean_image_samples": (*_NONNEG, "images; 0 = the whole training set"),
     "solver.max_iter": (*_POS_INT, "iterations"),
     "solver.base_lr": (*_NONNEG, "a learning rate"),
     "solver.momentum": (*_between(0, 1, hi_open=True), "SGD momentum"),
@@ -682,6 +692,10 @@ _RULES: dict[str, tuple] = {
     "solver.checkpoint_period": (*_NONNEG, "iterations; 0 = only the final checkpoint"),
     "solver.clip_grad_norm": (*_between(0, None, lo_open=True), "a gradient norm; null = no clipping"),
     "solver.log_period": (*_NONNEG, "iterations"),
+    "solver.error_window": (*_POS_INT, "iterations"),
+    "solver.plateau_patience": (*_NONNEG, "error windows"),
+    "solver.plateau_threshold": (*_between(0, 1, hi_open=True), "a relative error decrease"),
+    "solver.warmup_until_error": (*_between(0, 1, lo_open=True), "a training error"),
     "test.eval_period": (*_NONNEG, "iterations; 0 = only at the end"),
     "test.ims_per_batch": (*_POS_INT, "images per process"),
     "test.num_vis_images": (*_NONNEG, "images"),

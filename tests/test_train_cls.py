@@ -159,3 +159,76 @@ def test_checkpoint_fits_every_resnet_detection_config(trained):
         assert model.weights_meta["mean"] == read_weights(ckpt)[1]["mean"], path.name
         built += 1
     assert built >= 1
+
+
+def test_eval_only_with_the_multi_scale_test(trained, capsys):
+    """--eval-only: the config's test protocol on a checkpoint; test.multi_scale adds the fully-convolutional
+    multi-scale errors, which are the top-1 of the softmax averaged over the whole image at each scale."""
+    from detres.data.imagenet import ImageNetFolder, MultiScaleViews
+    from detres.tasks.classification import build_model, cls_mean_std
+
+    data, out, tool = trained
+    ckpt = out / "model_final.pth"
+    args = [str(ROOT / "configs" / "imagenet_r50.yaml"), *tiny_overrides(data, out), "test.multi_scale=[36,60]",
+            "--eval-only", str(ckpt), "--device", "cpu"]
+    assert tool.main(args) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert {"top1_error_center", "top1_error_10crop", "top1_error_multiscale", "top5_error_multiscale"} <= set(ev)
+    cfg = load_config(out / "config.yaml", ["test.multi_scale=[36,60]"])
+    model = build_model(cfg).eval()
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    mean, std = cls_mean_std(cfg)
+    ms = ImageNetFolder(data / "val", classes=list(CLASSES), transform=MultiScaleViews([36, 60], mean=mean, std=std))
+    wrong = 0
+    with torch.no_grad():
+        for i in range(len(ms)):
+            views, label = ms.get(i)
+            assert min(views[1].shape[1:]) == 60
+            p = sum(model(v[None]).softmax(dim=1)[0] for v in views) / 2
+            wrong += int(p.argmax()) != label
+    assert ev["top1_error_multiscale"] == pytest.approx(wrong / len(ms))
+    assert tool.main([*args[:-4], "test.multi_scale=[0]", "--eval-only", str(ckpt)]) == 2
+    assert "test.multi_scale" in capsys.readouterr().err
+
+
+def test_per_pixel_mean_image(tmp_path, capsys):
+    """data.mean_image: the training set's per-pixel mean image (centre views) is subtracted from every view,
+    stored in the checkpoints beside the meta (whose mean becomes its per-channel mean) and used by --eval-only."""
+    from detres.data.imagenet import ImageNetFolder
+    from detres.data.transforms import build_cls_test_transform
+    from detres.tasks.classification import build_datasets, compute_mean_image
+
+    data = make_imagenet(tmp_path / "imagenet")
+    out = tmp_path / "run"
+    over = [*tiny_overrides(data, out, max_iter=2), "data.mean_image=true", "test.ten_crop=false"]
+    cfg = load_config(ROOT / "configs" / "imagenet_r50.yaml", over)
+    centre = build_cls_test_transform(resize=36, crop=32, ten_crop=False, mean=[0.0] * 3, std=[1.0] * 3)
+    plain = ImageNetFolder(data / "train", transform=centre)
+    by_hand = torch.stack([plain.get(i)[0][0].double() for i in range(len(plain))]).mean(dim=0).float()
+    image = compute_mean_image(cfg)
+    assert image.shape == (3, 32, 32)
+    torch.testing.assert_close(image, by_hand)
+    # a per-pixel image, not a flat one: the per-channel mean (the old behaviour) is a different subtraction
+    assert float((image - image.mean(dim=(1, 2), keepdim=True)).abs().max()) > 0.01
+    part = load_config(ROOT / "configs" / "imagenet_r50.yaml", [*over, "data.mean_image_samples=5"])
+    assert not torch.allclose(compute_mean_image(part), image)
+    _, val = build_datasets(cfg, train=False, mean_image=image)
+    raw = ImageNetFolder(data / "val", classes=list(CLASSES), transform=centre)
+    torch.testing.assert_close(val.get(0)[0], raw.get(0)[0] - image)
+    tool = _tool("train_cls")
+    assert tool.main([str(ROOT / "configs" / "imagenet_r50.yaml"), *over, "--no-progress"]) == 0
+    capsys.readouterr()
+    ckpt = torch.load(out / "model_final.pth", weights_only=True)
+    torch.testing.assert_close(ckpt["mean_image"], image)
+    state, meta = read_weights(out / "model_final.pth")
+    assert meta["mean"] == pytest.approx(image.double().mean(dim=(1, 2)).tolist())
+    assert meta["mean_image"]["shape"] == [3, 32, 32]
+    assert tool.main([str(ROOT / "configs" / "imagenet_r50.yaml"), *over, "--eval-only",
+                      str(out / "model_final.pth")]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 2 * len(CLASSES)
+    build_c4("resnet18", weights=out / "model_final.pth")  # still a detection backbone
+    # a checkpoint without a mean image is refused when the config asks for one
+    plain_ckpt = tmp_path / "plain.pth"
+    torch.save({"model": state, "meta": cls_meta(cfg)}, plain_ckpt)
+    assert tool.main([str(ROOT / "configs" / "imagenet_r50.yaml"), *over, "--eval-only", str(plain_ckpt)]) == 2
+    assert "mean image" in capsys.readouterr().err

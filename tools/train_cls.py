@@ -13,6 +13,12 @@ config.yaml, log.txt, metrics.jsonl, TensorBoard events, checkpoints, model_fina
     python tools/train_cls.py configs/imagenet_r50.yaml --time-step [--batch 2] [--steps 3]
 
 prints the seconds of one training step (synthetic data) instead of training.
+
+    python tools/train_cls.py configs/imagenet_r50.yaml --eval-only output/imagenet_r50/model_final.pth \
+        test.multi_scale=[224,256,384,480,640]
+
+evaluates a classifier without training and prints its errors: centre crop, 10-crop and, with
+``test.multi_scale``, the fully-convolutional multi-scale test of Sec. 3.4 (scores averaged over the scales).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detres.benchmarks.train import time_cls_step  # noqa: E402
-from detres.tasks.classification import run_train  # noqa: E402
+from detres.tasks.classification import run_eval, run_train  # noqa: E402
 from detres.tasks.check_data import require_clean_data  # noqa: E402
 from detres.tasks.common import check_output_dir, read_config  # noqa: E402
 from detres.utils import comm  # noqa: E402
@@ -37,12 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-step", action="store_true", help="time one training step on synthetic data and exit")
     p.add_argument("--batch", type=int, default=2, help="batch size for --time-step")
     p.add_argument("--steps", type=int, default=3, help="timed steps for --time-step (after one warm-up step)")
+    p.add_argument("--eval-only", default=None, metavar="WEIGHTS",
+                   help="evaluate this classifier checkpoint with the config's test protocol and exit")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     check_training_args(args)
     cfg = read_config(args.config, args.overrides, task="classification")
+    if args.eval_only:
+        print(json.dumps(run_eval(cfg, args.eval_only, device=args.device), indent=2, sort_keys=True))
+        return 0
     check_output_dir(cfg, inputs=[args.config], overwrite=args.overwrite, resume=args.resume)
     if args.check_data:
         require_clean_data(cfg, source=args.config)

@@ -22,7 +22,7 @@ from detres.engine.trainer import HookBase
 from detres.utils import comm
 from detres.utils.io import atomic_write_json
 
-__all__ = ["CheckpointHook", "EvalHook", "MetricsHook", "format_log_line"]
+__all__ = ["CheckpointHook", "EvalHook", "MetricsHook", "ErrorDrivenLR", "format_log_line"]
 
 logger = logging.getLogger("detres")
 
@@ -164,3 +164,89 @@ class MetricsHook(HookBase):
                 row["grad_norm"] = t.grad_norm
             self.writer.write(done, row)
             self.writer.log_line(format_log_line(done, t.max_iter, values, lr=t.lr, images_per_s=ips, eta_s=eta))
+
+
+class ErrorDrivenLR(HookBase):
+    """A learning-rate multiplier driven by the training error, on top of the task's schedule.
+
+    The training error is the loss function's ``train_error`` entry (the batch's top-1 error in [0, 1]),
+    averaged over ranks. Two rules, each optional:
+
+    * warmup until an error (He et al. 2015, Sec. 4.2, ResNet-110: "0.01 ... until the training error is
+      below 80%"): the rate is ``warmup_factor`` x the schedule's until the mean error of the last
+      ``window`` iterations is below ``warmup_until_error``, then the schedule's own rate;
+    * drop on plateau (Sec. 3.4: "divided by 10 when the error plateaus"): every ``window`` iterations the
+      mean error of those iterations is handed to torch's ``ReduceLROnPlateau`` (mode min, relative
+      ``plateau_threshold``, ``plateau_patience`` windows without improvement), whose rate multiplies the
+      schedule's (it starts at 1 and is multiplied by ``gamma`` at each drop).
+
+    Register it before the checkpoint hook: it sets the optimiser's rates in ``after_step`` (after the
+    scheduler's step), so a checkpoint holds them; :meth:`before_train` recovers the multiplier of a resumed
+    run from the ratio of the optimiser's rate to the scheduler's (the plateau counters start afresh).
+    """
+
+    def __init__(self, *, window: int, warmup_until_error: float | None, warmup_factor: float, plateau: bool,
+                 gamma: float, plateau_patience: int, plateau_threshold: float):
+        if window < 1:
+            raise ValueError(f"window must be >= 1 iteration, got {window}")
+        if warmup_until_error is not None and not 0 < warmup_until_error <= 1:
+            raise ValueError(f"warmup_until_error must be an error in (0, 1], got {warmup_until_error}")
+        self.window, self.warmup_until_error, self.warmup_factor = int(window), warmup_until_error, float(warmup_factor)
+        self.warming = warmup_until_error is not None
+        self.plateau = None
+        if plateau:
+            self._unit = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self._unit, mode="min", factor=gamma, patience=plateau_patience, threshold=plateau_threshold,
+                threshold_mode="rel", eps=0.0)
+        self._errors: deque = deque(maxlen=self.window)
+        self.warmup_ended_at: int | None = None
+        self.drops: list[int] = []
+
+    @property
+    def factor(self) -> float:
+        """The multiplier applied now to the schedule's rates."""
+        f = self.warmup_factor if self.warming else 1.0
+        if self.plateau is not None:
+            f *= self._unit.param_groups[0]["lr"]
+        return f
+
+    def _scheduled(self) -> list[float]:
+        return list(self.trainer.scheduler.get_last_lr())
+
+    def _apply(self) -> None:
+        for group, lr in zip(self.trainer.optimizer.param_groups, self._scheduled()):
+            group["lr"] = lr * self.factor
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if t.start_iter > 0:  # resumed: the checkpoint's optimiser holds the rate this hook had set
+            scheduled, actual = self._scheduled()[0], t.optimizer.param_groups[0]["lr"]
+            ratio = actual / scheduled if scheduled > 0 else 1.0
+            if self.warming and abs(ratio - self.warmup_factor) > 1e-6 * max(1.0, ratio):
+                self.warming = False
+                self.warmup_ended_at = t.start_iter
+            if self.plateau is not None:
+                self._unit.param_groups[0]["lr"] = ratio / (self.warmup_factor if self.warming else 1.0)
+        self._apply()
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if "train_error" not in t.losses:
+            raise ValueError("ErrorDrivenLR needs the loss function to return 'train_error'")
+        self._errors.append(float(comm.reduce_dict({"e": t.losses["train_error"]})["e"]))
+        full = len(self._errors) == self.window
+        mean = sum(self._errors) / len(self._errors)
+        if self.warming and full and mean < self.warmup_until_error:
+            self.warming = False
+            self.warmup_ended_at = t.iter
+            logger.info("training error %.3f < %.3f over the last %d iterations: warmup ends at iteration %d",
+                        mean, self.warmup_until_error, self.window, t.iter)
+        elif self.plateau is not None and not self.warming and t.iter % self.window == 0 and full:
+            before = self.factor
+            self.plateau.step(mean)
+            if self.factor < before:
+                self.drops.append(t.iter)
+                logger.info("training error plateaued at %.4f: learning rate divided by %g at iteration %d",
+                            mean, before / self.factor, t.iter)
+        self._apply()

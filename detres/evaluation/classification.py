@@ -4,6 +4,12 @@ He et al. (2015) Sec. 3.4: "In testing, for comparison studies we adopt the stan
 (Krizhevsky et al. 2012): the 224 crops at the 4 corners and the centre of the image resized to 256 on
 its shorter side, each with its horizontal flip; the softmax scores of the 10 views are averaged.
 
+The fully-convolutional multi-scale test (Sec. 3.4, "for best results", Table 4): the whole image at each
+shorter side of ``scales`` (the paper's {224, 256, 384, 480, 640}), the classifier's fc applied as a 1x1
+convolution to the last feature map, the class scores averaged over the positions, softmax, and the
+probabilities averaged over the scales (:func:`evaluate_multi_scale`; optionally over the mirrored images too,
+which Sec. 3.4 does not mention).
+
 The test loader gives ``views [N, V, 3, 224, 224]`` (see :func:`detres.data.imagenet.build_test_transform`).
 With V = 10, the centre-crop figure uses view :data:`~detres.data.imagenet.CENTER_VIEW` alone and the
 10-crop figure the average of all views, so one pass gives both. With V = 1 only the centre crop is reported.
@@ -19,7 +25,8 @@ from detres.data.imagenet import CENTER_VIEW
 from detres.utils.amp import autocast
 from detres.utils.comm import all_reduce_sum, is_distributed
 
-__all__ = ["ten_crop", "ClassificationEvaluator", "evaluate_classifier", "topk_correct"]
+__all__ = ["ten_crop", "ClassificationEvaluator", "evaluate_classifier", "topk_correct", "fully_conv_scores",
+           "evaluate_multi_scale"]
 
 
 def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -114,3 +121,65 @@ def evaluate_classifier(model: nn.Module, data_loader: Iterable, *, device: torc
     finally:
         model.train(was_training)
     return evaluator.evaluate()
+
+
+def fully_conv_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``images [N, 3, H, W]`` -> class score map ``[N, K, h, w]``: the network up to its global average pooling,
+    then ``fc`` applied at every position as a 1x1 convolution. For a network that ends in ``avgpool`` + ``fc``
+    (the ResNets, the CIFAR nets) the map's mean over positions equals ``model(images)``."""
+    pool, fc = getattr(model, "avgpool", None), getattr(model, "fc", None)
+    if not isinstance(pool, nn.Module) or not isinstance(fc, nn.Linear):
+        raise ValueError(f"the fully-convolutional test needs a classifier ending in avgpool + fc (the ResNets); "
+                         f"{type(model).__name__} has none")
+    seen: list[torch.Tensor] = []
+    handle = pool.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    features = seen[-1]
+    return torch.nn.functional.conv2d(features.float(), fc.weight.float()[:, :, None, None], fc.bias.float()
+                                      if fc.bias is not None else None)
+
+
+@torch.no_grad()
+def evaluate_multi_scale(model: nn.Module, data_loader: Iterable, *, device: torch.device | str = "cpu",
+                         amp: str | None, flip: bool, topk: tuple[int, ...] = (1, 5)) -> dict[str, Any]:
+    """Top-k errors of the fully-convolutional multi-scale test over ``([views, ...], labels [N])`` batches, each
+    ``views`` a list of ``[3, h_s, w_s]`` tensors of one image (:class:`detres.data.imagenet.MultiScaleViews`).
+
+    Per image and scale (and mirror with ``flip``): score map (:func:`fully_conv_scores`) averaged over the
+    positions, softmax; the probabilities are averaged over the scales. Returns
+    ``{"top{k}_error_multiscale": error in [0, 1], "num_images": n}`` (summed over ranks)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    hits = torch.zeros(len(topk) + 1, dtype=torch.float64)
+    try:
+        for batch_views, labels in data_loader:
+            labels = torch.as_tensor(labels)
+            probs = []
+            for views in batch_views:
+                p = 0.0
+                for x in views:
+                    x = x.to(device)[None]
+                    inputs = torch.cat([x, x.flip(-1)]) if flip else x
+                    with autocast(amp, device):
+                        maps = fully_conv_scores(model, inputs)
+                    p = p + maps.float().mean(dim=(2, 3)).softmax(dim=1).sum(dim=0)
+                probs.append(p / (len(views) * (2 if flip else 1)))
+            scores = torch.stack(probs).cpu()
+            hits[0] += len(labels)
+            for i, k in enumerate(topk):
+                hits[1 + i] += float(topk_correct(scores, labels, k))
+    finally:
+        model.train(was_training)
+    if is_distributed():
+        hits = all_reduce_sum(hits)
+    n = int(hits[0])
+    if n == 0:
+        raise ValueError("no images were evaluated")
+    out: dict[str, Any] = {"num_images": n}
+    for i, k in enumerate(topk):
+        out[f"top{k}_error_multiscale"] = 1.0 - float(hits[1 + i]) / n
+    return out

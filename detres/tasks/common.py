@@ -32,7 +32,7 @@ from detres.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from detres.engine.hooks import CheckpointHook, EvalHook, MetricsHook
 from detres.engine.logging import MetricsWriter, setup_logger
 from detres.engine.solver import build_sgd, build_warmup_multistep, scale_lr
-from detres.engine.trainer import Trainer
+from detres.engine.trainer import HookBase, Trainer
 from detres.evaluation.plots import plot_training_curves
 from detres.utils import comm
 from detres.utils.io import atomic_write_text
@@ -547,13 +547,14 @@ def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, An
                  loader_factory: Callable[[int], Iterable], eval_fn: Callable[[nn.Module], dict] | None,
                  meta: dict, device: torch.device, resume: bool = False, new_solver: bool = False,
                  progress: bool = True, batch_size_fn: Callable[[Any], int] | None = None,
-                 extra_state: dict | None = None) -> dict[str, Any]:
+                 extra_state: dict | None = None, extra_hooks: Iterable[HookBase] = ()) -> dict[str, Any]:
     """Train ``model`` (DDP-wrapped when distributed) with ``cfg.solver`` and the default hooks.
 
     Writes to ``cfg.output_dir``: metrics.jsonl and TensorBoard events (every ``solver.log_period``),
     checkpoints (every ``solver.checkpoint_period``, and ``model_final.pth``), eval.json (every
     ``test.eval_period`` and at the end). ``resume`` continues from the last checkpoint there (with the
     checkpoint's learning rate and schedule, or the config's with ``new_solver``).
+    ``extra_hooks`` (a task's own, e.g. a rate set from the training error) run before the default hooks.
     Returns ``{"iteration", "losses", "eval"}``.
     """
     optimizer, scheduler = build_solver(cfg, model)
@@ -566,7 +567,7 @@ def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, An
         _resume(trainer, cfg, device, new_solver=new_solver, class_names=(extra_state or {}).get("class_names"))
     with MetricsWriter(cfg.output_dir, max_iter=s.max_iter, start_iter=trainer.start_iter,
                        enabled=comm.is_main_process(), progress=progress) as writer:
-        hooks = [MetricsHook(writer, period=s.log_period),
+        hooks = [*extra_hooks, MetricsHook(writer, period=s.log_period),
                  CheckpointHook(cfg.output_dir, period=s.checkpoint_period, meta=meta, config=config_to_dict(cfg),
                                 extra=extra_state)]
         if eval_fn is not None:
