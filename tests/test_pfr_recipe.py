@@ -285,3 +285,22 @@ def test_caffe_stem_pool_windows_and_negative_control():
     model = build_detector(make_spec(tiny=True, backbone={"caffe_stem_pool": True}), 3)
     assert model.backbone.maxpool.padding == 0 and model.backbone.maxpool.ceil_mode
     assert make_spec().backbone.caffe_stem_pool is False
+
+
+def test_pfr_order_survives_torchscript_export(tmp_path):
+    """The pfr selection's sizes depend on the image (how many proposals pass the size filter, here fewer
+    than the pre-NMS top-n): exported at one size, the model gives eager's detections at two others."""
+    from detres.modeling.export import export_detector
+    torch.manual_seed(0)
+    model = build_detector(make_spec(rpn={"anchor_style": "pfr", "min_size": 16, "anchor_sizes": (16, 32, 64),
+                                          "post_nms_top_n_test": 30, "pre_nms_top_n_test": 5000},
+                                     roi={"score_thresh": 0.0}), 4).eval()
+    path = export_detector(model, tmp_path / "m.torchscript", fmt="torchscript", example_size=(64, 96))
+    traced = torch.jit.load(str(path))
+    for size in [(96, 128), (120, 80)]:
+        image = torch.rand(3, *size)
+        with torch.no_grad():
+            ref = model([image])[0]
+        boxes, labels, scores = traced(image)
+        assert len(labels) == len(ref["labels"]) > 0 and torch.equal(labels, ref["labels"]), size
+        assert (boxes - ref["boxes"]).abs().max() <= 0.5 and (scores - ref["scores"]).abs().max() <= 1e-3

@@ -52,6 +52,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -239,7 +240,8 @@ class PaperRPN(RegionProposalNetwork):
                             for idx, n in enumerate(num_anchors_per_level)], 0)
         levels = levels.reshape(1, -1).expand_as(objectness)
         if self.proposal_order == "pfr":
-            return self._filter_proposals_pfr(proposals, objectness, levels, image_shapes, min_sizes)
+            return self._filter_proposals_pfr(proposals, objectness, levels, image_shapes, min_sizes,
+                                              len(num_anchors_per_level))
         top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)  # per level, before NMS
         batch_idx = torch.arange(num_images, device=proposals.device)[:, None]
         objectness, levels = objectness[batch_idx, top_n_idx], levels[batch_idx, top_n_idx]
@@ -258,7 +260,7 @@ class PaperRPN(RegionProposalNetwork):
         return final_boxes, final_scores
 
     def _filter_proposals_pfr(self, proposals: Tensor, objectness: Tensor, levels: Tensor,
-                              image_shapes: list[tuple[int, int]], min_sizes: list[float]
+                              image_shapes: list[tuple[int, int]], min_sizes: list[float], num_levels: int
                               ) -> tuple[list[Tensor], list[Tensor]]:
         """py-faster-rcnn proposal_layer.py's order: the size filter comes before the top-n (per level, as
         the parent's top-n; a C4 detector has one level, as pfr)."""
@@ -270,10 +272,10 @@ class PaperRPN(RegionProposalNetwork):
             keep = torch.where((ws >= min_size) & (hs >= min_size))[0]
             boxes, logits, lvl = boxes[keep], logits[keep], lvl[keep]
             top = []
-            for level in torch.unique(lvl):
+            for level in range(num_levels):  # static, so that tracing (export) keeps the loop
                 idx = torch.where(lvl == level)[0]
-                top.append(idx[logits[idx].topk(min(pre_n, idx.numel())).indices])
-            top = torch.cat(top) if top else keep[:0]
+                top.append(idx[logits[idx].topk(det_utils._topk_min(idx, pre_n, 0)).indices])
+            top = torch.cat(top)
             boxes, scores, lvl = boxes[top], torch.sigmoid(logits[top]), lvl[top]
             keep = torch.where(scores >= self.score_thresh)[0]
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
