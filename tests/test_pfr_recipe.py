@@ -304,3 +304,18 @@ def test_pfr_order_survives_torchscript_export(tmp_path):
         boxes, labels, scores = traced(image)
         assert len(labels) == len(ref["labels"]) > 0 and torch.equal(labels, ref["labels"]), size
         assert (boxes - ref["boxes"]).abs().max() <= 0.5 and (scores - ref["scores"]).abs().max() <= 1e-3
+
+
+def test_fast_inference_copy_keeps_the_pfr_recipe():
+    """tasks.detection evaluates the fast path's copy: it keeps pfr's anchors and order and the Caffe pool."""
+    from _engine_helpers import same_detections
+    from detres.modeling import prepare_for_inference
+    torch.manual_seed(0)
+    model = build_detector(make_spec(tiny=True, backbone={"caffe_stem_pool": True},
+                                     rpn={"anchor_style": "pfr", "min_size": 16}, roi={"score_thresh": 0.0}), 3).eval()
+    fast = prepare_for_inference(model)
+    assert isinstance(fast.rpn.anchor_generator, PfrAnchorGenerator) and fast.rpn.proposal_order == "pfr"
+    image = torch.rand(3, 80, 112)
+    with torch.no_grad():
+        ref = model([image])[0]
+        assert len(ref["labels"]) > 0 and same_detections(ref, fast([image])[0])
