@@ -38,7 +38,8 @@ columns 0..15 is [0, 16] here, as the data sets' boxes), so torchvision's box co
 and centres as pfr's bbox_transform does (184 px, centre pixel 7.5 = coordinate 8.0) and the regression
 targets are pfr's. Decoding gives the same numbers as pfr's bbox_transform_inv (``ctr -/+ w / 2``, pfr
 lib/fast_rcnn/bbox_transform.py l.53-59), which pfr reads as inclusive pixels: its boxes are 1 px wider than
-the same numbers here. The size filter measures ``x2 - x1 + 1`` on them, so it keeps exactly pfr's boxes.
+the same numbers here. The size filter measures ``x2 - x1 + 1`` on them, so it keeps pfr's boxes exactly,
+except for boxes clipped at the right or bottom border (pfr clips them 1 px shorter, see above).
 
 The classes are torchvision's with these additions only. ``PaperRoIHeads`` adjusts the parent's
 matching. ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
