@@ -28,7 +28,7 @@ torchvision hard-codes the other way. Each is a keyword here, and the defaults r
   boxes can use up its top-n. Clipping stays torchvision's (to ``[0, W]``; pfr clips to ``W - 1``).
 
 Anchors (``rpn.anchor_style``): torchvision's ``AnchorGenerator`` centres each cell's anchors at ``16 i`` with
-sides ``round(size * sqrt(1/r))`` x ``round(size * sqrt(r))`` (182 x 90 for 128 px at ratio 0.5).
+half-sides ``round(size * sqrt(1/r) / 2)`` and ``round(size * sqrt(r) / 2)`` (182 x 90 for 128 px at ratio 0.5).
 py-faster-rcnn's generate_anchors.py starts from the 16-px base box (0, 0, 15, 15) (centre 7.5), enumerates
 the ratios with rounding (ratio 0.5: ``w = round(sqrt(256 / 0.5)) = 23``, ``h = round(23 * 0.5) = 12``),
 then multiplies by the scales ``size / 16`` (184 x 96 for 128 px), and shifts by ``16 i``.
@@ -42,7 +42,7 @@ the same numbers here. The size filter measures ``x2 - x1 + 1`` on them, so it k
 except for boxes clipped at the right or bottom border (pfr clips them 1 px shorter, see above).
 
 The classes are torchvision's with these additions only. ``PaperRoIHeads`` adjusts the parent's
-matching. ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
+matching and computes its training losses itself (the parent's steps, with :func:`fast_rcnn_losses`). ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
 minimum proposal side travel as arguments: it keeps nothing between calls. At test time torchvision's
 ``FasterRCNN.forward`` carries only images and targets, so the scale reaches the RPN through targets that
 hold ``size``/``orig_size`` and no boxes (:func:`scale_targets`).
