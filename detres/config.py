@@ -57,6 +57,7 @@ class BackboneConfig:
     freeze_at: int = 2  # freeze conv1 + res2 (stage index < 2), as the paper's Faster R-CNN fine-tuning
     shortcut: str = "B"  # ResNet projection shortcuts: "A" zero-pad, "B" project on dim change (paper default), "C" all
     width: int = 64  # ResNet channels of conv1 and conv2_x (paper: 64, doubled per stage); smaller for tiny from-scratch models
+    caffe_stem_pool: bool = False  # ResNets: pool1 as the MSRA Caffe models (3x3, stride 2, no padding, ceil); False = torchvision's padding 1
 
 
 @dataclass
@@ -82,6 +83,8 @@ class RPNConfig:
     allowed_border: float = -1.0  # training: ignore anchors crossing the border by more px than this; py-faster-rcnn 0; < 0 keeps all (torchvision)
     batch_size_per_image: int = 256  # Faster R-CNN Sec. 3.1.3: 256 sampled anchors per image ...
     positive_fraction: float = 0.5  # ... with up to 1:1 positives to negatives (Sec. 3.1.3)
+    anchor_style: str = "torchvision"  # "pfr": py-faster-rcnn's generate_anchors boxes and proposal order (min size before top-n) | "torchvision"
+    smooth_l1_beta: float = 1 / 9  # box loss's smooth L1 transition (beta = 1/sigma^2); torchvision's 1/9 = py-faster-rcnn's sigma 3
 
 
 @dataclass
@@ -94,6 +97,7 @@ class RoIConfig:
     score_thresh: float = 0.05  # drop detections scoring below this at test time
     nms_thresh: float = 0.3  # per-class NMS at test time (py-faster-rcnn TEST.NMS 0.3)
     detections_per_img: int = 100  # keep at most this many detections per image
+    smooth_l1_beta: float = 1 / 9  # box loss's smooth L1 transition (beta = 1/sigma^2); torchvision 1/9, py-faster-rcnn 1 (no sigma)
 
 
 @dataclass
@@ -651,6 +655,7 @@ _RULES: dict[str, tuple] = {
     "model.rpn.bg_iou_thresh": (*_IOU, "an IoU"),
     "model.rpn.batch_size_per_image": (*_POS_INT, "anchors sampled per image"),
     "model.rpn.positive_fraction": (*_PROB, "a fraction"),
+    "model.rpn.smooth_l1_beta": (*_NONNEG, "the smooth L1 transition point; 0 = plain L1"),
     "model.roi.batch_size_per_image": (*_POS_INT, "RoIs sampled per image"),
     "model.roi.positive_fraction": (*_PROB, "a fraction"),
     "model.roi.fg_iou_thresh": (*_IOU, "an IoU"),
@@ -660,6 +665,7 @@ _RULES: dict[str, tuple] = {
     "test.vis_thresh": (*_between(0, 1), "a class probability"),
     "model.roi.nms_thresh": (*_NMS, "an IoU"),
     "model.roi.detections_per_img": (*_POS_INT, "detections kept per image"),
+    "model.roi.smooth_l1_beta": (*_NONNEG, "the smooth L1 transition point; 0 = plain L1"),
     "data.min_size": (*_PIXELS, "pixels"),
     "data.max_size": (*_PIXELS, "pixels"),
     "data.flip_prob": (*_PROB, "a probability"),

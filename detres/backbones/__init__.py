@@ -123,6 +123,7 @@ def build_backbone(
     out_features: Sequence[str] = ("res4",),
     shortcut: str | None = _DET.shortcut,
     width: int = _DET.width,
+    caffe_stem_pool: bool = _DET.caffe_stem_pool,
 ) -> nn.Module:
     """A feature trunk: forward(images[N,3,H,W]) -> OrderedDict name -> map.
 
@@ -133,13 +134,16 @@ def build_backbone(
     None takes the weights' style ("pytorch" without weights), and a style the weights contradict is an error.
     norm: "frozen_bn", "bn", "syncbn" or "gn" (VGG-16 has no norm layers). freeze_at: 0..5, as detectron2.
     width: ResNets' first-stage channels (the paper's 64; every stage doubles it).
+    caffe_stem_pool: ResNets' pool1 as the MSRA Caffe models (kernel 3, stride 2, no padding, ceil mode);
+    meant for the "msra" style with the MSRA weights. VGG-16 has no such pool and ignores it.
     """
     _detection_entry(name)
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
     out_features = (out_features,) if isinstance(out_features, str) else tuple(out_features)
     if entry.family == "resnet":
         net: nn.Module = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style,
-                                shortcut=shortcut, out_features=out_features, width=width)
+                                shortcut=shortcut, out_features=out_features, width=width,
+                                caffe_stem_pool=caffe_stem_pool)
         built = {m for _, m in net._stages}
         drop = ["fc."] + [f"layer{i}." for i in range(1, 5) if f"layer{i}" not in built]
     else:
@@ -164,6 +168,7 @@ def build_c4(
     shortcut: str | None = _DET.shortcut,
     weights_meta: dict[str, Any] | None = None,
     width: int = _DET.width,
+    caffe_stem_pool: bool = _DET.caffe_stem_pool,
 ) -> tuple[nn.Module, nn.Module]:
     """The paper's Faster R-CNN split of one network (Appendix A) -> (trunk, head).
 
@@ -172,13 +177,13 @@ def build_c4(
     2) plus global average pooling -> [R, 2048] (512 for ResNet-18/34); VGG-16 takes [R, 512, 7, 7]
     and runs flatten, fc6, fc7 -> [R, 4096]. One checkpoint fills both (loaded before the split).
     weights_meta: without `weights`, build for this preprocessing/style/BN eps (a detector checkpoint
-    that will be loaded afterwards carries it).
+    that will be loaded afterwards carries it). caffe_stem_pool: as :func:`build_backbone`.
     """
     _detection_entry(name)
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, weights_meta, width=width)
     if entry.family == "resnet":
         net = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style, shortcut=shortcut,
-                     out_features=("res4", "res5"), width=width)
+                     out_features=("res4", "res5"), width=width, caffe_stem_pool=caffe_stem_pool)
         drop = ["fc."]
     else:
         net = VGG16C4()

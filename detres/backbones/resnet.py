@@ -12,6 +12,13 @@ Shortcuts follow the paper's Sec. 3.3 / Table 3 options:
 - "none": no shortcut at all: the plain counterpart of the network (same depth, width and FLOPs), the
   paper's "plain" nets of Fig. 4 / Table 2 and Sec. 4.2.
 
+The stem's max pool: torchvision pads by 1 (``MaxPool2d(3, 2, padding=1)``, as Detectron); the MSRA Caffe
+models' ``pool1`` has no padding and Caffe's ceiling rounding (``caffe_stem_pool=True``:
+``MaxPool2d(3, 2, padding=0, ceil_mode=True)``). On a conv1 map of side n the Caffe pool gives
+``ceil((n - 3) / 2) + 1`` cells, torchvision's ``floor((n - 1) / 2) + 1``: the same count when n is even, one
+fewer when n is odd, and in every case windows that start at conv1 cell 0 instead of -1, i.e. every stride-4..16
+cell sees the image 2 pixels further right and down. The MSRA weights were trained on the Caffe grid.
+
 Module names are torchvision's (`conv1`, `bn1`, `layer1`..`layer4`, `downsample.0/1`, `fc`) so its
 checkpoints load as they are; the semantic names (`stem`, `res2`..`res5`) live in `feature_specs`.
 """
@@ -142,7 +149,8 @@ class ResNet(DeclaredFeatures, nn.Module):
     are not built. `width` is the channel count of conv1 and of conv2_x's 3x3 convs (the paper's 64);
     every stage doubles it. Other widths are for small from-scratch models (torchvision weights need 64).
     `feature_specs` declares every returned map; `out_channels` is the channel count of the last one
-    (torchvision's FasterRCNN reads it).
+    (torchvision's FasterRCNN reads it). `caffe_stem_pool`: the MSRA Caffe pool1 (see the module docstring);
+    the declared strides are the same either way.
     """
 
     def __init__(
@@ -154,6 +162,7 @@ class ResNet(DeclaredFeatures, nn.Module):
         shortcut: str = "B",
         out_features: Sequence[str] = ("res4",),
         width: int = 64,
+        caffe_stem_pool: bool = False,
     ):
         super().__init__()
         if width < 1:
@@ -172,7 +181,11 @@ class ResNet(DeclaredFeatures, nn.Module):
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = norm(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.caffe_stem_pool = bool(caffe_stem_pool)
+        if self.caffe_stem_pool:  # MSRA ResNet-*-deploy.prototxt pool1: kernel 3, stride 2, pad 0, Caffe's ceil
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=0, ceil_mode=True)
+        else:
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         specs = {"stem": FeatureSpec(width, 4)}
 
         channels, stride = width, 4

@@ -5,7 +5,8 @@ The path of one image through `build_detector(spec, num_classes)` (spec: :mod:`d
    range, mean/std), then batching with zero padding. No resizing by default: the data pipeline has
    already resized to a shorter side of 600 (max 1000), so it happens in one place only.
 2. The C4 trunk (conv1..conv4, stride 16) -> {"res4": map} ({"conv5": map} for VGG-16).
-3. torchvision's RPN on that one map: 3 scales x 3 ratios of anchors by default.
+3. torchvision's RPN on that one map: 3 scales x 3 ratios of anchors by default (torchvision's anchors, or
+   py-faster-rcnn's with ``rpn.anchor_style="pfr"``, see :mod:`detres.modeling.rcnn`).
 4. `C4RoIPooler`: RoIAlign or RoIPool of each proposal from the stride-16 map (14x14 for ResNets,
    7x7 for VGG-16), with the scale taken from the trunk's declared stride.
 5. The head: conv5 + global average pooling (ResNets) or fc6/fc7 (VGG-16), then torchvision's
@@ -25,7 +26,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import roi_align, roi_pool
 
 from detres.backbones import build_c4, c4_feature_name
-from detres.modeling.rcnn import PaperRoIHeads, PaperRPN
+from detres.modeling.rcnn import PaperRoIHeads, PaperRPN, PfrAnchorGenerator
 from detres.modeling.spec import POOLERS, DetectorSpec, RoISpec, RPNSpec
 
 
@@ -122,9 +123,11 @@ def build_detector(spec: DetectorSpec, num_classes: int, *,
         raise ValueError(f"num_classes counts the background and must be an int >= 2, got {num_classes!r}")
     b = spec.backbone
     trunk, head = build_c4(b.name, weights=b.weights, style=b.style, norm=b.norm, freeze_at=b.freeze_at,
-                           shortcut=b.shortcut, weights_meta=weights_meta, width=b.width)
+                           shortcut=b.shortcut, weights_meta=weights_meta, width=b.width,
+                           caffe_stem_pool=b.caffe_stem_pool)
     feature = c4_feature_name(b.name)
-    anchors = AnchorGenerator(sizes=(spec.rpn.anchor_sizes,), aspect_ratios=(spec.rpn.aspect_ratios,))
+    anchor_class = PfrAnchorGenerator if spec.rpn.anchor_style == "pfr" else AnchorGenerator
+    anchors = anchor_class(sizes=(spec.rpn.anchor_sizes,), aspect_ratios=(spec.rpn.aspect_ratios,))
     rpn_head = RPNHead(trunk.feature_specs[feature].channels, anchors.num_anchors_per_location()[0])
     predictor = FastRCNNPredictor(head.out_channels, num_classes)
     # Faster R-CNN's initialisation of the two sibling layers (Gaussian std 0.01 / 0.001, zero bias).
@@ -148,7 +151,8 @@ def _build_rpn(r: RPNSpec, anchors: AnchorGenerator, head: RPNHead) -> PaperRPN:
         batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
         pre_nms_top_n=dict(training=r.pre_nms_top_n_train, testing=r.pre_nms_top_n_test),
         post_nms_top_n=dict(training=r.post_nms_top_n_train, testing=r.post_nms_top_n_test),
-        nms_thresh=r.nms_thresh, allowed_border=r.allowed_border, min_size_original=r.min_size)
+        nms_thresh=r.nms_thresh, allowed_border=r.allowed_border, min_size_original=r.min_size,
+        proposal_order=r.anchor_style, smooth_l1_beta=r.smooth_l1_beta)
 
 
 def _build_roi_heads(r: RoISpec, pool: C4RoIPooler, head: nn.Module, predictor: FastRCNNPredictor) -> PaperRoIHeads:
@@ -156,7 +160,7 @@ def _build_roi_heads(r: RoISpec, pool: C4RoIPooler, head: nn.Module, predictor: 
         pool, head, predictor, fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh_hi,
         batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction, bbox_reg_weights=None,
         score_thresh=r.score_thresh, nms_thresh=r.nms_thresh, detections_per_img=r.detections_per_img,
-        bg_iou_thresh_lo=r.bg_iou_thresh_lo)
+        bg_iou_thresh_lo=r.bg_iou_thresh_lo, smooth_l1_beta=r.smooth_l1_beta)
 
 
 def _faster_rcnn(backbone: nn.Module, rpn: PaperRPN, roi_heads: PaperRoIHeads, transform: InputTransform) -> FasterRCNN:

@@ -16,8 +16,33 @@ torchvision hard-codes the other way. Each is a keyword here, and the defaults r
   proposals below ``lo`` are ignored. Images without any ground-truth box keep all their proposals as
   background (torchvision's behaviour), so an image of only difficult objects still trains.
 
+- ``smooth_l1_beta`` (RPN and RoI heads, training): the transition point of the box losses' smooth L1
+  (beta = 1 / sigma^2 in Caffe's ``SmoothL1Loss``). torchvision hard-codes 1/9 for both; py-faster-rcnn's
+  train.prototxt gives the RPN's ``sigma: 3.0`` (beta 1/9) and the Fast R-CNN ``loss_bbox`` no sigma (beta 1).
+  Only beta changes: the normalisations stay torchvision's (RPN: the sum over the sampled anchors' positive
+  boxes divided by the number of sampled anchors; RoI heads: divided by the number of sampled RoIs).
+- ``proposal_order="pfr"`` (RPN, with :class:`PfrAnchorGenerator`, both chosen by ``rpn.anchor_style``):
+  py-faster-rcnn's proposal_layer.py order: decode, clip, drop boxes with a side below the minimum size
+  measured as pfr measures it (``x2 - x1 + 1``), THEN the pre-NMS top-n by score, NMS, post-NMS top-n.
+  torchvision takes the top-n first and drops small boxes (``x2 - x1``) afterwards, so small high-scoring
+  boxes can use up its top-n. Clipping stays torchvision's (to ``[0, W]``; pfr clips to ``W - 1``).
+
+Anchors (``rpn.anchor_style``): torchvision's ``AnchorGenerator`` centres each cell's anchors at ``16 i`` with
+half-sides ``round(size * sqrt(1/r) / 2)`` and ``round(size * sqrt(r) / 2)`` (182 x 90 for 128 px at ratio 0.5).
+py-faster-rcnn's generate_anchors.py starts from the 16-px base box (0, 0, 15, 15) (centre 7.5), enumerates
+the ratios with rounding (ratio 0.5: ``w = round(sqrt(256 / 0.5)) = 23``, ``h = round(23 * 0.5) = 12``),
+then multiplies by the scales ``size / 16`` (184 x 96 for 128 px), and shifts by ``16 i``.
+:class:`PfrAnchorGenerator` makes exactly those boxes, written in detres's continuous coordinates: pfr's
+inclusive pixel box ``(x1, y1, x2, y2)`` is ``(x1, y1, x2 + 1, y2 + 1)`` here (the same pixels; a box on pixel
+columns 0..15 is [0, 16] here, as the data sets' boxes), so torchvision's box coder measures the same widths
+and centres as pfr's bbox_transform does (184 px, centre pixel 7.5 = coordinate 8.0) and the regression
+targets are pfr's. Decoding gives the same numbers as pfr's bbox_transform_inv (``ctr -/+ w / 2``, pfr
+lib/fast_rcnn/bbox_transform.py l.53-59), which pfr reads as inclusive pixels: its boxes are 1 px wider than
+the same numbers here. The size filter measures ``x2 - x1 + 1`` on them, so it keeps pfr's boxes exactly,
+except for boxes clipped at the right or bottom border (pfr clips them 1 px shorter, see above).
+
 The classes are torchvision's with these additions only. ``PaperRoIHeads`` adjusts the parent's
-matching. ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
+matching and computes its training losses itself (the parent's steps, with :func:`fast_rcnn_losses`). ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
 minimum proposal side travel as arguments: it keeps nothing between calls. At test time torchvision's
 ``FasterRCNN.forward`` carries only images and targets, so the scale reaches the RPN through targets that
 hold ``size``/``orig_size`` and no boxes (:func:`scale_targets`).
@@ -26,18 +51,83 @@ The detector (:func:`detres.modeling.build_detector`) constructs both directly f
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 from torchvision.ops import box_iou
 from torchvision.ops import boxes as box_ops
 
-__all__ = ["PaperRPN", "PaperRoIHeads", "image_scales", "scale_targets"]
+__all__ = ["PaperRPN", "PaperRoIHeads", "PfrAnchorGenerator", "pfr_cell_anchors", "fast_rcnn_losses",
+           "image_scales", "scale_targets", "PROPOSAL_ORDERS"]
 
 #: torchvision's own minimum proposal side (pixels): boxes of zero size are always removed.
 _TORCHVISION_MIN_SIZE = 1e-3
+#: torchvision's smooth L1 beta of both box losses (rpn.py compute_loss, roi_heads.py fastrcnn_loss).
+TORCHVISION_SMOOTH_L1_BETA = 1 / 9
+#: the proposal selection orders of :class:`PaperRPN` (see the module docstring).
+PROPOSAL_ORDERS = ("torchvision", "pfr")
+#: py-faster-rcnn's generate_anchors(base_size=16): the side of the base box, the stride of conv5_3/res4.
+PFR_BASE_SIZE = 16
+
+
+def pfr_cell_anchors(sizes, aspect_ratios, base_size: int = PFR_BASE_SIZE, *, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """The anchors of one feature cell (the cell at the origin) as py-faster-rcnn's generate_anchors makes
+    them, for ``scales = size / base_size``: [len(aspect_ratios) * len(sizes), 4], ratio-major (then size),
+    as torchvision orders its own. Boxes xyxy in detres's continuous pixel coordinates (pfr's inclusive
+    ``x2`` plus 1). ``aspect_ratios`` are height / width, as in both libraries.
+
+    >>> pfr_cell_anchors([128], [0.5]).tolist()    # pfr: [-84, -40, 99, 55], 184 x 96, centre (7.5, 7.5)
+    [[-84.0, -40.0, 100.0, 56.0]]
+    """
+    rows = []
+    ctr = (base_size - 1) / 2  # the base box (0, 0, base-1, base-1)'s centre in pixel indices: 7.5
+    for r in aspect_ratios:
+        if r <= 0:
+            raise ValueError(f"aspect ratios must be > 0, got {r}")
+        w = round(math.sqrt(base_size * base_size / r))  # Python's round, like numpy's: half to even
+        h = round(w * r)
+        for size in sizes:
+            s = size / base_size
+            ws, hs = w * s, h * s
+            rows.append((ctr - (ws - 1) / 2, ctr - (hs - 1) / 2, ctr + (ws - 1) / 2 + 1, ctr + (hs - 1) / 2 + 1))
+    return torch.tensor(rows, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+class PfrAnchorGenerator(AnchorGenerator):
+    """torchvision's AnchorGenerator (same arguments, same shifts ``stride * i`` and order: cells row-major,
+    then the cell's anchors ratio-major) with py-faster-rcnn's cell anchors (:func:`pfr_cell_anchors`).
+    ``sizes`` are the anchors' nominal sides in pixels (pfr's scales times 16)."""
+
+    def generate_anchors(self, scales, aspect_ratios, dtype: torch.dtype = torch.float32,
+                         device: torch.device = torch.device("cpu")) -> Tensor:
+        return pfr_cell_anchors(list(scales), list(aspect_ratios), dtype=dtype, device=device)
+
+
+def fast_rcnn_losses(class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor], *, beta: float = TORCHVISION_SMOOTH_L1_BETA
+                     ) -> tuple[Tensor, Tensor]:
+    """torchvision's ``fastrcnn_loss`` with the smooth L1 ``beta`` as an argument.
+
+    class_logits [R, K+1] and box_regression [R, 4 (K+1)] of the R sampled RoIs of all images; labels and
+    regression_targets per image ([R_i] with 0 = background, [R_i, 4] encoded targets). Returns the cross
+    entropy (mean over the R RoIs) and the box loss: smooth L1 of the positives' own-class deltas, summed and
+    divided by R (torchvision's normalisation)."""
+    labels = torch.cat(labels, dim=0)
+    regression_targets = torch.cat(regression_targets, dim=0)
+    classification_loss = F.cross_entropy(class_logits, labels)
+    pos = torch.where(labels > 0)[0]
+    box_regression = box_regression.reshape(class_logits.shape[0], -1, 4)
+    box_loss = F.smooth_l1_loss(box_regression[pos, labels[pos]], regression_targets[pos], beta=beta,
+                                reduction="sum") / labels.numel()
+    return classification_loss, box_loss
 
 
 def image_scales(targets: list[dict[str, Tensor]] | None, num_images: int) -> list[float]:
@@ -75,12 +165,20 @@ class PaperRPN(RegionProposalNetwork):
     stored on the module and ``self.min_size`` (torchvision's fixed threshold) is not used.
     """
 
-    def __init__(self, *args, allowed_border: float = -1.0, min_size_original: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, allowed_border: float = -1.0, min_size_original: float = 0.0,
+                 proposal_order: str = "torchvision", smooth_l1_beta: float = TORCHVISION_SMOOTH_L1_BETA,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if min_size_original < 0:
             raise ValueError(f"rpn min_size must be >= 0 pixels, got {min_size_original}")
+        if proposal_order not in PROPOSAL_ORDERS:
+            raise ValueError(f"rpn proposal_order must be one of {list(PROPOSAL_ORDERS)}, got {proposal_order!r}")
+        if not smooth_l1_beta >= 0:
+            raise ValueError(f"rpn smooth_l1_beta must be >= 0, got {smooth_l1_beta}")
         self.allowed_border = float(allowed_border)
         self.min_size_original = float(min_size_original)
+        self.proposal_order = proposal_order
+        self.smooth_l1_beta = float(smooth_l1_beta)
 
     def forward(self, images: ImageList, features: dict[str, Tensor],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -110,13 +208,34 @@ class PaperRPN(RegionProposalNetwork):
         return boxes, losses
 
     def _min_size(self, scale: float) -> float:
+        if self.proposal_order == "pfr":  # pfr's widths are x2 - x1 + 1 > 0: no floor needed
+            return self.min_size_original * scale
         return max(self.min_size_original * scale, _TORCHVISION_MIN_SIZE)
+
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The parent's losses with ``smooth_l1_beta``: binary cross entropy over the sampled anchors, and the
+        positives' smooth L1 summed and divided by the number of sampled anchors (torchvision's)."""
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        sampled_pos = torch.where(torch.cat(sampled_pos, dim=0))[0]
+        sampled_neg = torch.where(torch.cat(sampled_neg, dim=0))[0]
+        sampled = torch.cat([sampled_pos, sampled_neg], dim=0)
+        objectness = objectness.flatten()
+        labels = torch.cat(labels, dim=0)
+        regression_targets = torch.cat(regression_targets, dim=0)
+        box_loss = F.smooth_l1_loss(pred_bbox_deltas[sampled_pos], regression_targets[sampled_pos],
+                                    beta=self.smooth_l1_beta, reduction="sum") / sampled.numel()
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
+        return objectness_loss, box_loss
 
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
                          num_anchors_per_level: list[int], min_sizes: list[float] | None = None
                          ) -> tuple[list[Tensor], list[Tensor]]:
         """The parent's selection (top-n per level, clip, small boxes, score, NMS, post-n) with a minimum
-        box side per image, ``min_sizes[i]`` pixels (default: ``min_size_original`` at scale 1)."""
+        box side per image, ``min_sizes[i]`` pixels (default: ``min_size_original`` at scale 1).
+        With ``proposal_order="pfr"``: clip, small boxes (sides ``x2 - x1 + 1``), top-n, score, NMS, post-n.
+        proposals [N, A, 4] xyxy input pixels, objectness [N, A] logits; returns per image the kept boxes
+        [P, 4] and their probabilities [P], best first."""
         num_images = proposals.shape[0]
         if min_sizes is None:
             min_sizes = [self._min_size(1.0)] * num_images
@@ -124,6 +243,9 @@ class PaperRPN(RegionProposalNetwork):
         levels = torch.cat([torch.full((n,), idx, dtype=torch.int64, device=proposals.device)
                             for idx, n in enumerate(num_anchors_per_level)], 0)
         levels = levels.reshape(1, -1).expand_as(objectness)
+        if self.proposal_order == "pfr":
+            return self._filter_proposals_pfr(proposals, objectness, levels, image_shapes, min_sizes,
+                                              len(num_anchors_per_level))
         top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)  # per level, before NMS
         batch_idx = torch.arange(num_images, device=proposals.device)[:, None]
         objectness, levels = objectness[batch_idx, top_n_idx], levels[batch_idx, top_n_idx]
@@ -134,6 +256,31 @@ class PaperRPN(RegionProposalNetwork):
             boxes = box_ops.clip_boxes_to_image(boxes, shape)
             keep = box_ops.remove_small_boxes(boxes, min_size)
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep = torch.where(scores >= self.score_thresh)[0]
+            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep = box_ops.batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(scores[keep])
+        return final_boxes, final_scores
+
+    def _filter_proposals_pfr(self, proposals: Tensor, objectness: Tensor, levels: Tensor,
+                              image_shapes: list[tuple[int, int]], min_sizes: list[float], num_levels: int
+                              ) -> tuple[list[Tensor], list[Tensor]]:
+        """py-faster-rcnn proposal_layer.py's order: the size filter comes before the top-n (per level, as
+        the parent's top-n; a C4 detector has one level, as pfr)."""
+        pre_n = self.pre_nms_top_n()
+        final_boxes, final_scores = [], []
+        for boxes, logits, lvl, shape, min_size in zip(proposals, objectness, levels, image_shapes, min_sizes):
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            ws, hs = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1  # pfr's _filter_boxes
+            keep = torch.where((ws >= min_size) & (hs >= min_size))[0]
+            boxes, logits, lvl = boxes[keep], logits[keep], lvl[keep]
+            top = []
+            for level in range(num_levels):  # static, so that tracing (export) keeps the loop
+                idx = torch.where(lvl == level)[0]
+                top.append(idx[logits[idx].topk(det_utils._topk_min(idx, pre_n, 0)).indices])
+            top = torch.cat(top)
+            boxes, scores, lvl = boxes[top], torch.sigmoid(logits[top]), lvl[top]
             keep = torch.where(scores >= self.score_thresh)[0]
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
             keep = box_ops.batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
@@ -168,12 +315,38 @@ class PaperRoIHeads(RoIHeads):
     """torchvision's RoIHeads plus ``bg_iou_thresh_lo`` (see the module docstring). All other arguments
     are the parent's (``fg_iou_thresh``, ``bg_iou_thresh`` = the upper end of the background range)."""
 
-    def __init__(self, *args, bg_iou_thresh_lo: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, bg_iou_thresh_lo: float = 0.0, smooth_l1_beta: float = TORCHVISION_SMOOTH_L1_BETA,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         hi = self.proposal_matcher.low_threshold
         if not 0.0 <= bg_iou_thresh_lo <= hi:
             raise ValueError(f"roi bg_iou_thresh_lo must be in [0, bg_iou_thresh_hi={hi}], got {bg_iou_thresh_lo}")
+        if not smooth_l1_beta >= 0:
+            raise ValueError(f"roi smooth_l1_beta must be >= 0, got {smooth_l1_beta}")
         self.bg_iou_thresh_lo = float(bg_iou_thresh_lo)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None
+                ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Inference: the parent's. Training: the parent's box branch (sample, pool, head, predictor) with
+        :func:`fast_rcnn_losses` at ``smooth_l1_beta``; returns ``([], {"loss_classifier", "loss_box_reg"})``."""
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        if self.has_mask() or self.has_keypoint():
+            raise ValueError("PaperRoIHeads trains the box branch only (no mask or keypoint heads)")
+        if targets is None:
+            raise ValueError("targets should not be None in training")
+        for t in targets:
+            if not t["boxes"].is_floating_point() or t["labels"].dtype != torch.int64:
+                raise ValueError(f"target boxes must be float and labels int64, got {t['boxes'].dtype} and "
+                                 f"{t['labels'].dtype}")
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_classifier, loss_box_reg = fast_rcnn_losses(class_logits, box_regression, labels, regression_targets,
+                                                         beta=self.smooth_l1_beta)
+        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
     def assign_targets_to_proposals(self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor]
                                     ) -> tuple[list[Tensor], list[Tensor]]:

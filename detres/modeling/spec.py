@@ -19,10 +19,13 @@ from typing import Any, Mapping, Optional, Union
 from detres.backbones import NORMS, SHORTCUTS, STYLES, default_pool_size, list_backbones
 from detres.config import BackboneConfig, DataConfig, PoolerConfig, RoIConfig, RPNConfig
 
-__all__ = ["SpecError", "BackboneSpec", "PoolerSpec", "RPNSpec", "RoISpec", "InputSpec", "DetectorSpec", "POOLERS"]
+__all__ = ["SpecError", "BackboneSpec", "PoolerSpec", "RPNSpec", "RoISpec", "InputSpec", "DetectorSpec", "POOLERS",
+           "ANCHOR_STYLES"]
 
 #: RoI feature extraction: torchvision's RoIAlign or the Fast R-CNN RoI max pooling.
 POOLERS = ("roi_align", "roi_pool")
+#: RPN anchors and proposal order: py-faster-rcnn's (see :mod:`detres.modeling.rcnn`) or torchvision's.
+ANCHOR_STYLES = ("pfr", "torchvision")
 
 # the defaults, read from the config schema (written once, there)
 _B, _P, _R, _O, _D = BackboneConfig(), PoolerConfig(), RPNConfig(), RoIConfig(), DataConfig()
@@ -77,9 +80,11 @@ class BackboneSpec:
     freeze_at: int = _B.freeze_at
     shortcut: str = _B.shortcut
     width: int = _B.width
+    caffe_stem_pool: bool = _B.caffe_stem_pool
 
     def __post_init__(self) -> None:
         _check_choice("backbone", "name", self.name, list_backbones())
+        _check_choice("backbone", "caffe_stem_pool", self.caffe_stem_pool, (False, True))
         _check_choice("backbone", "style", self.style, (None, *STYLES))
         _check_choice("backbone", "norm", self.norm, NORMS)
         _check_choice("backbone", "shortcut", self.shortcut, SHORTCUTS)
@@ -118,8 +123,12 @@ class RPNSpec:
     allowed_border: float = _R.allowed_border
     batch_size_per_image: int = _R.batch_size_per_image
     positive_fraction: float = _R.positive_fraction
+    anchor_style: str = _R.anchor_style
+    smooth_l1_beta: float = _R.smooth_l1_beta
 
     def __post_init__(self) -> None:
+        _check_choice("rpn", "anchor_style", self.anchor_style, ANCHOR_STYLES)
+        _check_range("rpn", self, "smooth_l1_beta", 0, None)
         _check_sizes("rpn", self, "anchor_sizes")
         _check_sizes("rpn", self, "aspect_ratios")
         for name in ("pre_nms_top_n_train", "post_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_test",
@@ -143,8 +152,10 @@ class RoISpec:
     score_thresh: float = _O.score_thresh
     nms_thresh: float = _O.nms_thresh
     detections_per_img: int = _O.detections_per_img
+    smooth_l1_beta: float = _O.smooth_l1_beta
 
     def __post_init__(self) -> None:
+        _check_range("roi", self, "smooth_l1_beta", 0, None)
         _check_range("roi", self, "batch_size_per_image", 1, None)
         _check_range("roi", self, "positive_fraction", 0, 1)
         _check_range("roi", self, "fg_iou_thresh", 0, 1)
