@@ -454,3 +454,27 @@ def test_check_data_covers_a_classification_folder(tmp_path):
     problems = check_data(cfg, workers=2)
     assert len(problems) == 1 and problems[0][0] == "test" and "bad.png: cannot decode image" in problems[0][1]
 
+
+
+def test_predictor_scales_a_16_bit_pil_image_instead_of_clipping():
+    """detres.Predictor's PIL input path: a 16-bit grey image at half range becomes mid-grey, not white."""
+    import numpy as np
+    from PIL import Image
+
+    from detres.tasks.predictor import as_rgb_array
+
+    im = Image.fromarray(np.full((4, 5), 32768, np.uint16))
+    rgb = as_rgb_array(im)
+    assert rgb.shape == (4, 5, 3) and rgb.dtype == np.uint8
+    assert int(rgb[0, 0, 0]) == 128  # 32768 / 65535 * 255 (np.array(im.convert("RGB")) gives 255)
+
+
+def test_eval_refuses_a_device_name_torch_would_read_otherwise(tmp_path):
+    import pytest
+
+    from detres.config import load_config
+    from detres.tasks.detection import run_eval
+
+    cfg = load_config("configs/demo_shapes.yaml", [f"data.root={tmp_path}"])
+    with pytest.raises(ValueError, match="gpu"):
+        run_eval(cfg, str(tmp_path / "missing.pth"), device="gpu")

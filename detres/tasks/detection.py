@@ -48,6 +48,7 @@ from detres.modeling.export import export_detector, export_metadata
 from detres.modeling.fast import prepare_for_inference
 from detres.tasks.common import check_choice, run_training, start_run
 from detres.utils import comm
+from detres.utils.cli import check_device
 from detres.utils.io import data_root
 from detres.utils.rng import seed_all
 
@@ -362,11 +363,11 @@ def run_eval(cfg: DetConfig, checkpoint: str, *, split: str | None = None, devic
     """Evaluate ``checkpoint`` on ``split`` (default ``data.test``); returns the evaluator's metrics and, with
     ``output_dir``, writes the results files there (VOC comp4 txt / COCO json). ``data_root`` replaces
     ``data.root`` (tools/eval.py's ``--data-root``)."""
+    dev = torch.device(check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu"))  # "gpu" refused
     if not Path(checkpoint).is_file():
         raise ValueError(f"{checkpoint}: checkpoint not found")
     if data_root:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = build_test_dataset(cfg, split)
     model = load_model_from_checkpoint(cfg, checkpoint, device=dev)
     expected = check_num_classes(cfg, dataset)

@@ -19,7 +19,7 @@ import torch
 
 from detres.config import DetConfig, load_config
 from detres.data.coco import find_coco_files
-from detres.data.transforms import build_transforms, read_image_rgb
+from detres.data.transforms import build_transforms, pil_to_rgb8, read_image_rgb
 from detres.engine.checkpoint import load_checkpoint
 from detres.evaluation.inference import predict_original
 from detres.tasks.detection import class_names_for, inference_model, load_model_from_checkpoint
@@ -33,7 +33,7 @@ def as_rgb_array(image: Any) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image_rgb(image)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        return np.array(image.convert("RGB"))
+        return pil_to_rgb8(image)  # 16-bit and float modes scaled, not clipped
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"image array: expected dtype uint8 (RGB 0-255), got {image.dtype}")
