@@ -18,11 +18,22 @@ def _png_size(path):
         return im.size
 
 
-def test_pr_curves_one_panel_per_class(tmp_path):
+def test_pr_curves_one_panel_per_class(tmp_path, monkeypatch):
     # class a: TP, FP, TP over 2 objects (hand-computed): recall .5 .5 1, precision 1 .5 .667
+    import matplotlib.axes
+
+    drawn, titles = [], []
+    real_plot, real_title = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, x, y, *a, **k: drawn.append((list(x), list(y))) or real_plot(ax, x, y, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, t, *a, **k: titles.append(t) or real_title(ax, t, *a, **k))
     curves = {"a": (np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3]), 0.8), "b": (np.array([]), np.array([]), None)}
     w, h = _png_size(plot_pr_curves(curves, tmp_path / "pr.png", title="t"))
     assert w > h  # two panels side by side
+    # the one curve drawn is class a's, starting at recall 0 with its first precision; b's panel has none
+    assert drawn == [([0.0, 0.5, 0.5, 1.0], [1.0, 1.0, 0.5, pytest.approx(2 / 3)])]
+    assert "a: AP 80.0" in titles and "b" in titles
     with pytest.raises(ValueError):
         plot_pr_curves({}, tmp_path / "none.png")
 

@@ -44,11 +44,23 @@ def test_predictor_takes_paths_pil_and_arrays(run_dir, tmp_path):
     for out in outs:
         assert set(out) == {"boxes", "labels", "scores", "class_names"}
         assert out["boxes"].shape == (len(out["labels"]), 4) and len(out["class_names"]) == len(out["labels"])
-        if len(out["labels"]):
-            b = out["boxes"]
-            assert (b[:, 0] >= 0).all() and (b[:, 2] <= 90).all() and (b[:, 3] <= 50).all()  # ORIGINAL pixels
-            assert torch.all(out["scores"][:-1] >= out["scores"][1:])
     torch.testing.assert_close(outs[0]["boxes"], outs[2]["boxes"])  # the same image, however given
+
+    d = predictor.cfg.data
+    scale = min(d.min_size / 50, d.max_size / 90)  # the data pipeline's resize of this 50 x 90 image
+    resized = (round(50 * scale), round(90 * scale))
+
+    class Known(torch.nn.Module):  # detections at known places of the RESIZED input
+        def forward(self, images, targets=None):
+            h, w = images[0].shape[-2:]
+            assert (h, w) == resized
+            return [{"boxes": torch.tensor([[0.0, 0.0, w, h], [w / 4, h / 4, w / 2, h / 2]]),
+                     "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.8])}]
+
+    predictor.model = Known()
+    out = predictor(img)  # mapped back to the ORIGINAL 90 x 50 pixels, per axis
+    torch.testing.assert_close(out["boxes"], torch.tensor([[0.0, 0.0, 90.0, 50.0], [22.5, 12.5, 45.0, 25.0]]))
+    assert out["labels"].tolist() == [2, 1] and out["class_names"] == ["square", "circle"]
     gray = predictor(img[:, :, 0])  # a grayscale array is repeated to RGB
     assert gray["boxes"].shape[1] == 4
     with pytest.raises(ValueError, match="uint8"):
