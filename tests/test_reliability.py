@@ -478,3 +478,20 @@ def test_eval_refuses_a_device_name_torch_would_read_otherwise(tmp_path):
     cfg = load_config("configs/demo_shapes.yaml", [f"data.root={tmp_path}"])
     with pytest.raises(ValueError, match="gpu"):
         run_eval(cfg, str(tmp_path / "missing.pth"), device="gpu")
+
+
+def test_cpu_bf16_is_one_policy_in_utils_amp(monkeypatch):
+    """Training's amp setting never runs bf16 on a CPU; the fast inference path's opt-in does, and only on a CPU
+    with native bf16 (the rule lives in utils/amp, which the fast path now uses instead of its own autocast)."""
+    import torch
+
+    import detres.utils.amp as amp
+
+    assert amp.effective_amp("bf16", "cpu") is None
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
+    assert amp.effective_amp("bf16", "cpu", cpu_bf16=True) == "bf16"
+    assert amp.effective_amp("fp16", "cpu", cpu_bf16=True) is None
+    ctx = amp.autocast("bf16", "cpu", cpu_bf16=True)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and ctx.device == "cpu"
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
+    assert amp.effective_amp("bf16", "cpu", cpu_bf16=True) is None

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import logging
 from typing import Any
 
@@ -44,6 +43,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from detres.config import FastConfig
 from detres.modeling.roi_algebra import CommutedC4Block
 from detres.modeling.winograd import replace_convs
+from detres.utils.amp import autocast, cpu_has_native_bf16  # noqa: F401  (cpu_has_native_bf16: public here too)
 
 __all__ = ["prepare_for_inference", "fold_batchnorm", "cpu_has_native_bf16", "FAST_DEFAULTS"]
 
@@ -100,17 +100,6 @@ def fold_batchnorm(module: nn.Module) -> int:
                     parent[i + 1] = nn.Identity()
                     folded += 1
     return folded
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); bf16 elsewhere is emulated."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _can_commute(model: nn.Module) -> bool:
@@ -193,7 +182,7 @@ class _Autocast(nn.Module):
         self.module, self.device_type = module, device_type
 
     def forward(self, x: torch.Tensor) -> Any:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+        with autocast("bf16", self.device_type, cpu_bf16=True):  # utils/amp: the one precision policy
             out = self.module(x)
         if isinstance(out, dict):
             return type(out)((k, v.float()) for k, v in out.items())
