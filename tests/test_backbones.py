@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from detres.backbones import (MSRA_META, build_backbone, build_c4, build_classifier, list_backbones,
+from detres.backbones import (MSRA_META, build_backbone, build_c4, build_classifier, list_backbones, list_classifiers,
                               read_weights)
 from detres.backbones.stats import count_gflops, count_params
 
@@ -287,3 +287,28 @@ def test_weights_meta_sets_bn_eps_and_travels(tmp_path):
     trunk, head = build_c4("resnet18", weights=tmp_path / "w.pth", style="msra")
     assert trunk.bn1.eps == 0.0 and trunk.weights_meta["channel_order"] == "BGR"
     assert head.weights_meta["style"] == "msra"
+
+
+@pytest.mark.parametrize("name", [n for n in list_classifiers() if n.startswith("cifar_") and n != "cifar_resnet1202"])
+def test_cifar_classifier_contract(name):
+    """The backbone contract tests cover list_backbones() (detection trunks); the CIFAR nets are classifiers only,
+    checked here against the Sec. 4.2 architecture: 6n + 2 weighted layers (6n 3x3 convs in the stages plus the
+    first conv, then fc), 16/32/64 filters on 32/16/8 maps, logits [N, 10]. (ResNet-1202 has the same rule; its
+    parameters are checked in the Table 6 test, building it here would cost seconds for nothing new.)"""
+    from detres.backbones.cifar import cifar_spec
+
+    n, residual = cifar_spec(name)
+    net = build_classifier(name).eval()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    fcs = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(convs) + len(fcs) == 6 * n + 2 and len(fcs) == 1 and fcs[0].out_features == 10
+    assert sorted({c.out_channels for c in convs}) == [16, 32, 64]
+    shapes = []
+    hooks = [c.register_forward_hook(lambda m, i, o: shapes.append((o.shape[1], o.shape[2]))) for c in convs]
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert out.shape == (2, 10)
+    assert set(shapes) == {(16, 32), (32, 16), (64, 8)}
+    assert name.startswith("cifar_resnet") == residual
