@@ -64,7 +64,7 @@ def test_paper_defaults():
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 128
     vgg = build_detector(make_spec("vgg16", pooler={"type": "roi_pool"}), 21)
     assert vgg.roi_heads.box_roi_pool.output_size == 7 and vgg.roi_heads.box_roi_pool.kind == "roi_pool"
-    with pytest.raises(ValueError, match="pooler.resolution: vgg16's fc6 takes 7x7 RoI features; 14"):
+    with pytest.raises(ValueError, match=r"pooler.resolution: vgg16's head takes 7x7 RoI features \(its first fc layer\); 14"):
         make_spec("vgg16", pooler={"resolution": 14})
     with pytest.raises(ValueError, match="background"):
         build_detector(make_spec("resnet18"), 1)

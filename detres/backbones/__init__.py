@@ -30,7 +30,7 @@ from .weights import (MSRA_META, TORCHVISION_META, default_meta, load_state, rea
 
 __all__ = [
     "FeatureSpec", "list_backbones", "list_classifiers", "build_backbone", "build_c4", "build_classifier",
-    "read_weights", "NORMS",
+    "read_weights", "NORMS", "default_pool_size", "fixed_pool_size", "has_style",
     "SHORTCUTS", "STYLES", "CifarResNet",
     "TORCHVISION_META", "MSRA_META", "BACKBONES", "ResNet", "ResNetC4Head", "VGG16", "VGG16FCHead",
 ]
@@ -41,12 +41,15 @@ class _Entry:
     family: str  # "resnet", "vgg" or "cifar"
     c4_feature: str | None  # the stride-16 map the RPN and RoI pooling read (None: a classifier only)
     default_pool: int | None  # RoI pooling size in the paper: 14 before conv5 (ResNet), 7 before fc6 (VGG)
+    fixed_pool: bool = False  # the head takes only default_pool (VGG-16's fc6 is a 7x7x512 matrix)
+    has_width: bool = False  # the width and style options apply (ResNets; VGG-16 and the CIFAR nets are as published)
 
 
-# The registry: a plain dict. Adding a backbone means adding an entry here and a builder family.
+# The registry: a plain dict. Adding a backbone means adding an entry here and its family's three builders
+# in _FAMILIES below.
 BACKBONES: dict[str, _Entry] = {
-    **{name: _Entry("resnet", "res4", 14) for name in _RESNET_ARCHS},
-    "vgg16": _Entry("vgg", "conv5", 7),
+    **{name: _Entry("resnet", "res4", 14, has_width=True) for name in _RESNET_ARCHS},
+    "vgg16": _Entry("vgg", "conv5", 7, fixed_pool=True),
     # the paper's CIFAR-10 study (Sec. 4.2): classifiers of 32x32 images, no detection trunk
     **{name: _Entry("cifar", None, None) for name in CIFAR_DEPTHS},
 }
@@ -81,7 +84,7 @@ def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str | N
     check_shortcut(shortcut)
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
-    if entry.family != "resnet" and width != 64:
+    if not entry.has_width and width != 64:
         raise ValueError(f"width={width}: only ResNets have a width option ({name} is built as published)")
     if weights is None and weights_meta is not None:
         meta = validate_meta(weights_meta, "weights_meta")
@@ -96,7 +99,7 @@ def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str | N
 
 def _detection_entry(name: str) -> _Entry:
     entry = _entry(name)
-    if entry.family == "cifar":
+    if entry.c4_feature is None:
         raise ValueError(f"{name}: a CIFAR-10 classifier (32x32 images); it has no detection trunk, "
                          "use build_classifier")
     return entry
@@ -140,18 +143,8 @@ def build_backbone(
     _detection_entry(name)
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
     out_features = (out_features,) if isinstance(out_features, str) else tuple(out_features)
-    if entry.family == "resnet":
-        net: nn.Module = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style,
-                                shortcut=shortcut, out_features=out_features, width=width,
-                                caffe_stem_pool=caffe_stem_pool)
-        built = {m for _, m in net._stages}
-        drop = ["fc."] + [f"layer{i}." for i in range(1, 5) if f"layer{i}" not in built]
-    else:
-        if out_features == ("res4",):
-            out_features = ("conv5",)
-        net = VGG16(out_features=out_features)
-        n = len(net.features)
-        drop = ["classifier."] + [f"features.{i}." for i in range(n, 31)]
+    net, drop = _FAMILIES[entry.family].trunk(name, norm_factory(norm, eps=meta["bn_eps"]), style, shortcut,
+                                              out_features, width, caffe_stem_pool)
     if state is not None:
         load_state(net, state, source=os.fspath(weights), drop_prefixes=drop)
     net.freeze(freeze_at)
@@ -181,13 +174,8 @@ def build_c4(
     """
     _detection_entry(name)
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, weights_meta, width=width)
-    if entry.family == "resnet":
-        net = ResNet(name, norm=norm_factory(norm, eps=meta["bn_eps"]), style=style, shortcut=shortcut,
-                     out_features=("res4", "res5"), width=width, caffe_stem_pool=caffe_stem_pool)
-        drop = ["fc."]
-    else:
-        net = VGG16C4()
-        drop = ["classifier.6."]
+    net, drop = _FAMILIES[entry.family].c4(name, norm_factory(norm, eps=meta["bn_eps"]), style, shortcut, width,
+                                           caffe_stem_pool)
     if state is not None:
         load_state(net, state, source=os.fspath(weights), drop_prefixes=drop)
     net.freeze(freeze_at)
@@ -214,20 +202,57 @@ def build_classifier(
     style: as build_backbone (None: the weights' style, else "pytorch").
     """
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
-    if num_classes is None:
-        num_classes = 10 if entry.family == "cifar" else _CLS.num_classes
-    if entry.family == "resnet":
-        net: nn.Module = ResNetClassifier(name, num_classes=num_classes,
-                                          norm=norm_factory(norm, eps=meta["bn_eps"]), style=style,
-                                          shortcut=shortcut, width=width)
-    elif entry.family == "cifar":  # the shortcut is part of the name: option A, or none for the plain nets
-        n, residual = cifar_spec(name)
-        net = CifarResNet(n, residual=residual, num_classes=num_classes, norm=norm_factory(norm, eps=meta["bn_eps"]))
-    else:
-        net = VGG16Classifier(num_classes=num_classes)
+    family = _FAMILIES[entry.family]
+    net = family.classifier(name, num_classes if num_classes is not None else family.num_classes,
+                            norm_factory(norm, eps=meta["bn_eps"]), style, shortcut, width)
     if state is not None:
         load_state(net, state, source=os.fspath(weights))
     return _finish(net, meta, name, style)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How one family builds its three networks; the registry's entries name their family."""
+    trunk: Any  # (name, norm, style, shortcut, out_features, width, caffe_stem_pool) -> (net, prefixes to drop)
+    c4: Any  # (name, norm, style, shortcut, width, caffe_stem_pool) -> (net with split_c4, prefixes to drop)
+    classifier: Any  # (name, num_classes, norm, style, shortcut, width) -> net
+    num_classes: int  # the family's data set: ImageNet's 1000, CIFAR-10's 10
+
+
+def _resnet_trunk(name, norm, style, shortcut, out_features, width, caffe_stem_pool):
+    net = ResNet(name, norm=norm, style=style, shortcut=shortcut, out_features=out_features, width=width,
+                 caffe_stem_pool=caffe_stem_pool)
+    built = {m for _, m in net._stages}
+    return net, ["fc."] + [f"layer{i}." for i in range(1, 5) if f"layer{i}" not in built]
+
+
+def _vgg_trunk(name, norm, style, shortcut, out_features, width, caffe_stem_pool):
+    net = VGG16(out_features=("conv5",) if out_features == ("res4",) else out_features)  # "res4": its stride-16 map
+    return net, ["classifier."] + [f"features.{i}." for i in range(len(net.features), 31)]
+
+
+def _no_trunk(name, *args):
+    raise ValueError(f"{name}: a CIFAR-10 classifier (32x32 images); it has no detection trunk, use build_classifier")
+
+
+def _cifar_classifier(name, num_classes, norm, style, shortcut, width):
+    n, residual = cifar_spec(name)  # the shortcut is part of the name: option A, or none for the plain nets
+    return CifarResNet(n, residual=residual, num_classes=num_classes, norm=norm)
+
+
+_FAMILIES: dict[str, _Family] = {
+    "resnet": _Family(
+        trunk=_resnet_trunk,
+        c4=lambda name, norm, style, shortcut, width, pool: (ResNet(
+            name, norm=norm, style=style, shortcut=shortcut, out_features=("res4", "res5"), width=width,
+            caffe_stem_pool=pool), ["fc."]),
+        classifier=lambda name, k, norm, style, shortcut, width: ResNetClassifier(
+            name, num_classes=k, norm=norm, style=style, shortcut=shortcut, width=width),
+        num_classes=_CLS.num_classes),
+    "vgg": _Family(trunk=_vgg_trunk, c4=lambda *args: (VGG16C4(), ["classifier.6."]),
+                   classifier=lambda name, k, *args: VGG16Classifier(num_classes=k), num_classes=_CLS.num_classes),
+    "cifar": _Family(trunk=_no_trunk, c4=_no_trunk, classifier=_cifar_classifier, num_classes=10),
+}
 
 
 def default_pool_size(name: str) -> int:
@@ -238,3 +263,14 @@ def default_pool_size(name: str) -> int:
 def c4_feature_name(name: str) -> str:
     """The name of the stride-16 map the C4 trunk returns: "res4" or "conv5"."""
     return _entry(name).c4_feature
+
+
+def has_style(name: str) -> bool:
+    """Whether the stride placement ("pytorch" / "msra") is an option of this network (ResNets)."""
+    return _entry(name).has_width
+
+
+def fixed_pool_size(name: str) -> int | None:
+    """The only RoI pooling size this backbone's head takes (VGG-16: 7, its fc6), or None (any size)."""
+    entry = _entry(name)
+    return entry.default_pool if entry.fixed_pool else None

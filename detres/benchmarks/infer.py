@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from detres.backbones import default_pool_size
 from detres.benchmarks import register
 from detres.modeling import BackboneSpec, DetectorSpec, PoolerSpec, RPNSpec, build_detector
 from detres.modeling.fast import FAST_DEFAULTS, prepare_for_inference
@@ -59,7 +60,7 @@ def torchvision_c4(name: str, *, num_classes: int = 21, proposals: int = 300) ->
 def _detres_c4(name: str, *, proposals: int) -> nn.Module:
     # torchvision's ResNets are "v1.5" (stride in the 3x3): the same network is the pytorch style
     spec = DetectorSpec(backbone=BackboneSpec(name=name, style="pytorch"),
-                        pooler=PoolerSpec(type="roi_align", resolution=7 if name == "vgg16" else 14),
+                        pooler=PoolerSpec(type="roi_align", resolution=default_pool_size(name)),
                         rpn=RPNSpec(post_nms_top_n_test=proposals, nms_thresh=1.0))
     return build_detector(spec, 21)
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional, Union
 
-from detres.backbones import NORMS, SHORTCUTS, STYLES, default_pool_size, list_backbones
+from detres.backbones import NORMS, SHORTCUTS, STYLES, default_pool_size, fixed_pool_size, list_backbones
 from detres.config import BackboneConfig, DataConfig, PoolerConfig, RoIConfig, RPNConfig
 
 __all__ = ["SpecError", "BackboneSpec", "PoolerSpec", "RPNSpec", "RoISpec", "InputSpec", "DetectorSpec", "POOLERS",
@@ -197,8 +197,10 @@ class DetectorSpec:
             if not isinstance(getattr(self, f.name), _PARTS[f.name]):
                 got = type(getattr(self, f.name)).__name__
                 raise SpecError(f.name, f"must be a {_PARTS[f.name].__name__}, got {got}")
-        if self.backbone.name == "vgg16" and self.pool_size != 7:
-            raise SpecError("pooler.resolution", f"vgg16's fc6 takes 7x7 RoI features; {self.pool_size} cannot be used")
+        fixed = fixed_pool_size(self.backbone.name)
+        if fixed is not None and self.pool_size != fixed:
+            raise SpecError("pooler.resolution", f"{self.backbone.name}'s head takes {fixed}x{fixed} RoI features (its "
+                            f"first fc layer); {self.pool_size} cannot be used")
 
     @property
     def pool_size(self) -> int:

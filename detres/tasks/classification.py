@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detres.backbones import NORMS, SHORTCUTS, STYLES, build_classifier, list_classifiers
+from detres.backbones import NORMS, SHORTCUTS, STYLES, build_classifier, has_style, list_classifiers
 from detres.config import ClsConfig
 from detres.data.cifar import CIFAR10
 from detres.data.cifar import digits as cifar_digits
@@ -70,7 +70,7 @@ def cls_meta(cfg: ClsConfig, mean_image: torch.Tensor | None = None) -> dict[str
         mean = [float(v) for v in mean_image.double().mean(dim=(1, 2))]
         extra["mean_image"] = {"shape": list(mean_image.shape), "checkpoint_key": "mean_image"}
     return {
-        "style": cfg.model.style if cfg.model.name != "vgg16" else "pytorch",
+        "style": cfg.model.style if has_style(cfg.model.name) else "pytorch",
         "channel_order": "RGB",
         "input_range": 1.0,
         "mean": mean,
