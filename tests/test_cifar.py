@@ -158,7 +158,8 @@ def test_a_tiny_cifar_run_learns_and_the_study_tools_read_it(tmp_path):
         cfg = load_config(ROOT / "configs" / f"cifar10_{name.removeprefix('cifar_')}.yaml", [
             f"data.root={data}", f"output_dir={tmp_path / name}", "solver.max_iter=20", "solver.steps=[15]",
             "solver.ims_per_batch=16", "solver.reference_batch=16", "solver.log_period=2", "test.eval_period=10",
-            "data.num_workers=0", "solver.checkpoint_period=0"])
+            # lr 0.02: the recipe's 0.1 on 64 images diverged under AVX2 arithmetic with the seeded loader's order
+            "data.num_workers=0", "solver.checkpoint_period=0", "solver.base_lr=0.02"])
         run_train(cfg, progress=False)
         runs.append(tmp_path / name)
     rows = [json.loads(line) for line in (runs[1] / "metrics.jsonl").read_text().splitlines()]
