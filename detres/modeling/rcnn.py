@@ -256,12 +256,17 @@ class PaperRPN(RegionProposalNetwork):
             boxes = box_ops.clip_boxes_to_image(boxes, shape)
             keep = box_ops.remove_small_boxes(boxes, min_size)
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
-            keep = torch.where(scores >= self.score_thresh)[0]
-            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
-            keep = box_ops.batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
-            final_boxes.append(boxes[keep])
-            final_scores.append(scores[keep])
+            boxes, scores = self._score_and_nms(boxes, scores, lvl)
+            final_boxes.append(boxes)
+            final_scores.append(scores)
         return final_boxes, final_scores
+
+    def _score_and_nms(self, boxes: Tensor, scores: Tensor, lvl: Tensor) -> tuple[Tensor, Tensor]:
+        """The end both proposal orders share: the score threshold, NMS per level, the post-NMS top-n."""
+        keep = torch.where(scores >= self.score_thresh)[0]
+        boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+        keep = box_ops.batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+        return boxes[keep], scores[keep]
 
     def _filter_proposals_pfr(self, proposals: Tensor, objectness: Tensor, levels: Tensor,
                               image_shapes: list[tuple[int, int]], min_sizes: list[float], num_levels: int
@@ -281,11 +286,9 @@ class PaperRPN(RegionProposalNetwork):
                 top.append(idx[logits[idx].topk(det_utils._topk_min(idx, pre_n, 0)).indices])
             top = torch.cat(top)
             boxes, scores, lvl = boxes[top], torch.sigmoid(logits[top]), lvl[top]
-            keep = torch.where(scores >= self.score_thresh)[0]
-            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
-            keep = box_ops.batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
-            final_boxes.append(boxes[keep])
-            final_scores.append(scores[keep])
+            boxes, scores = self._score_and_nms(boxes, scores, lvl)
+            final_boxes.append(boxes)
+            final_scores.append(scores)
         return final_boxes, final_scores
 
     def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]],
