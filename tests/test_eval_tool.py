@@ -170,3 +170,40 @@ def test_config_checkpoint_mode_uses_the_checkpoints_meta(tmp_path, capsys):
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # cut short: one line naming the file, no traceback
     rc, _, err = _run(["--config", cfg_path, "--checkpoint", ckpt], capsys)
     assert rc != 0 and "model_final.pth" in err and "Traceback" not in err
+
+
+def test_eval_under_torchrun_shards_the_images_and_gathers_the_single_process_metrics(tmp_path, capsys):
+    """`torchrun --nproc_per_node=2 tools/eval.py --config ... --checkpoint ...`: each rank evaluates half of the
+    test images, the evaluator gathers them, and the metrics (one table, one --json-out) equal one process's."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from detres.config import load_config
+    from detres.tasks.detection import build_model
+    from tests._engine_helpers import write_tiny_config
+
+    cfg_path = write_tiny_config(tmp_path)
+    cfg = load_config(cfg_path)
+    torch.manual_seed(0)
+    model = build_model(cfg, weights=None)
+    ckpt = tmp_path / "model_final.pth"
+    torch.save({"model": model.state_dict(), "meta": model.weights_meta}, ckpt)
+    single = tmp_path / "single.json"
+    rc, _, err = _run(["--config", cfg_path, "--checkpoint", ckpt, "--json-out", single, "--device", "cpu"], capsys)
+    assert rc == 0, err
+    two = tmp_path / "two.json"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(root / "tools" / "eval.py"), "--config", str(cfg_path), "--checkpoint", str(ckpt),
+                          "--json-out", str(two), "--device", "cpu"], capture_output=True, text=True, cwd=root,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    n = len((Path(cfg.data.root) / "shapes" / "ImageSets" / "Main" / "test.txt").read_text().split())
+    import re
+
+    shards = sorted(int(m) for m in re.findall(r"inference: (\d+) images", out.stderr))
+    assert shards == [n // 2, n - n // 2]  # each rank read its half
+    assert out.stdout.count("mAP") == 1  # rank 0 prints the table
+    assert json.loads(two.read_text()) == json.loads(single.read_text())

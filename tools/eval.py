@@ -24,6 +24,7 @@ from detres.evaluation.compare import format_compare_markdown, format_compare_te
 from detres.tasks.common import read_config  # noqa: E402
 from detres.tasks.detection import BENCHMARK_SPLITS, format_metrics, run_eval, run_eval_results  # noqa: E402
 from detres.utils.cli import run_tool  # noqa: E402
+from detres.utils.comm import is_main_process  # noqa: E402
 from detres.utils.io import atomic_write_text  # noqa: E402
 
 
@@ -57,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--results: needs --dataset " + "|".join(BENCHMARK_SPLITS))
     if args.markdown and not args.compare:
         raise ValueError("--markdown: goes with --compare")
-    print(_text(args))
+    text = _text(args)
+    if is_main_process():  # under torchrun every rank has the metrics; one table is printed
+        print(text)
     return 0
 
 
@@ -74,7 +77,7 @@ def _text(args: argparse.Namespace) -> str:
         metrics = run_eval(read_config(args.config, args.opts, allow_empty=True), args.checkpoint, split=args.split,
                            device=args.device, output_dir=args.output_dir, num_workers=args.num_workers,
                            data_root=args.data_root)
-    if args.json_out:
+    if args.json_out and is_main_process():
         atomic_write_text(args.json_out, json.dumps(metrics, indent=2) + "\n")
     return format_metrics(metrics)
 

@@ -363,7 +363,7 @@ def run_eval(cfg: DetConfig, checkpoint: str, *, split: str | None = None, devic
     """Evaluate ``checkpoint`` on ``split`` (default ``data.test``); returns the evaluator's metrics and, with
     ``output_dir``, writes the results files there (VOC comp4 txt / COCO json). ``data_root`` replaces
     ``data.root`` (tools/eval.py's ``--data-root``)."""
-    dev = torch.device(check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu"))  # "gpu" refused
+    dev = comm.init_distributed(device=check_device(device))  # under torchrun: each rank evaluates its shard
     if not Path(checkpoint).is_file():
         raise ValueError(f"{checkpoint}: checkpoint not found")
     if data_root:
