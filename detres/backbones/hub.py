@@ -24,7 +24,8 @@ import torch
 from detres.utils.download import cache_dir, download, extract, file_lock
 from detres.utils.io import atomic_write
 
-__all__ = ["WeightsSource", "WEIGHTS", "CONVERTERS", "list_weights", "is_weights_name", "weights_path"]
+__all__ = ["WeightsSource", "WEIGHTS", "CONVERTERS", "PAPER_WEIGHTS", "list_weights", "is_weights_name",
+           "weights_path", "suggest_weights"]
 
 _TV = "https://download.pytorch.org/models/"
 _TV_NOTE = ("torchvision publishes the first 8 hex digits of the file's SHA-256 in its name and checks that prefix "
@@ -90,12 +91,21 @@ WEIGHTS: dict[str, WeightsSource] = {
              "http://www.cs.berkeley.edu/~rbg/faster-rcnn-data/imagenet_models.tgz, same MD5)"),
 }
 
+#: the weights each paper config names, by backbone (the paper's own: MSRA ResNets, the Caffe VGG-16); other
+#: trunks get torchvision's
+PAPER_WEIGHTS = {"resnet50": "msra:R-50", "resnet101": "msra:R-101", "vgg16": "caffe:vgg16"}
+
 _NAME_RE = re.compile(r"([a-z0-9_]+):([A-Za-z0-9._-]+)")
 
 
 def list_weights() -> list[str]:
     """The weights names :func:`detres.backbones.read_weights` and ``model.backbone.weights`` accept."""
     return sorted(WEIGHTS)
+
+
+def suggest_weights(arch: str) -> str | None:
+    """The weights name to use for backbone ``arch`` (the paper's for ResNet-50/101 and VGG-16), or None."""
+    return PAPER_WEIGHTS.get(arch) or (f"torchvision:{arch}" if f"torchvision:{arch}" in WEIGHTS else None)
 
 
 def is_weights_name(value: Any) -> bool:

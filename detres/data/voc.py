@@ -226,7 +226,8 @@ class VOCDetection(DetectionDataset):
     ) -> None:
         self.root = Path(dataset_dir)
         if not self.root.is_dir():
-            raise ValueError(f"{self.root}: VOC directory not found")
+            raise ValueError(f"{self.root}: VOC directory not found (the VOC releases: python tools/get_data.py "
+                             "voc2007 | voc2012 [--root DIR]; data/README.md shows the layout)")
         self.split = split
         self.class_names = tuple(class_names)
         self.keep_difficult = keep_difficult
@@ -362,7 +363,9 @@ def find_voc_dir(data_root: str | os.PathLike, year: str | int) -> Path:
     for candidate in (data_root / f"VOC{year}", data_root / "VOCdevkit" / f"VOC{year}"):
         if candidate.is_dir():
             return candidate
-    raise ValueError(f"{data_root}: neither VOC{year}/ nor VOCdevkit/VOC{year}/ exists")
+    raise ValueError(f"{data_root}: neither VOC{year}/ nor VOCdevkit/VOC{year}/ exists"
+                     + (f" (python tools/get_data.py voc{year} --root {data_root} downloads it)"
+                        if str(year) in ("2007", "2012") else " (data/README.md shows the layout)"))
 
 
 def build_voc(
