@@ -3,6 +3,7 @@ requests with 206, logs every request, and can cut a connection half-way (``cut`
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -11,6 +12,7 @@ class FileServer:
         self.files: dict[str, bytes] = {}
         self.cut: dict[str, int] = {}  # path -> how many more requests of it are cut after half the body
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.delay = 0.0  # seconds before each answer (so that concurrent clients overlap)
         self.lock = threading.Lock()
         owner = self
 
@@ -26,6 +28,7 @@ class FileServer:
                     cut = owner.cut.get(path, 0)
                     if cut:
                         owner.cut[path] = cut - 1
+                time.sleep(owner.delay)
                 body = owner.files.get(path)
                 if body is None:
                     self.send_error(404, "Not Found")

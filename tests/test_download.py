@@ -125,6 +125,7 @@ def _worker(url, dest, sha, q):
 
 def test_two_processes_one_request_both_get_the_file(server, tmp_path):
     dest = tmp_path / "w.bin"
+    server.delay = 1.0  # the first download takes a second: without the lock the second process would request too
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(URL, str(dest), SHA, q)) for _ in range(2)]

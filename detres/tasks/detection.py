@@ -344,7 +344,9 @@ def _missing_data(cfg: DetConfig) -> list[str]:
     missing: dict[str, list[str]] = {}
     for name in [*cfg.data.train, cfg.data.test]:
         if kind == "voc" and not (root / "ImageSets" / "Main" / f"{name}.txt").is_file():
-            year, _, split = name.partition("_")
+            year, sep, split = name.partition("_")
+            if not sep or not year.isdigit():
+                continue  # not a devkit name: build_voc says what is wrong with it
             base = next((d for d in (root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}") if d.is_dir()),
                         root / "VOCdevkit" / f"VOC{year}")
             needed = base / "ImageSets" / "Main" / f"{split}.txt"

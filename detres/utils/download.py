@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["DownloadError", "MIRROR_ENV", "CACHE_ENV", "mirror_url", "cache_dir", "file_lock", "parse_checksum",
-           "file_checksum", "download", "fetch_text", "extract"]
+           "file_checksum", "download", "fetch_text", "extract", "remove_quietly"]
 
 logger = logging.getLogger("detres")
 
@@ -143,11 +143,15 @@ def _fetch_once(url: str, part: str, timeout: float) -> None:
         resumed = start > 0 and resp.status == 206
         length = resp.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
-        received = 0
+        received, total = 0, (expected + (start if resumed else 0)) if expected is not None else None
+        step = max(total // 10, _CHUNK) if total else None  # a log line per tenth of a known size
         with open(part, "ab" if resumed else "wb") as f:
             for chunk in iter(lambda: resp.read(_CHUNK), b""):
                 f.write(chunk)
                 received += len(chunk)
+                if step and (received // step) != ((received - len(chunk)) // step):
+                    done = received + (start if resumed else 0)
+                    logger.info("%s: %d of %d MB", url, done >> 20, total >> 20)
         if expected is not None and received < expected:
             raise ConnectionError(f"connection closed after {received} of {expected} bytes")
 
@@ -275,7 +279,8 @@ def extract(archive: str | os.PathLike, folder: str | os.PathLike, *, members: l
                 raise ValueError(f"{archive}: member {info.name!r} would be written outside {root}; refused")
             if not (info.isfile() or info.isdir()):
                 raise ValueError(f"{archive}: member {info.name!r} is a link or device file; refused")
-        tar.extractall(root, members=chosen, filter="data")
+        # our checks above are the rule; tarfile's "data" filter (Python >= 3.10.12) is a second guard
+        tar.extractall(root, members=chosen, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return names
 
 
