@@ -186,3 +186,16 @@ def test_fresh_machine_get_data_then_train_voc07_r50_by_name(server, tmp_path, m
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows if "total_loss" in row] == [1, 2]
     assert server.count("/detectron/ImageNetPretrained/MSRA/R-50.pkl") == 1
+
+
+def test_missing_release_data_errors_name_get_data(tmp_path):
+    with pytest.raises(ValueError, match=rf"neither VOC2007/ .*python tools/get_data.py voc2007 --root {tmp_path}"):
+        build_voc(tmp_path, ["2007_trainval"])
+    (tmp_path / "VOCdevkit" / "VOC2012").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"Main/val.txt: image set file not found \(python tools/get_data.py voc2012"):
+        build_voc(tmp_path, ["2012_val"])
+    with pytest.raises(ValueError, match=r"instances_val2014.json: COCO annotation file not found \(python "
+                                         r"tools/get_data.py coco2014"):
+        find_coco_files(tmp_path, "val2014")
+    with pytest.raises(ValueError, match=r"python tools/get_data.py coco2017"):
+        find_coco_files(tmp_path, "val2017")

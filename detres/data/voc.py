@@ -172,7 +172,9 @@ def read_image_set(path: str | os.PathLike) -> list[str]:
     An id listed twice is a ValueError naming the file, the id and both lines (it would be evaluated twice)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: image set file not found")
+        year = next((y for y in ("2007", "2012") if f"VOC{y}" in path.parts), None)
+        raise ValueError(f"{path}: image set file not found"
+                         + (f" (python tools/get_data.py voc{year} downloads the VOC{year} release)" if year else ""))
     ids, first_line = [], {}
     try:
         with open(path, encoding="utf-8") as f:
