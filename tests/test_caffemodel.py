@@ -285,6 +285,8 @@ def test_bn_eps_from_the_file_is_used(tmp_path):
     path = tmp_path / "eps.caffemodel"
     path.write_bytes(net([layer("bn_conv1", "BatchNorm", [blob(np.zeros(2))] * 3, eps=1e-3)]))
     assert abs(read_caffemodel(path)[0].eps - 1e-3) < 1e-9
+    with pytest.raises(ValueError, match="neither py-faster-rcnn's VGG-16 .* its layers with weights: bn_conv1"):
+        convert_caffemodel(path)
 
 
 # --------------------------------------------------------------------------------------------------

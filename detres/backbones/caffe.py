@@ -11,7 +11,7 @@ Field numbers, from BVLC/caffe ``src/caffe/proto/caffe.proto`` (commit 9b89154):
   (``V1LayerParameter``, line 95).
 * ``LayerParameter``: ``name = 1``, ``type = 2`` (a string; lines 327-328), ``blobs = 7`` (line 345),
   ``batch_norm_param = 139`` (line 379), whose ``eps = 3`` defaults to 1e-5 (line 545).
-* ``V1LayerParameter``: ``name = 4`` (line 1258), ``type = 5`` (an enum: ``CONVOLUTION = 4`` line 1269,
+* ``V1LayerParameter``: ``name = 4`` (line 1258), ``type = 5`` (line 1303, an enum: ``CONVOLUTION = 4`` line 1269,
   ``INNER_PRODUCT = 14`` line 1284), ``blobs = 6`` (line 1304). The enum has no BatchNorm or Scale, so only
   plain nets (the VGG-16) can be V1 files.
 * ``BlobProto``: ``shape = 7`` (``BlobShape.dim = 1``, int64, lines 7 and 11), ``data = 5`` (float, line 12),
@@ -34,7 +34,8 @@ Two networks are converted to torchvision's layout (:func:`convert_caffemodel`):
   tools/pickle_caffe_blobs.py (lines 141-148) stores as ``<unit>_bn_s`` / ``_bn_b``. The blobs are renamed as
   Detectron names them (``res4b22_branch2c`` -> ``res4_22_branch2c``, lines 75-88 there) and handed to
   :func:`detres.backbones.convert.convert_caffe2_resnet`, so a ``.caffemodel`` and its Detectron pkl give the
-  same state dict and the same meta (``MSRA_META``: msra style, BGR, 0-255, bn_eps 0).
+  same state dict and the same meta (``MSRA_META``: msra style, BGR, 0-255, bn_eps 0). (Detectron's script
+  reads the statistics without the factor, lines 142-143: the same numbers only when the factor is 1.)
 """
 from __future__ import annotations
 
@@ -380,6 +381,9 @@ def _msra_arch(layers: dict[str, CaffeLayer], path: str) -> str:
         if m := _MSRA_NAME.fullmatch(name):
             stage = int(m.group(2)) - 2
             blocks[stage] = max(blocks[stage], _msra_block(m.group(3), m.group(4)) + 1)
+    if not any(blocks):
+        raise ValueError(f"{path}: neither py-faster-rcnn's VGG-16 (conv1_1 ...) nor an MSRA ResNet (res2a_branch2a "
+                         f"...); its layers with weights: {', '.join(list(layers)[:5]) or 'none'}")
     return _resnet_name(tuple(blocks), True, what=f"{path}: MSRA ResNet layers")
 
 
