@@ -162,7 +162,7 @@ def test_fresh_machine_get_data_then_train_voc07_r50_by_name(server, tmp_path, m
     """The issue's done-when: a local server stands in for the internet; tools/get_data.py voc2007 (tiny archives
     of the real layout; run in this process, where the registry gets their checksums), then tools/train_det.py
     with the paper config in a fresh process: its weights are fetched by name (msra:R-50, checked against the
-    published .md5sum), converted and trained from."""
+    published .md5sum), converted and trained from; then tools/eval.py --dataset voc07 finds the run."""
     with_checksums(monkeypatch, "voc2007", serve_dataset(server, "voc2007", voc2007_archives(tmp_path)))
     pkl = msra_pkl_bytes(50)
     server.files["/detectron/ImageNetPretrained/MSRA/R-50.pkl"] = pkl
@@ -172,7 +172,8 @@ def test_fresh_machine_get_data_then_train_voc07_r50_by_name(server, tmp_path, m
     assert _tool("get_data").main(["voc2007", "--root", str(data)]) == 0
     assert f"data.root={data}" in capsys.readouterr().out
     env = dict(os.environ, DETRES_MIRROR=server.url, DETRES_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    over = [f"data.root={data}", f"output_dir={tmp_path / 'out'}", "solver.max_iter=2", "solver.steps=[1]",
+    out = tmp_path / "output" / "voc07_r50"
+    over = [f"data.root={data}", f"output_dir={out}", "solver.max_iter=2", "solver.steps=[1]",
             "data.min_size=64", "data.max_size=96", "data.num_workers=0", "model.rpn.min_size=0",
             "model.rpn.anchor_sizes=[16,32,64]", "model.rpn.pre_nms_top_n_train=100",
             "model.rpn.post_nms_top_n_train=30", "model.rpn.pre_nms_top_n_test=50", "model.rpn.post_nms_top_n_test=10",
@@ -182,10 +183,13 @@ def test_fresh_machine_get_data_then_train_voc07_r50_by_name(server, tmp_path, m
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "cache" / "msra" / "R-50.detres.pth").is_file()
-    assert (tmp_path / "out" / "model_final.pth").is_file() and (tmp_path / "out" / "eval.json").is_file()
-    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert (out / "model_final.pth").is_file() and (out / "eval.json").is_file()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows if "total_loss" in row] == [1, 2]
     assert server.count("/detectron/ImageNetPretrained/MSRA/R-50.pkl") == 1
+    # and the design card's evaluation command finds the run and prints the comparison
+    assert _tool("eval").main(["--dataset", "voc07", "--output-root", str(tmp_path / "output")]) == 0
+    assert "voc07_r50" in capsys.readouterr().out
 
 
 def test_missing_release_data_errors_name_get_data(tmp_path):
