@@ -91,6 +91,9 @@ WRITERS = {
                             "owner's; a synthetic copy)",
     "detres/benchmarks/synthetic.py": "synthetic annotation trees of train2017/VOC07+12 size in scratch folders: "
                                       "an fsync per file would time the disk, not the code",
+    "detres/utils/download.py": "downloads stream into <file>.part (appended to when a download resumes, so not a "
+                                "whole-file atomic write), renamed into place with os.replace once checked; the "
+                                "lock file beside the target is created with os.open and held with flock",
     "detres/benchmarks/scale.py": "full-size synthetic JPEGs and image sets in scratch folders (as synthetic.py)",
 }
 

@@ -86,12 +86,21 @@ def validate_meta(meta: Any, source: str) -> dict[str, Any]:
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a weights file safely (`weights_only=True`). Returns (state_dict, meta)."""
+    """Read a weights file safely (`weights_only=True`). Returns (state_dict, meta).
+
+    `path` may also be a weights name `source:id` (`msra:R-101`, `torchvision:resnet50`, `caffe:vgg16`; see
+    `detres.backbones.hub.list_weights`): downloaded and converted once into the cache, read from there after.
+    """
+    from detres.backbones.hub import is_weights_name, weights_path
+
+    if is_weights_name(path):
+        path = weights_path(path)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path} (model.backbone.weights=null trains from random "
-                                "weights; or make the file with tools/convert_weights.py from torchvision's or the "
-                                "MSRA checkpoint: README, 'Three ways to get backbone weights')")
+                                "weights; a name such as msra:R-101 or torchvision:resnet101 is downloaded once; or "
+                                "make the file with tools/convert_weights.py from torchvision's or the MSRA "
+                                "checkpoint: README, 'Three ways to get backbone weights')")
     check_zip_crc(path)  # a flipped bit would otherwise load as silently wrong weights
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

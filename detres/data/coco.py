@@ -173,7 +173,8 @@ class COCODetection(DetectionDataset):
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise ValueError(f"{self.image_dir}: image directory not found (COCO file names are looked up there; "
-                             "for your own JSON set data.image_root to the folder holding the images)")
+                             "for your own JSON set data.image_root to the folder holding the images; the COCO "
+                             "releases: python tools/get_data.py coco2014 | coco2017)")
         self.ann_file = Path(ann_file)
         self.train = train
         self.transforms = transforms
@@ -385,5 +386,7 @@ def find_coco_files(data_root: str | os.PathLike, split: str = "val2017") -> tup
     base = Path(data_root) / "coco"
     image_dir, ann = base / split, base / "annotations" / f"instances_{split}.json"
     if not ann.is_file():
-        raise ValueError(f"{ann}: COCO annotation file not found")
+        year = split[-4:] if split[-4:] in ("2014", "2017") else "2017"
+        raise ValueError(f"{ann}: COCO annotation file not found (python tools/get_data.py coco{year} --root "
+                         f"{data_root} downloads the COCO {year} release)")
     return image_dir, ann

@@ -172,7 +172,9 @@ def read_image_set(path: str | os.PathLike) -> list[str]:
     An id listed twice is a ValueError naming the file, the id and both lines (it would be evaluated twice)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: image set file not found")
+        year = next((y for y in ("2007", "2012") if f"VOC{y}" in path.parts), None)
+        raise ValueError(f"{path}: image set file not found"
+                         + (f" (python tools/get_data.py voc{year} downloads the VOC{year} release)" if year else ""))
     ids, first_line = [], {}
     try:
         with open(path, encoding="utf-8") as f:
@@ -226,7 +228,8 @@ class VOCDetection(DetectionDataset):
     ) -> None:
         self.root = Path(dataset_dir)
         if not self.root.is_dir():
-            raise ValueError(f"{self.root}: VOC directory not found")
+            raise ValueError(f"{self.root}: VOC directory not found (the VOC releases: python tools/get_data.py "
+                             "voc2007 | voc2012 [--root DIR]; data/README.md shows the layout)")
         self.split = split
         self.class_names = tuple(class_names)
         self.keep_difficult = keep_difficult
@@ -362,7 +365,9 @@ def find_voc_dir(data_root: str | os.PathLike, year: str | int) -> Path:
     for candidate in (data_root / f"VOC{year}", data_root / "VOCdevkit" / f"VOC{year}"):
         if candidate.is_dir():
             return candidate
-    raise ValueError(f"{data_root}: neither VOC{year}/ nor VOCdevkit/VOC{year}/ exists")
+    raise ValueError(f"{data_root}: neither VOC{year}/ nor VOCdevkit/VOC{year}/ exists"
+                     + (f" (python tools/get_data.py voc{year} --root {data_root} downloads it)"
+                        if str(year) in ("2007", "2012") else " (data/README.md shows the layout)"))
 
 
 def build_voc(

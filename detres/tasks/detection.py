@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -28,7 +29,10 @@ import torch
 from torch import nn
 
 from detres.config import DetConfig
+from detres.backbones.hub import is_weights_name, suggest_weights, weights_path
 from detres.data.coco import COCODetection, find_coco_files
+from detres.data.download import DATASETS as DOWNLOADS
+from detres.data.download import data_command
 from detres.data.dataset import ConcatDetection
 from detres.data.loader import build_test_loader as _test_loader
 from detres.data.loader import build_train_loader
@@ -55,7 +59,7 @@ from detres.utils.rng import seed_all
 __all__ = ["DATASETS", "class_names_for", "num_classes_for", "check_num_classes", "detector_spec", "build_model",
            "build_train_dataset", "build_test_dataset", "build_evaluator", "build_train_loader_factory",
            "build_test_loader", "detection_loss", "make_eval_fn", "warn_untrained_frozen_bn", "inference_model",
-           "load_model_from_checkpoint", "run_train", "run_eval", "run_export",
+           "load_model_from_checkpoint", "missing_pieces", "require_ready", "run_train", "run_eval", "run_export",
            "run_eval_results", "format_metrics", "BENCHMARK_SPLITS"]
 
 logger = logging.getLogger("detres")
@@ -316,6 +320,61 @@ def inference_model(cfg: DetConfig, model: nn.Module, device: str | torch.device
 # --------------------------------------------------------------------------------------------------
 # the jobs of the tools
 # --------------------------------------------------------------------------------------------------
+def missing_pieces(cfg: DetConfig) -> list[str]:
+    """What training needs and does not find, one line each with the command that gets it: a data set not
+    unpacked under ``data.root`` (``python tools/get_data.py NAME``), weights that are not there (a missing file:
+    the weights name to use; a name: fetched here, so a download failure is reported with its URL)."""
+    lines = _missing_data(cfg)
+    weights = cfg.model.backbone.weights
+    if weights and is_weights_name(weights):
+        try:
+            weights_path(weights)  # downloaded and converted now (once per machine), read from the cache later
+        except ValueError as e:
+            lines.append(f"weights {weights}: {e}")
+    elif weights and not os.path.isfile(weights):
+        name = suggest_weights(cfg.model.backbone.name)
+        lines.append(f"weights: {weights} not found: set model.backbone.weights={name or 'NAME'} (downloaded and "
+                     "converted on first use; detres.backbones.hub.list_weights() lists the names), or "
+                     "model.backbone.weights=null to train from random weights")
+    return lines
+
+
+def _missing_data(cfg: DetConfig) -> list[str]:
+    kind, root = _dataset_kind(cfg), data_root(cfg.data.root)
+    missing: dict[str, list[str]] = {}
+    for name in [*cfg.data.train, cfg.data.test]:
+        if kind == "voc" and not (root / "ImageSets" / "Main" / f"{name}.txt").is_file():
+            year, sep, split = name.partition("_")
+            if not sep or not year.isdigit():
+                continue  # not a devkit name: build_voc says what is wrong with it
+            base = next((d for d in (root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}") if d.is_dir()),
+                        root / "VOCdevkit" / f"VOC{year}")
+            needed = base / "ImageSets" / "Main" / f"{split}.txt"
+            server = (year, split) == ("2012", "test")  # given out by the evaluation server only
+            get = f"voc{year}" if f"voc{year}" in DOWNLOADS and not server else None
+        elif kind == "coco" and not name.endswith(".json"):
+            needed = root / "coco" / "annotations" / f"instances_{name}.json"
+            get = f"coco{name[-4:]}" if f"coco{name[-4:]}" in DOWNLOADS else None
+        else:
+            continue
+        if not needed.is_file():
+            how = data_command(get, cfg.data.root) if get else "place it by hand (data/README.md)"
+            missing.setdefault(how, []).append(str(needed))
+    return [f"data: {', '.join(files)} not found: {how}" for how, files in missing.items()]
+
+
+def require_ready(cfg: DetConfig) -> None:
+    """Stop before training when :func:`missing_pieces` finds any: one piece is the error itself; several are
+    printed one per line on stderr (first process only) and the error counts them."""
+    lines = missing_pieces(cfg)
+    if len(lines) == 1:
+        raise ValueError(lines[0])
+    if lines:
+        if os.environ.get("RANK", "0") == "0":
+            print("\n".join(f"missing: {line}" for line in lines), file=sys.stderr)
+        raise ValueError(f"cannot train: {len(lines)} pieces are missing (listed above, each with its command)")
+
+
 def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, new_solver: bool = False,
               device: str | None = None, loss_fn: Callable | None = None, progress: bool = True) -> dict:
     """The whole job of ``tools/train_det.py`` (also under torchrun).
@@ -326,6 +385,7 @@ def run_train(cfg: DetConfig, *, resume: bool = False, overwrite: bool = False, 
     A finished ``output_dir`` is refused unless ``resume`` (continue it; ``new_solver`` applies the config's
     solver settings from the checkpoint's iteration) or ``overwrite`` (replace it).
     """
+    require_ready(cfg)  # data and weights there (weights fetched by name), else one line per missing piece
     dev = start_run(cfg, device=device, resume=resume, overwrite=overwrite)
     train_set, test_set = build_train_dataset(cfg), build_test_dataset(cfg)
     num_classes = check_num_classes(cfg, train_set)  # refused here, before hours of training
