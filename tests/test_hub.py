@@ -145,6 +145,40 @@ def test_caffe_vgg16_unpacks_the_caffemodel_and_calls_the_caffe_converter(served
     assert len(calls) == 1 and served.count(_path(src.url)) == 1
 
 
+def test_caffe_vgg16_through_the_real_caffemodel_reader(served, monkeypatch, tmp_path):
+    """The whole path of ``caffe:vgg16`` with no stand-in: archive -> VGG16.v2.caffemodel (V1 layers, real conv
+    shapes; fc6/fc7 tiny and no fc8 to keep it small, so the classifier check is skipped as for a trunk-only file)
+    -> detres.backbones.caffe.convert_caffemodel -> the trunk's weights."""
+    import numpy as np
+    from tests.test_caffemodel import VGG_CONVS, blob, layer, net
+
+    rng, layers, in_ch = np.random.default_rng(0), [], 3
+    for stage, n in VGG_CONVS:
+        out_ch = min(64 * 2 ** (stage - 1), 512)
+        for j in range(1, n + 1):
+            w = rng.standard_normal((out_ch, in_ch, 3, 3), dtype=np.float32) * 0.01
+            layers.append((f"conv{stage}_{j}", [w, rng.standard_normal(out_ch, dtype=np.float32)]))
+            in_ch = out_ch
+    fcs = [(n, [rng.standard_normal((4, 4), dtype=np.float32), np.zeros(4, np.float32)]) for n in ("fc6", "fc7")]
+    model = net([layer(name, "Convolution", [blob(x, legacy=True) for x in b], v1=True) for name, b in layers]
+                + [layer(name, "InnerProduct", [blob(x, legacy=True) for x in b], v1=True) for name, b in fcs])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:  # uncompressed: tarfile detects either
+        info = tarfile.TarInfo("imagenet_models/VGG16.v2.caffemodel")
+        info.size = len(model)
+        t.addfile(info, io.BytesIO(model))
+    body = buf.getvalue()
+    src = hub.WEIGHTS["caffe:vgg16"]
+    monkeypatch.setitem(hub.WEIGHTS, "caffe:vgg16", replace(src, checksum=f"md5:{hashlib.md5(body).hexdigest()}"))
+    served.files[_path(src.url)] = body
+    trunk = build_backbone("vgg16", weights="caffe:vgg16", out_features=("conv5",))
+    sd = trunk.state_dict()
+    assert torch.equal(sd["features.0.weight"], torch.from_numpy(layers[0][1][0]))  # conv1_1 -> features.0
+    assert torch.equal(sd["features.28.bias"], torch.from_numpy(layers[-1][1][1]))  # conv5_3 -> features.28
+    meta = trunk.weights_meta
+    assert (meta["channel_order"], meta["input_range"], meta["mean"]) == ("BGR", 255.0, CAFFE_VGG_META["mean"])
+
+
 def test_offline_name_is_one_line_with_url_and_path(tmp_path, monkeypatch):
     import socket
 
