@@ -16,10 +16,11 @@ boxes with no width or height after that are dropped (counted, warned). Crowd re
 kept with their flag; ``crowd="ignore"`` makes them never targets (torchvision's and Detectron's choice),
 ``crowd="as_ground_truth"`` makes them training targets like any box, as py-faster-rcnn's end-to-end training
 does (its ``lib/datasets/coco.py:267`` gives a crowd box its class, and ``lib/roi_data_layer/minibatch.py:37``
-takes every box with a class as ground truth; the -1 overlaps of line 272 only matter to its precomputed
-proposals). With ``train=True`` images with no non-crowd box are skipped (pfr's filter drops them too: a crowd
-box's overlap -1 makes no RoI foreground or background); with ``train=False`` every image is kept (the
-evaluator needs them all) and crowd regions are never targets (the evaluator reads them from the file).
+takes every box with a class as ground truth; the overlaps of -1, ``lib/datasets/coco.py:272``, serve its
+precomputed-proposal training and its image filter). With ``train=True`` images with no non-crowd box are
+skipped (pfr's filter drops them too: an overlap of -1 makes no RoI foreground or background); with
+``train=False`` every image is kept (the evaluator needs them all) and crowd regions are never targets (the
+evaluator reads them from the file).
 """
 from __future__ import annotations
 

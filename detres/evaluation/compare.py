@@ -65,7 +65,6 @@ class PfrDifference:
 
 
 _ALL = ("voc07", "voc12", "coco")
-_PFR_VOC = "models/pascal_voc/VGG16/faster_rcnn_end2end/"
 
 #: Every difference from pfr in the paper configs (configs/_base_/{voc,coco}.yaml): those left on purpose, and
 #: (with a ``key``) those a config key removes, listed for a run that sets the key otherwise.
@@ -94,10 +93,11 @@ PFR_DIFFERENCES: tuple[PfrDifference, ...] = (
     PfrDifference(
         "07+12 / 07++12 schedule: images per iteration",
         "lr 0.001 for 60k and 0.0001 for 20k updates (Faster R-CNN Sec. 3.1.3's numbers) of 2 images each "
-        f"(solver.iter_size 2 of pfr's end-to-end solver, {_PFR_VOC}solver.prototxt:16): 160k images",
+        "(solver.iter_size 2 of pfr's end-to-end solver, "
+        "models/pascal_voc/VGG16/faster_rcnn_end2end/solver.prototxt:16): 160k images",
         "Faster R-CNN's 60k/20k count mini-batches of 1 image (Sec. 3.1.3: each from a single image; pfr's "
-        "alternating solvers set no iter_size, e.g. stepsize 60000 in "
-        "models/pascal_voc/VGG16/faster_rcnn_alt_opt/stage1_rpn_solver60k80k.pt:6): 80k images; pfr's "
+        "alternating solvers set no iter_size, e.g. "
+        "stepsize 60000 in models/pascal_voc/VGG16/faster_rcnn_alt_opt/stage1_rpn_solver60k80k.pt:6): 80k images; pfr's "
         "end-to-end script trains VOC07 only (experiments/scripts/faster_rcnn_end2end.sh:27)",
         ("voc07", "voc12"), train_data=("07+12", "07++12")),
     PfrDifference(
@@ -130,8 +130,10 @@ PFR_DIFFERENCES: tuple[PfrDifference, ...] = (
     PfrDifference(
         "RPN objectness",
         "one logit per anchor, sigmoid and binary cross-entropy (torchvision's RPNHead: 9 outputs for 9 anchors)",
-        f"a 2-way softmax per anchor: rpn_cls_score num_output 18 for 9 anchors ({_PFR_VOC}train.prototxt:398), "
-        f"SoftmaxWithLoss ({_PFR_VOC}train.prototxt:448); the same family of scores, parametrised twice",
+        "a 2-way softmax per anchor: rpn_cls_score num_output 18 for 9 anchors "
+        "(models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt:398), SoftmaxWithLoss "
+        "(models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt:448); the same family of scores, "
+        "parametrised twice",
         _ALL),
     PfrDifference(
         "box decoding and clipping",
