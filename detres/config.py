@@ -146,7 +146,7 @@ class SolverConfig:
     momentum_style: str = "pytorch"  # pytorch: buffer of gradients, w -= lr*v | caffe: lr inside the buffer, w -= v (Caffe's SGDSolver, pfr); equal at a constant rate
     weight_decay: float = 0.0001  # L2 weight decay of the weights (Faster R-CNN Sec. 3.1.3 uses 5e-4)
     bias_lr_factor: float = 1.0  # biases learn at this multiple of the lr (py-faster-rcnn prototxts: lr_mult 2)
-    weight_decay_bias: Optional[float] = None  # weight decay of biases; None = weight_decay (pfr's trainable biases: decay_mult 0 only on frozen layers)
+    weight_decay_bias: Optional[float] = None  # weight decay of biases; None = weight_decay, as pfr (decay_mult 0 only on the frozen conv1_x/conv2_x, models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt lines 22-112)
     ims_per_batch: int = 1  # images per GPU/process and forward pass
     iter_size: int = 1  # passes accumulated per update (Caffe iter_size; pfr VOC: 2); batch_rule accumulate derives it
     reference_batch: int = 1  # total batch (processes x ims_per_batch x iter_size) base_lr was tuned for

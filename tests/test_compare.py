@@ -164,15 +164,21 @@ _ALL_RUNS = ["training scheme", "horizontal flips", "RPN objectness", "box decod
              "processes x images not dividing the reference batch"]
 
 
-def test_compare_lists_the_differences_of_each_paper_run(tmp_path):
-    """--compare on a voc0712_r101 and a coco_r101 run: under each, exactly the differences that apply to it (the
-    07+12 schedule only under the VOC run, the COCO ones only under the COCO run); the ones the paper configs
-    remove by a key (Caffe momentum, crowd as ground truth) appear only for a run that sets the key otherwise."""
+def test_compare_lists_the_differences_of_each_paper_run(tmp_path, capsys):
+    """tools/eval.py --compare on a voc0712_r101 and a coco_r101 run: under each, exactly the differences that
+    apply to it (the 07+12 schedule only under the VOC run, the COCO ones only under the COCO run); the ones the
+    paper configs remove by a key (Caffe momentum, crowd as ground truth) appear only for a run that sets the key
+    otherwise."""
     from detres.evaluation.compare import PFR_DIFFERENCES
 
     voc = _paper_run(tmp_path, "voc0712_r101", {"mAP_11point": 0.76, "mAP_area": 0.78})
     coco = _paper_run(tmp_path, "coco_r101", {"AP": 0.27, "AP50": 0.48})
-    text = format_compare_text([voc, coco])
+    spec = importlib.util.spec_from_file_location("detres_tool_eval3", Path(__file__).resolve().parents[1] / "tools"
+                                                  / "eval.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--compare", voc.run_dir, coco.run_dir]) == 0
+    text = capsys.readouterr().out
     assert _listed_under(text, voc.run_dir) == [
         "training scheme", "background RoI range (model.roi.bg_iou_thresh_lo)", "horizontal flips",
         "07+12 / 07++12 schedule: images per iteration", "RPN objectness", "box decoding and clipping",

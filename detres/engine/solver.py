@@ -45,7 +45,8 @@ def build_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: flo
     Parameters named ``bias`` form a second group with the rate ``lr * bias_lr_factor`` and the weight
     decay ``weight_decay_bias`` (None: ``weight_decay``), as Caffe's ``lr_mult``/``decay_mult`` (py-faster-rcnn
     trains biases at twice the rate, with the weights' decay: its prototxts set ``decay_mult: 0`` only on the
-    frozen conv1_x/conv2_x). The weights are group 0. ``momentum_style``: "pytorch" (``torch.optim.SGD``) or
+    frozen conv1_x/conv2_x, models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt lines 22-112). The
+    weights are group 0. ``momentum_style``: "pytorch" (``torch.optim.SGD``) or
     "caffe" (:class:`CaffeSGD`, see the module docstring).
     """
     if lr < 0 or bias_lr_factor < 0 or weight_decay < 0 or (weight_decay_bias is not None and weight_decay_bias < 0):
