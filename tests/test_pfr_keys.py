@@ -45,6 +45,17 @@ def test_caffe_momentum_keeps_the_rate_in_the_buffer():
         assert _run(style, [0.1], wd=0.5, w0=2.0)[0] == pytest.approx(1.8)
     _, opt = _run("caffe", [1.0])
     assert type(opt) is CaffeSGD
+    # each group's own rate (Caffe's lr_mult): biases at twice the rate step twice as far; no gradient, no step
+    layer, frozen = nn.Linear(1, 1), nn.Linear(1, 1)
+    w0, b0 = float(layer.weight.detach()), float(layer.bias.detach())
+    opt = build_sgd(nn.ModuleList([layer, frozen]), lr=0.1, momentum=0.9, weight_decay=0.0, bias_lr_factor=2.0,
+                    weight_decay_bias=None, momentum_style="caffe")
+    layer.weight.grad, layer.bias.grad = torch.ones_like(layer.weight), torch.ones_like(layer.bias)
+    before = [p.detach().clone() for p in frozen.parameters()]
+    opt.step()
+    assert float(layer.weight.detach()) == pytest.approx(w0 - 0.1)
+    assert float(layer.bias.detach()) == pytest.approx(b0 - 0.2)
+    assert all(torch.equal(p, q) for p, q in zip(frozen.parameters(), before))
 
 
 def test_caffe_momentum_resumes_from_its_state_dict():

@@ -83,17 +83,20 @@ class CaffeSGD(torch.optim.SGD):
                 loss = closure()
         for group in self.param_groups:
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            d = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else grads  # g + wd w
+            bufs = []
+            for p, dp in zip(params, d):
                 state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = torch.mul(d, lr).detach()
-                else:
-                    buf.mul_(m).add_(d, alpha=lr)
-                p.sub_(buf)
+                if "momentum_buffer" not in state:  # Caffe's history starts at zero: v = 0 * m + lr d
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, m)
+            torch._foreach_add_(bufs, d, alpha=lr)
+            torch._foreach_sub_(params, bufs)
         return loss
 
 
