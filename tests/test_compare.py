@@ -123,6 +123,8 @@ def test_pfr_differences_left_on_purpose_are_named_with_sources(tmp_path):
     assert "experiments/cfgs/faster_rcnn_end2end.yml:9" in text and "faster_rcnn_alt_opt.yml:3" in text
     assert "tools/train_faster_rcnn_alt_opt.py:228-319" in text and "faster_rcnn_end2end.sh:51-57" in text
     assert "COCO schedule" not in text
+    # a config.yaml without solver.momentum_style (written before the key) ran with its default, PyTorch's SGD
+    assert "    - SGD momentum (solver.momentum_style) = pytorch: here" in text
     md = format_compare_markdown([voc])
     assert f"**{voc.run_dir}**:" in md and "- background RoI range" in md and "- training scheme" in md
     # negative control: pfr's own value is no difference to list

@@ -35,6 +35,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from detres.config import DataConfig, RoIConfig, SolverConfig
+
 __all__ = ["PAPER", "NETWORK_KEYS", "PFR_COMMIT", "PfrDifference", "PFR_DIFFERENCES", "RunSummary", "load_run",
            "compare_rows", "config_differences", "format_differences", "pfr_differences", "format_pfr_differences",
            "format_compare_text", "format_compare_markdown"]
@@ -53,7 +55,8 @@ class PfrDifference:
     its source) vs ``pfr`` (the reference's, with file:line at :data:`PFR_COMMIT`, or the paper it follows), for
     the ``benchmarks`` listed and, with ``train_data``, only runs on that training data ("07+12", "07++12").
     With ``key``, it applies to a run only when that config key differs from ``pfr_value`` (the configs can
-    remove the difference; the paper configs do where ``pfr_value`` is their value)."""
+    remove the difference; the paper configs do where ``pfr_value`` is their value); a config.yaml written before
+    the key existed ran with ``default``, the config's default of the key."""
 
     what: str
     here: str
@@ -62,6 +65,7 @@ class PfrDifference:
     key: str | None = None
     pfr_value: Any = None
     train_data: tuple[str, ...] | None = None
+    default: Any = None
 
 
 _ALL = ("voc07", "voc12", "coco")
@@ -83,7 +87,7 @@ PFR_DIFFERENCES: tuple[PfrDifference, ...] = (
         "pfr's default lib/fast_rcnn/config.py:58, which its experiment configs override",
         "[0.0, 0.5): BG_THRESH_LO 0.0 in both experiments/cfgs/faster_rcnn_end2end.yml:9 and "
         "experiments/cfgs/faster_rcnn_alt_opt.yml:3",
-        ("voc07", "voc12"), key="model.roi.bg_iou_thresh_lo", pfr_value=0.0),
+        ("voc07", "voc12"), key="model.roi.bg_iou_thresh_lo", pfr_value=0.0, default=RoIConfig.bg_iou_thresh_lo),
     PfrDifference(
         "horizontal flips",
         "each drawn image flipped with probability 0.5 (data.flip_prob)",
@@ -119,14 +123,14 @@ PFR_DIFFERENCES: tuple[PfrDifference, ...] = (
         "as_ground_truth (the paper configs' setting): end-to-end training takes them as ground truth, "
         "lib/datasets/coco.py:267 gives a crowd box its class and lib/roi_data_layer/minibatch.py:37 keeps "
         "every box with a class",
-        ("coco",), key="data.coco_crowd", pfr_value="as_ground_truth"),
+        ("coco",), key="data.coco_crowd", pfr_value="as_ground_truth", default=DataConfig.coco_crowd),
     PfrDifference(
         "SGD momentum (solver.momentum_style)",
         "pytorch: the rate multiplies the momentum buffer at each step (torch.optim.SGD), so a rate step acts on "
         "the whole history at once",
         "caffe (the paper configs' setting): the rate sits inside the buffer (Caffe's SGDSolver, BVLC/caffe "
         "src/caffe/solvers/sgd_solver.cpp:232-234), the old rate's history decays over ~10 iterations after a step",
-        _ALL, key="solver.momentum_style", pfr_value="caffe"),
+        _ALL, key="solver.momentum_style", pfr_value="caffe", default=SolverConfig.momentum_style),
     PfrDifference(
         "RPN objectness",
         "one logit per anchor, sigmoid and binary cross-entropy (torchvision's RPNHead: 9 outputs for 9 anchors)",
@@ -346,9 +350,8 @@ def _applies(d: PfrDifference, r: RunSummary) -> str | None:
         return None
     if d.key is None:
         return ""
-    if r.config is None or d.key not in r.config or r.config[d.key] == d.pfr_value:
-        return None
-    return str(r.config[d.key])
+    value = None if r.config is None else r.config.get(d.key, d.default)
+    return None if value is None or value == d.pfr_value else str(value)
 
 
 def pfr_differences(runs: Sequence[RunSummary]) -> list[tuple[list[str], list[tuple[PfrDifference, str]]]]:
