@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert pretrained weights into a detres weights file ``{"model": state_dict, "meta": meta}``.
 
-    python tools/convert_weights.py SRC DST [--arch resnet50] [--format auto|torchvision|caffe2|detectron2]
+    python tools/convert_weights.py SRC DST [--arch resnet50] [--format auto|torchvision|caffe2|detectron2|caffemodel]
 
 SRC may be
   * a torchvision ImageNet checkpoint (resnet50-*.pth): checked against build_classifier(arch), meta =
@@ -9,6 +9,9 @@ SRC may be
   * an MSRA ResNet-50/101/152 from Detectron (R-50.pkl, R-101.pkl, R-152.pkl; Caffe2 names, the classifier
     as fc1000_* or pred_*, the stem's conv1_b folded into bn1): renamed to torchvision's names, BN as FrozenBN,
     meta = "msra" style, BGR, 0..255, Detectron pixel means; solver bookkeeping keys are listed as dropped;
+  * an original Caffe file (.caffemodel, read without Caffe): py-faster-rcnn's VGG16.v2.caffemodel or the MSRA
+    ResNet-50/101/152-model.caffemodel; the ResNets' BatchNorm + Scale are folded as the MSRA prototxt defines
+    them, giving the same file as their Detectron pkl; meta = Caffe's preprocessing (BGR, 0..255, pixel means);
   * a Caffe VGG-16 in torchvision's layout (vgg16_caffe.pth) with --preprocess caffe: BGR, 0..255,
     py-faster-rcnn pixel means (the paper's VGG-16 baseline);
   * a detectron2 R50-C4 / R101-C4 Faster R-CNN (model_final_*.pkl or .pth): a whole detres C4 detector;
@@ -16,7 +19,7 @@ SRC may be
     spec of the recipe recorded in meta["detector"] (detres.modeling.convert.detectron2_c4_spec).
 
 Pickles are read by a restricted unpickler (numpy arrays, numbers, strings and containers only); a file
-that names anything else is refused without running it. The ImageNet outputs (first two kinds) work as
+that names anything else is refused without running it. The ImageNet outputs (first three kinds) work as
 ``model.backbone.weights=DST`` in every detection config.
 """
 from __future__ import annotations
@@ -31,10 +34,10 @@ from detres.utils.cli import run_tool
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="torchvision .pth, MSRA/Detectron .pkl or detectron2 .pkl/.pth")
+    p.add_argument("src", help="torchvision .pth, MSRA/Detectron .pkl, detectron2 .pkl/.pth or Caffe .caffemodel")
     p.add_argument("dst", help="output .pth (detres weights file)")
     p.add_argument("--arch", default=None, help="resnet18..resnet152 | vgg16; inferred when omitted, checked when given")
-    p.add_argument("--format", default="auto", choices=("auto", "torchvision", "caffe2", "detectron2"))
+    p.add_argument("--format", default="auto", choices=("auto", "torchvision", "caffe2", "detectron2", "caffemodel"))
     p.add_argument("--preprocess", default=None, choices=("torchvision", "caffe"),
                    help="the input a torchvision-layout file expects; 'caffe' for a Caffe model in torchvision's "
                         "layout (vgg16_caffe.pth): BGR, 0-255, py-faster-rcnn pixel means")

@@ -1,7 +1,9 @@
 """Bring ImageNet and detector weights from other code bases into detres state dicts.
 
-Three sources are understood, each turned into ``{"model": state_dict, "meta": meta}`` (the file
-format that :func:`detres.backbones.read_weights` reads):
+Caffe's own ``.caffemodel`` files (the paper's VGG-16 and MSRA ResNets) are read by
+:mod:`detres.backbones.caffe` (``convert_weights`` hands them there). Three more sources are understood, each
+turned into ``{"model": state_dict, "meta": meta}`` (the file format that
+:func:`detres.backbones.read_weights` reads):
 
 * **torchvision** ImageNet checkpoints (``resnet50-*.pth``, "pytorch" style: stride in the 3x3 conv).
   The keys are already ours; the file is only checked: the state dict must load with strict keys into
@@ -34,6 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from detres.backbones.caffe import is_caffemodel
 from detres.utils.io import SafeUnpickler, UnsafePickleError, atomic_write, safe_load_pickle
 
 __all__ = [
@@ -540,10 +543,12 @@ def convert_weights(
     """Convert the weights file ``src`` and (when ``dst`` is given) write ``{"model", "meta"}`` there.
 
     Args:
-        src: torchvision ``.pth``, MSRA/Detectron ``.pkl`` or detectron2 ``.pkl``/``.pth``.
+        src: torchvision ``.pth``, MSRA/Detectron ``.pkl``, detectron2 ``.pkl``/``.pth``, or a Caffe
+            ``.caffemodel`` (py-faster-rcnn's VGG-16, the MSRA ResNets: :mod:`detres.backbones.caffe`).
         dst: output ``.pth``; written atomically (temporary file, then ``os.replace``).
         arch: ``"resnet50"`` ...; inferred when None, checked when given.
-        fmt: ``"auto"``, ``"torchvision"``, ``"caffe2"`` or ``"detectron2"``.
+        fmt: ``"auto"``, ``"torchvision"``, ``"caffe2"``, ``"detectron2"`` or ``"caffemodel"`` (auto: by the
+            ``.caffemodel`` suffix or a NetParameter's first bytes, else by the keys).
         check: for classifier weights, load into ``build_classifier(arch)`` with strict keys.
         preprocess: the input a torchvision-layout file expects: ``"torchvision"`` (RGB, [0, 1], ImageNet
             mean/std; the default for torchvision files) or ``"caffe"`` (BGR, [0, 255], py-faster-rcnn's pixel
@@ -559,6 +564,32 @@ def convert_weights(
     src = Path(src)
     if preprocess is not None and preprocess not in PREPROCESSING:
         raise ValueError(f"--preprocess: unknown {preprocess!r}; choose from {list(PREPROCESSING)}")
+    if fmt == "caffemodel" or (fmt == "auto" and is_caffemodel(src)):
+        sd, meta = _convert_caffemodel_file(src, arch=arch, check=check, preprocess=preprocess)
+        fmt = "caffemodel"
+    else:
+        sd, meta, fmt = _convert_pickled(src, arch=arch, fmt=fmt, check=check, preprocess=preprocess)
+    if dst is not None:
+        atomic_write(dst, lambda f: torch.save({"model": sd, "meta": meta}, f), binary=True)
+    return sd, meta, fmt
+
+
+def _convert_caffemodel_file(src: Path, *, arch: str | None, check: bool, preprocess: str | None
+                             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A ``.caffemodel`` (detres.backbones.caffe): its preprocessing is Caffe's, recorded by the conversion."""
+    from detres.backbones.caffe import convert_caffemodel
+
+    if preprocess not in (None, "caffe"):
+        raise ValueError(f"{src}: --preprocess {preprocess}: the Caffe models expect Caffe's input (BGR, 0-255, "
+                         "pixel means), which their conversion records")
+    return convert_caffemodel(src, arch=arch, check=check)
+
+
+def _convert_pickled(src: Path, *, arch: str | None, fmt: str, check: bool, preprocess: str | None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """torch / pickle files: torchvision, Caffe2 (MSRA / Detectron) and detectron2 layouts."""
+    from detres.backbones.weights import PREPROCESSING
+
     obj = load_source(src)
     weights, file_meta = _unwrap(obj, path=str(src))
     try:
@@ -580,9 +611,7 @@ def convert_weights(
                 raise ValueError(f"--preprocess {preprocess}: a detectron2 detector records its own preprocessing")
             sd, meta = convert_detectron2_c4(weights, arch=arch)
         else:
-            raise ValueError(f"unknown format '{fmt}' (auto, torchvision, caffe2, detectron2)")
+            raise ValueError(f"unknown format '{fmt}' (auto, torchvision, caffe2, detectron2, caffemodel)")
     except ValueError as e:
         raise ValueError(f"{src}: {e}") from None
-    if dst is not None:
-        atomic_write(dst, lambda f: torch.save({"model": sd, "meta": meta}, f), binary=True)
     return sd, meta, fmt
