@@ -1,5 +1,5 @@
-"""Every line the code, configs and docs cite from py-faster-rcnn (and from Caffe's SGD solver and the MSRA
-prototxts) exists at the cited commit, and every value quoted beside a citation is the one on the cited line.
+"""Every line the code, configs and docs cite from py-faster-rcnn (and from Caffe, the MSRA prototxts and
+Detectron's pickle_caffe_blobs.py) exists at the cited commit, and every value quoted beside a citation is the one on the cited line.
 
 The cited files are kept as fixtures of only the cited lines: ``tests/fixtures/<source>/<path>.json`` holds
 ``{"repo", "commit", "path", "num_lines", "lines": {line_number: text}}`` (ranges longer than
@@ -14,7 +14,7 @@ same document. A value is "quoted" when a key of the cited lines (``BG_THRESH_LO
 After a citation is added or changed, rebuild the fixtures from the sources (read with git, no network):
 
     python tests/test_citations.py --rebuild pfr=/path/py-faster-rcnn/.git caffe=/path/caffe/.git \\
-        msra=/path/deep-residual-networks/.git
+        msra=/path/deep-residual-networks/.git detectron=/path/Detectron/.git
 """
 from __future__ import annotations
 
@@ -34,10 +34,11 @@ SOURCES = {
     "pfr": ("rbgirshick/py-faster-rcnn", "781a917b378dbfdedb45b6a56189a31982da1b43"),
     "caffe": ("BVLC/caffe", "9b891540183ddc834a02b2bd81b31afae71b2153"),
     "msra": ("KaimingHe/deep-residual-networks", "a7026cb6d478e131b765b898c312e25f9f6dc031"),
+    "detectron": ("facebookresearch/Detectron", "04155a01a6ea68f22ac27c79a822066457941ece"),
 }
 _FULL_RANGE = 12  # ranges up to this many lines are stored whole, longer ones by their two ends
 
-_FILE = r"(?<![\w./-])([A-Za-z0-9_][\w./-]*\.(?:py|yml|prototxt|pt|sh|cpp))"
+_FILE = r"(?<![\w./-])([A-Za-z0-9_][\w./-]*\.(?:py|yml|prototxt|pt|sh|cpp|proto))"
 _SPEC = r"(\d+(?:-\d+)?(?:[,/]\d+(?:-\d+)?)*)"
 _CITE = re.compile(_FILE + r"`?(?::| l\.| lines? )" + _SPEC + r"(?![\d.]*\d)")
 _BARE = re.compile(r"(?<![\w.])(?:line|lines|l\.) ?" + _SPEC + r"(?![\d.]*\d)")
@@ -283,7 +284,7 @@ def rebuild(git_dirs: dict[str, str]) -> None:
     for source in git_dirs:
         listing = subprocess.run(["git", "--git-dir", git_dirs[source], "ls-tree", "-r", "--name-only",
                                   SOURCES[source][1]], check=True, capture_output=True, text=True).stdout.split()
-        files.update({(source, p): None for p in listing if re.search(r"\.(py|yml|prototxt|pt|sh|cpp)$", p)})
+        files.update({(source, p): None for p in listing if re.search(r"\.(py|yml|prototxt|pt|sh|cpp|proto)$", p)})
     citations = scan_project()
     for problem in resolve_citations(citations, files):
         print(problem)
