@@ -93,7 +93,7 @@ class RoIConfig:
     positive_fraction: float = 0.25  # ... 25% of them foreground (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_FRACTION)
     fg_iou_thresh: float = 0.5  # foreground RoIs: IoU >= 0.5 with a box (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_THRESH)
     bg_iou_thresh_hi: float = 0.5  # background RoIs: best IoU in [lo, hi) (py-faster-rcnn BG_THRESH_HI 0.5) ...
-    bg_iou_thresh_lo: float = 0.0  # ... lo: 0.1 in py-faster-rcnn (VOC), 0 in Faster R-CNN Sec. 4.2 (COCO) and torchvision
+    bg_iou_thresh_lo: float = 0.0  # ... lo: 0 as torchvision and pfr's end2end/alt_opt configs (faster_rcnn_end2end.yml:9); 0.1 in Fast R-CNN Sec. 2.3 and pfr's unused default (lib/fast_rcnn/config.py:58)
     score_thresh: float = 0.05  # drop detections scoring below this at test time
     nms_thresh: float = 0.3  # per-class NMS at test time (py-faster-rcnn TEST.NMS 0.3)
     detections_per_img: int = 100  # keep at most this many detections per image
@@ -134,6 +134,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader worker processes per GPU/process
     aspect_ratio_grouping: bool = True  # batch portrait with portrait and landscape with landscape images
     keep_difficult_train: bool = False  # VOC "difficult" objects are excluded from training (py-faster-rcnn)
+    coco_crowd: str = "ignore"  # COCO iscrowd boxes in training: ignore (never targets, as torchvision/Detectron) | as_ground_truth (targets like any box: pfr end2end)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)  # synthetic set, generated under root/shapes if absent
 
 
@@ -142,9 +143,10 @@ class SolverConfig:
     max_iter: int = 70000  # total iterations (py-faster-rcnn VGG16 VOC07 end-to-end: 70k)
     base_lr: float = 0.001  # learning rate at reference_batch images (py-faster-rcnn VOC07: 0.001)
     momentum: float = 0.9  # SGD momentum (paper)
+    momentum_style: str = "pytorch"  # pytorch: buffer of gradients, w -= lr*v | caffe: lr inside the buffer, w -= v (Caffe's SGDSolver, pfr); equal at a constant rate
     weight_decay: float = 0.0001  # L2 weight decay of the weights (Faster R-CNN Sec. 3.1.3 uses 5e-4)
     bias_lr_factor: float = 1.0  # biases learn at this multiple of the lr (py-faster-rcnn prototxts: lr_mult 2)
-    weight_decay_bias: Optional[float] = None  # weight decay of biases; None = weight_decay (py-faster-rcnn: decay_mult 0)
+    weight_decay_bias: Optional[float] = None  # weight decay of biases; None = weight_decay, as pfr (decay_mult 0 only on the frozen conv1_x/conv2_x, models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt lines 22-112)
     ims_per_batch: int = 1  # images per GPU/process and forward pass
     iter_size: int = 1  # passes accumulated per update (Caffe iter_size; pfr VOC: 2); batch_rule accumulate derives it
     reference_batch: int = 1  # total batch (processes x ims_per_batch x iter_size) base_lr was tuned for
@@ -205,6 +207,7 @@ class ClsModelConfig:
     num_classes: int = 1000  # ImageNet-1k
     shortcut: str = "B"  # projection shortcuts only when dimensions change (paper option B)
     width: int = 64  # ResNet channels of conv1 and conv2_x (paper: 64, doubled per stage)
+    caffe_stem_pool: bool = False  # ResNets: pool1 as the MSRA Caffe models (as model.backbone.caffe_stem_pool of detection: train on the grid detection uses)
 
 
 @dataclass
@@ -747,6 +750,8 @@ def validate_config(cfg: Any) -> Any:
             raise _refuse("solver.amp", "must be bf16, fp16 or null", s.amp)
         if s.warmup_method not in ("linear", "constant"):
             raise _refuse("solver.warmup_method", "must be linear or constant", s.warmup_method)
+        if s.momentum_style not in ("pytorch", "caffe"):
+            raise _refuse("solver.momentum_style", "must be pytorch or caffe", s.momentum_style)
     m = getattr(cfg, "model", None)
     rpn, roi = getattr(m, "rpn", None), getattr(m, "roi", None)
     if rpn is not None:
@@ -772,6 +777,8 @@ def validate_config(cfg: Any) -> Any:
     if shapes is not None and shapes.max_objects < shapes.min_objects:
         raise _refuse("data.shapes.max_objects", f"must be >= data.shapes.min_objects={shapes.min_objects}",
                       shapes.max_objects)
+    if d is not None and getattr(d, "coco_crowd", "ignore") not in ("ignore", "as_ground_truth"):
+        raise _refuse("data.coco_crowd", "must be ignore or as_ground_truth", d.coco_crowd)
     if d is not None and hasattr(d, "train") and not d.train:
         raise _refuse("data.train", "must name at least one training split", d.train)
     classes = getattr(d, "classes", None)

@@ -85,13 +85,14 @@ def test_configs_ask_for_the_papers_rules():
     assert cfg.solver.warmup_factor * cfg.solver.base_lr == pytest.approx(0.01)
     (hook,) = build_lr_hooks(cfg)
     assert hook.warming and hook.plateau is None and hook.warmup_until_error == 0.8
-    r50 = load_config(ROOT / "configs" / "imagenet_r50.yaml")
-    assert build_lr_hooks(r50) == []  # fixed steps by default
-    plateau = load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.lr_schedule=plateau", "solver.steps=[]"])
+    steps = load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.lr_schedule=steps",
+                                                                 "solver.steps=[150000,300000]"])
+    assert build_lr_hooks(steps) == []  # fixed steps: no hook
+    plateau = load_config(ROOT / "configs" / "imagenet_r50.yaml")  # the paper's rule (Sec. 3.4)
     (hook,) = build_lr_hooks(plateau)
     assert hook.plateau is not None and not hook.warming
     with pytest.raises(ValueError, match="solver.steps"):
-        build_lr_hooks(load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.lr_schedule=plateau"]))
+        build_lr_hooks(load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.steps=[150000]"]))
     with pytest.raises(ValueError, match="solver.lr_schedule"):
         build_lr_hooks(load_config(ROOT / "configs" / "imagenet_r50.yaml", ["solver.lr_schedule=cosine"]))
     with pytest.raises(ValueError, match="solver.warmup_until_error"):

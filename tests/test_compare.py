@@ -118,13 +118,15 @@ def test_pfr_differences_left_on_purpose_are_named_with_sources(tmp_path):
     (both files and lines), and end-to-end vs alternating training; a COCO run gets its schedule line instead."""
     voc = load_run(_run_dir(tmp_path, "voc", {"mAP_11point": 0.76, "mAP_area": 0.78}, _VOC_CFG % "0.1"))
     text = format_compare_text([voc])
-    assert "differences from py-faster-rcnn (781a917) left on purpose:" in text
-    assert "background RoI range (model.roi.bg_iou_thresh_lo) [" + voc.run_dir + "=0.1]" in text
+    assert "differences from py-faster-rcnn (781a917):\n  " + voc.run_dir + ":\n" in text
+    assert "    - background RoI range (model.roi.bg_iou_thresh_lo) = 0.1: here [0.1, 0.5)" in text
     assert "experiments/cfgs/faster_rcnn_end2end.yml:9" in text and "faster_rcnn_alt_opt.yml:3" in text
     assert "tools/train_faster_rcnn_alt_opt.py:228-319" in text and "faster_rcnn_end2end.sh:51-57" in text
     assert "COCO schedule" not in text
+    # a config.yaml without solver.momentum_style (written before the key) ran with its default, PyTorch's SGD
+    assert "    - SGD momentum (solver.momentum_style) = pytorch: here" in text
     md = format_compare_markdown([voc])
-    assert "- background RoI range" in md and "- training scheme" in md
+    assert f"**{voc.run_dir}**:" in md and "- background RoI range" in md and "- training scheme" in md
     # negative control: pfr's own value is no difference to list
     same = load_run(_run_dir(tmp_path, "voc_pfr", {"mAP_11point": 0.76, "mAP_area": 0.78}, _VOC_CFG % "0.0"))
     text = format_compare_text([same])
@@ -136,13 +138,88 @@ def test_pfr_differences_left_on_purpose_are_named_with_sources(tmp_path):
     assert "background RoI range" not in text
 
 
+def _paper_run(root, name, ev, overrides=()):
+    """A fake finished run of configs/<name>.yaml: its full config.yaml (as a run writes it) and an eval.json."""
+    from detres.config import load_config, save_config
+
+    d = root / name
+    d.mkdir()
+    save_config(load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml", list(overrides)),
+                d / "config.yaml")
+    (d / "eval.json").write_text(json.dumps(ev))
+    return load_run(d)
+
+
+def _listed_under(text, run_dir):
+    """The difference names (before ':' or ' = ') listed under ``run_dir`` in the compare text."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  ") and run_dir in ln and ln.endswith(":"))
+    out = []
+    for ln in lines[start + 1:]:
+        if not ln.startswith("    - "):
+            break
+        out.append(ln[6:].split(": here ")[0].split(" = ")[0])
+    return out
+
+
+_ALL_RUNS = ["training scheme", "horizontal flips", "RPN objectness", "box decoding and clipping", "input padding",
+             "processes x images not dividing the reference batch"]
+
+
+def test_compare_lists_the_differences_of_each_paper_run(tmp_path, capsys):
+    """tools/eval.py --compare on a voc0712_r101 and a coco_r101 run: under each, exactly the differences that
+    apply to it (the 07+12 schedule only under the VOC run, the COCO ones only under the COCO run); the ones the
+    paper configs remove by a key (Caffe momentum, crowd as ground truth) appear only for a run that sets the key
+    otherwise."""
+    from detres.evaluation.compare import PFR_DIFFERENCES
+
+    voc = _paper_run(tmp_path, "voc0712_r101", {"mAP_11point": 0.76, "mAP_area": 0.78})
+    coco = _paper_run(tmp_path, "coco_r101", {"AP": 0.27, "AP50": 0.48})
+    spec = importlib.util.spec_from_file_location("detres_tool_eval3", Path(__file__).resolve().parents[1] / "tools"
+                                                  / "eval.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--compare", voc.run_dir, coco.run_dir]) == 0
+    text = capsys.readouterr().out
+    assert _listed_under(text, voc.run_dir) == [
+        "training scheme", "background RoI range (model.roi.bg_iou_thresh_lo)", "horizontal flips",
+        "07+12 / 07++12 schedule: images per iteration", "RPN objectness", "box decoding and clipping",
+        "input padding", "processes x images not dividing the reference batch"]
+    assert _listed_under(text, coco.run_dir) == [
+        "training scheme", "horizontal flips", "COCO schedule and test set", "COCO: images per RPN update",
+        "RPN objectness", "box decoding and clipping", "input padding",
+        "processes x images not dividing the reference batch"]
+    # every unkeyed entry is listed under some run of the two: none is dead
+    assert {d.what for d in PFR_DIFFERENCES if d.key is None} <= set(_listed_under(text, voc.run_dir)) | set(
+        _listed_under(text, coco.run_dir))
+    # a VOC07-only run has no 07+12 schedule entry; runs with the same list are grouped under one heading
+    voc07 = _paper_run(tmp_path, "voc07_r50", {"mAP_11point": 0.7, "mAP_area": 0.72})
+    assert "07+12 / 07++12 schedule: images per iteration" not in _listed_under(format_compare_text([voc07]),
+                                                                               voc07.run_dir)
+    vgg = _paper_run(tmp_path, "voc0712_vgg16", {"mAP_11point": 0.73, "mAP_area": 0.75})
+    both = format_compare_text([vgg, voc])
+    assert f"  {vgg.run_dir}, {voc.run_dir}:" in both and both.count("    - training scheme") == 1
+    # the keyed ones: named under the run that leaves pfr's behaviour, with its value
+    coco_pt = _paper_run(tmp_path, "coco_vgg16", {"AP": 0.2, "AP50": 0.4},
+                         ["solver.momentum_style=pytorch", "data.coco_crowd=ignore"])
+    listed = format_compare_text([coco_pt])
+    assert "    - COCO crowd regions (data.coco_crowd) = ignore: here" in listed
+    assert "    - SGD momentum (solver.momentum_style) = pytorch: here" in listed
+    assert "sgd_solver.cpp:232-234" in listed and "lib/roi_data_layer/minibatch.py:37" in listed
+
+
 def test_paper_configs_differ_from_pfr_where_the_compare_list_says():
-    """The list's key-based entries hold for the paper configs: VOC keeps [0.1, 0.5), COCO has pfr's 0.0."""
+    """The list's key-based entries hold for the paper configs: VOC keeps [0.1, 0.5) (a difference), COCO has
+    pfr's 0.0; both take Caffe's momentum, and COCO trains on crowd boxes as pfr does (differences removed)."""
     from detres.config import load_config
     from detres.evaluation.compare import PFR_DIFFERENCES
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    keyed = [d for d in PFR_DIFFERENCES if d.key]
-    assert [d.key for d in keyed] == ["model.roi.bg_iou_thresh_lo"]
-    assert load_config(root / "voc07_r101.yaml").model.roi.bg_iou_thresh_lo == 0.1 != keyed[0].pfr_value
-    assert load_config(root / "coco_r101.yaml").model.roi.bg_iou_thresh_lo == 0.0 == keyed[0].pfr_value
+    keyed = {d.key: d.pfr_value for d in PFR_DIFFERENCES if d.key}
+    assert keyed == {"model.roi.bg_iou_thresh_lo": 0.0, "data.coco_crowd": "as_ground_truth",
+                     "solver.momentum_style": "caffe"}
+    voc, coco = load_config(root / "voc07_r101.yaml"), load_config(root / "coco_r101.yaml")
+    assert voc.model.roi.bg_iou_thresh_lo == 0.1 != keyed["model.roi.bg_iou_thresh_lo"]
+    assert coco.model.roi.bg_iou_thresh_lo == 0.0 == keyed["model.roi.bg_iou_thresh_lo"]
+    assert voc.solver.momentum_style == coco.solver.momentum_style == "caffe"
+    assert coco.data.coco_crowd == "as_ground_truth"

@@ -177,7 +177,8 @@ def test_config_keys_reach_the_detector(tmp_path):
 def test_bias_lr_factor_and_weight_decay_bias(tmp_path):
     layer = nn.Linear(3, 2)
     w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
-    opt = build_sgd(layer, lr=0.1, momentum=0.0, weight_decay=0.01, bias_lr_factor=2.0, weight_decay_bias=0.0)
+    opt = build_sgd(layer, lr=0.1, momentum=0.0, weight_decay=0.01, bias_lr_factor=2.0, weight_decay_bias=0.0,
+                    momentum_style="pytorch")
     layer.weight.grad, layer.bias.grad = torch.ones_like(w0), torch.ones_like(b0)
     opt.step()
     torch.testing.assert_close(layer.weight.detach(), w0 - 0.1 * (1 + 0.01 * w0))
@@ -203,7 +204,8 @@ def _one_step_params(cfg_path, *, iter_size, images_per_batch):
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0]]), "labels": torch.tensor([2])}]
     batches = [(images[i:i + images_per_batch], targets[i:i + images_per_batch]) for i in range(0, 2, images_per_batch)]
-    opt = build_sgd(model, lr=0.01, momentum=0.0, weight_decay=0.0, bias_lr_factor=1.0, weight_decay_bias=None)
+    opt = build_sgd(model, lr=0.01, momentum=0.0, weight_decay=0.0, bias_lr_factor=1.0, weight_decay_bias=None,
+                    momentum_style="pytorch")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     trainer = Trainer(model=model, loss_fn=detection_loss, optimizer=opt, scheduler=sched,
                       loader_factory=lambda start: iter(batches[start:]), max_iter=1, iter_size=iter_size)

@@ -55,3 +55,26 @@ def test_recompute_bn_measures_the_training_images(tmp_path, capsys):
     same = [str(ROOT / "configs" / "imagenet_r50.yaml"), *overrides, "--weights", str(weights), "--output",
             str(weights), "--num-images", "4", "--overwrite"]
     assert tool.main(same) == 2 and "input weights" in capsys.readouterr().err
+
+
+def test_recompute_bn_defaults_to_the_whole_training_set(tmp_path, capsys):
+    """Appendix A recomputes the statistics on the training set: without --num-images every training image is
+    measured once (12 here), the same statistics as a sample of all 12; --num-images 6 measures 6."""
+    data = make_imagenet(tmp_path / "imagenet")  # 4 training images per class, 3 classes
+    overrides = tiny_overrides(data, tmp_path / "run")
+    cfg = load_config(ROOT / "configs" / "imagenet_r50.yaml", overrides)
+    assert sorted(i for i, _ in bn_sample(cfg, None, 12)) == list(range(12))
+    torch.manual_seed(0)
+    weights = tmp_path / "cls.pth"
+    save_checkpoint({"model": build_model(cfg).state_dict(), "meta": cls_meta(cfg)}, str(weights), update_last=False)
+    tool = _tool("recompute_bn")
+    base = [str(ROOT / "configs" / "imagenet_r50.yaml"), *overrides, "--weights", str(weights), "--batch-size", "12"]
+    stats = {}
+    for name, extra in (("all", []), ("sample12", ["--num-images", "12"]), ("sample6", ["--num-images", "6"])):
+        assert tool.main([*base, "--output", str(tmp_path / f"{name}.pth"), *extra]) == 0
+        stats[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_images"]
+        assert read_weights(tmp_path / f"{name}.pth")[1]["bn_recomputed"]["num_images"] == stats[name]
+    assert stats == {"all": 12, "sample12": 12, "sample6": 6}
+    every, twelve, six = (read_weights(tmp_path / f"{n}.pth")[0] for n in ("all", "sample12", "sample6"))
+    torch.testing.assert_close(every["bn1.running_mean"], twelve["bn1.running_mean"], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(every["bn1.running_mean"], six["bn1.running_mean"], atol=1e-4)

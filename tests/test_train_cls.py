@@ -46,7 +46,9 @@ def tiny_overrides(data_root, out, *, name="resnet18", style="pytorch", max_iter
             f"model.num_classes={len(CLASSES)}", "data.min_scale=36", "data.max_scale=44", "data.crop=32",
             "data.test_resize=36", "data.num_workers=0", "solver.ims_per_batch=4", "solver.reference_batch=4",
             "solver.base_lr=0.01", f"solver.max_iter={max_iter}", f"solver.steps={steps}", "solver.checkpoint_period=2",
-            "solver.log_period=1", "test.eval_period=0", "test.ims_per_batch=4", "solver.amp=bf16"]
+            "solver.log_period=1", "test.eval_period=0", "test.ims_per_batch=4", "solver.amp=bf16",
+            # the paper's per-pixel mean, plateau rule and multi-scale test have tests of their own
+            "data.mean_image=false", "test.multi_scale=[]", "solver.lr_schedule=steps"]
 
 
 @pytest.fixture(scope="module")

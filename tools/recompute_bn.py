@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Recompute the BatchNorm statistics of a classifier on N training images (He et al. 2015, Appendix A)
+"""Recompute the BatchNorm statistics of a classifier on the training set (He et al. 2015, Appendix A)
 before it is used for detection.
 
     python tools/recompute_bn.py configs/imagenet_r50.yaml --weights output/imagenet_r50/model_final.pth \\
-        --output output/imagenet_r50/model_final_bn.pth --num-images 50000 [key.sub=value ...]
+        --output output/imagenet_r50/model_final_bn.pth [--num-images 50000] [key.sub=value ...]
 
-The config names the classifier and the training data (as for tools/train_cls.py); the N images are a
-seeded sample of the training set, augmented as in training. Only the BN running means and variances
+The config names the classifier and the training data (as for tools/train_cls.py); every training image is
+used, augmented as in training (``--num-images N``: a seeded sample of N of them, quicker). Only the BN running means and variances
 change; the output is ``{"model", "meta"}`` like the input and works as ``model.backbone.weights=...``.
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     p.add_argument("--weights", required=True, help="classifier checkpoint ({'model', 'meta'}, e.g. model_final.pth)")
     p.add_argument("--output", required=True, help="where to write the weights with the new statistics")
-    p.add_argument("--num-images", type=int, required=True, help="training images to measure the statistics on")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="measure on a seeded sample of this many training images (default: the whole training set)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default solver.ims_per_batch)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")

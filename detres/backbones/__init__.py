@@ -194,17 +194,19 @@ def build_classifier(
     shortcut: str | None = _CLS.shortcut,
     weights: str | os.PathLike | None = None,
     width: int = _CLS.width,
+    caffe_stem_pool: bool = _CLS.caffe_stem_pool,
 ) -> nn.Module:
     """The classifier: forward(images[N,3,224,224]) -> logits[N, num_classes] (CIFAR nets: [N,3,32,32]).
 
     Its state_dict keys are exactly torchvision's, so torchvision checkpoints load with no conversion.
     num_classes: None = the family's data set (1000 for ImageNet nets, 10 for the CIFAR-10 nets).
-    style: as build_backbone (None: the weights' style, else "pytorch").
+    style: as build_backbone (None: the weights' style, else "pytorch"). caffe_stem_pool: as build_backbone
+    (ResNets; a net pretrained with it runs on the grid of detection's ``caffe_stem_pool: true``).
     """
     entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
     family = _FAMILIES[entry.family]
     net = family.classifier(name, num_classes if num_classes is not None else family.num_classes,
-                            norm_factory(norm, eps=meta["bn_eps"]), style, shortcut, width)
+                            norm_factory(norm, eps=meta["bn_eps"]), style, shortcut, width, caffe_stem_pool)
     if state is not None:
         load_state(net, state, source=os.fspath(weights))
     return _finish(net, meta, name, style)
@@ -215,7 +217,7 @@ class _Family:
     """How one family builds its three networks; the registry's entries name their family."""
     trunk: Any  # (name, norm, style, shortcut, out_features, width, caffe_stem_pool) -> (net, prefixes to drop)
     c4: Any  # (name, norm, style, shortcut, width, caffe_stem_pool) -> (net with split_c4, prefixes to drop)
-    classifier: Any  # (name, num_classes, norm, style, shortcut, width) -> net
+    classifier: Any  # (name, num_classes, norm, style, shortcut, width, caffe_stem_pool) -> net
     num_classes: int  # the family's data set: ImageNet's 1000, CIFAR-10's 10
 
 
@@ -235,7 +237,7 @@ def _no_trunk(name, *args):
     raise ValueError(f"{name}: a CIFAR-10 classifier (32x32 images); it has no detection trunk, use build_classifier")
 
 
-def _cifar_classifier(name, num_classes, norm, style, shortcut, width):
+def _cifar_classifier(name, num_classes, norm, style, shortcut, width, caffe_stem_pool):
     n, residual = cifar_spec(name)  # the shortcut is part of the name: option A, or none for the plain nets
     return CifarResNet(n, residual=residual, num_classes=num_classes, norm=norm)
 
@@ -246,8 +248,8 @@ _FAMILIES: dict[str, _Family] = {
         c4=lambda name, norm, style, shortcut, width, pool: (ResNet(
             name, norm=norm, style=style, shortcut=shortcut, out_features=("res4", "res5"), width=width,
             caffe_stem_pool=pool), ["fc."]),
-        classifier=lambda name, k, norm, style, shortcut, width: ResNetClassifier(
-            name, num_classes=k, norm=norm, style=style, shortcut=shortcut, width=width),
+        classifier=lambda name, k, norm, style, shortcut, width, pool: ResNetClassifier(
+            name, num_classes=k, norm=norm, style=style, shortcut=shortcut, width=width, caffe_stem_pool=pool),
         num_classes=_CLS.num_classes),
     "vgg": _Family(trunk=_vgg_trunk, c4=lambda *args: (VGG16C4(), ["classifier.6."]),
                    classifier=lambda name, k, *args: VGG16Classifier(num_classes=k), num_classes=_CLS.num_classes),

@@ -283,8 +283,9 @@ class ResNetClassifier(ResNet):
     """
 
     def __init__(self, arch: str, *, num_classes: int = 1000, norm: NormFn, style: str = "pytorch",
-                 shortcut: str = "B", width: int = 64):
-        super().__init__(arch, norm=norm, style=style, shortcut=shortcut, out_features=("res5",), width=width)
+                 shortcut: str = "B", width: int = 64, caffe_stem_pool: bool = False):
+        super().__init__(arch, norm=norm, style=style, shortcut=shortcut, out_features=("res5",), width=width,
+                         caffe_stem_pool=caffe_stem_pool)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.out_channels, num_classes)
 

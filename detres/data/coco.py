@@ -13,8 +13,14 @@ results with the original ids.
 
 Boxes: COCO ``[x, y, w, h]`` (continuous pixels) become xyxy ``[x, y, x + w, y + h]``, clipped to the image;
 boxes with no width or height after that are dropped (counted, warned). Crowd regions (``iscrowd=1``) are
-kept with their flag and are never targets. With ``train=True`` images left with no box are skipped; with
-``train=False`` every image is kept (the evaluator needs them all).
+kept with their flag; ``crowd="ignore"`` makes them never targets (torchvision's and Detectron's choice),
+``crowd="as_ground_truth"`` makes them training targets like any box, as py-faster-rcnn's end-to-end training
+does (its ``lib/datasets/coco.py:267`` gives a crowd box its class, and ``lib/roi_data_layer/minibatch.py:37``
+takes every box with a class as ground truth; the overlaps of -1, ``lib/datasets/coco.py:272``, serve its
+precomputed-proposal training and its image filter). With ``train=True`` images with no non-crowd box are
+skipped (pfr's filter drops them too: an overlap of -1 makes no RoI foreground or background); with
+``train=False`` every image is kept (the evaluator needs them all) and crowd regions are never targets (the
+evaluator reads them from the file).
 """
 from __future__ import annotations
 
@@ -32,12 +38,17 @@ import msgspec
 import numpy as np
 import torch
 
+from detres.config import DataConfig
 from detres.data.dataset import DetectionDataset
 from detres.data.transforms import read_image_rgb
 
 __all__ = ["COCODetection", "COCOFile", "load_coco", "read_coco_json", "find_coco_files"]
 
 logger = logging.getLogger(__name__)
+
+_DATA = DataConfig()  # the one default of data.coco_crowd
+#: ``data.coco_crowd`` values: what training does with COCO's crowd regions.
+COCO_CROWD = ("ignore", "as_ground_truth")
 
 
 def load_coco(ann_file: str | os.PathLike):
@@ -169,7 +180,11 @@ class COCODetection(DetectionDataset):
 
     def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, *, train: bool,
                  transforms: Callable[[np.ndarray, dict], tuple[Any, dict]] | None = None,
-                 check_images: bool = True, class_names: Sequence[str] | None = None) -> None:
+                 check_images: bool = True, class_names: Sequence[str] | None = None,
+                 crowd: str = _DATA.coco_crowd) -> None:
+        if crowd not in COCO_CROWD:
+            raise ValueError(f"data.coco_crowd must be one of {COCO_CROWD}, got {crowd!r}")
+        self.crowd_as_ground_truth = train and crowd == "as_ground_truth"
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise ValueError(f"{self.image_dir}: image directory not found (COCO file names are looked up there; "
@@ -318,9 +333,9 @@ class COCODetection(DetectionDataset):
                                ", ".join(map(repr, empty[:10])), "has" if one else "have",
                                "is a class" if one else "are classes", "it" if one else "them")
         skipped = len(self._img_ids) - len(self._items)
-        logger.info("%s: %d images%s, %d categories, %d crowd regions ignored", self.ann_file, len(self._items),
+        logger.info("%s: %d images%s, %d categories, %d crowd regions %s", self.ann_file, len(self._items),
                     f" ({skipped} without a box skipped)" if self.train else "", len(self.class_names),
-                    dropped.get("crowd", 0))
+                    dropped.get("crowd", 0), "trained on as ground truth" if self.crowd_as_ground_truth else "ignored")
 
     def _check_images(self) -> None:
         """Every item's image must exist now, not when the loader reaches it hours later."""
@@ -360,10 +375,11 @@ class COCODetection(DetectionDataset):
         return np.where(ok, wh[:, 0] / np.where(ok, wh[:, 1], 1), 1.0).tolist()
 
     def get_target(self, index: int) -> dict:
-        """Item ``index``'s target without decoding the image (crowd regions left out)."""
+        """Item ``index``'s target without decoding the image (crowd regions left out, or in as ordinary boxes
+        with ``crowd="as_ground_truth"`` in training)."""
         j = int(self._items[index])
         s, e = int(self._box_start[j]), int(self._box_start[j + 1])
-        keep = ~self._crowd[s:e]
+        keep = np.ones(e - s, bool) if self.crowd_as_ground_truth else ~self._crowd[s:e]
         return {"boxes": torch.from_numpy(self._boxes[s:e][keep]),
                 "labels": torch.from_numpy(self._labels[s:e][keep].astype(np.int64)),
                 "image_id": int(self._img_ids[j])}

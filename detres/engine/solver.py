@@ -1,5 +1,13 @@
 """Optimiser and learning-rate schedule: SGD with momentum, linear warmup then multi-step decay.
 
+Two momentum conventions (``momentum_style``). PyTorch's SGD keeps a buffer of gradients, ``v = m v + g``, and
+steps ``w -= lr v``; Caffe's SGDSolver (the solver of py-faster-rcnn and of the MSRA models) keeps the rate
+inside the buffer, ``v = m v + lr g``, and steps ``w -= v`` (BVLC/caffe 9b89154
+``src/caffe/solvers/sgd_solver.cpp:232-234``: ``history = local_rate * diff + momentum * history``). At a
+constant rate the two give the same weights (``v_caffe = lr v_pytorch``); after a rate step, PyTorch's buffer
+applies the new rate to the whole history at once, Caffe's lets the old rate's history decay over ~1/(1-m)
+iterations (10 at m = 0.9). ``g`` includes the weight decay ``wd w`` in both.
+
 The schedule is iteration based (the unit of py-faster-rcnn's and Detectron's solvers). The base learning
 rate follows the linear scaling rule (Goyal et al. 2017): when the total batch (processes x images per
 process) differs from the batch the rate was tuned for, the rate is multiplied by their ratio. (The other rule,
@@ -17,7 +25,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["scale_lr", "build_sgd", "WarmupMultiStep", "build_warmup_multistep"]
+__all__ = ["MOMENTUM_STYLES", "scale_lr", "build_sgd", "CaffeSGD", "WarmupMultiStep", "build_warmup_multistep"]
+
+#: ``solver.momentum_style`` values: where the learning rate sits in the momentum update.
+MOMENTUM_STYLES = ("pytorch", "caffe")
 
 
 def scale_lr(base_lr: float, *, total_batch: int, reference_batch: int) -> float:
@@ -28,12 +39,15 @@ def scale_lr(base_lr: float, *, total_batch: int, reference_batch: int) -> float
 
 
 def build_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-              bias_lr_factor: float, weight_decay_bias: float | None) -> torch.optim.SGD:
+              bias_lr_factor: float, weight_decay_bias: float | None, momentum_style: str) -> torch.optim.SGD:
     """SGD over the trainable parameters (``requires_grad``) of ``model``; frozen ones are left out.
 
     Parameters named ``bias`` form a second group with the rate ``lr * bias_lr_factor`` and the weight
     decay ``weight_decay_bias`` (None: ``weight_decay``), as Caffe's ``lr_mult``/``decay_mult`` (py-faster-rcnn
-    trains biases at twice the rate and without decay). The weights are group 0.
+    trains biases at twice the rate, with the weights' decay: its prototxts set ``decay_mult: 0`` only on the
+    frozen conv1_x/conv2_x, models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt lines 22-112). The
+    weights are group 0. ``momentum_style``: "pytorch" (``torch.optim.SGD``) or
+    "caffe" (:class:`CaffeSGD`, see the module docstring).
     """
     if lr < 0 or bias_lr_factor < 0 or weight_decay < 0 or (weight_decay_bias is not None and weight_decay_bias < 0):
         raise ValueError(f"learning rates and weight decays must be >= 0, got lr={lr}, bias_lr_factor={bias_lr_factor}, "
@@ -48,7 +62,42 @@ def build_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: flo
     if biases:
         groups.append({"params": biases, "lr": lr * bias_lr_factor,
                        "weight_decay": weight_decay if weight_decay_bias is None else weight_decay_bias})
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if momentum_style not in MOMENTUM_STYLES:
+        raise ValueError(f"momentum_style must be one of {MOMENTUM_STYLES}, got {momentum_style!r}")
+    sgd = CaffeSGD if momentum_style == "caffe" else torch.optim.SGD
+    return sgd(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class CaffeSGD(torch.optim.SGD):
+    """SGD with Caffe's momentum: ``v = m v + lr (g + wd w)``, ``w -= v`` (the rate inside the buffer).
+
+    The state (``momentum_buffer`` per parameter) and the param groups are SGD's, so checkpoints, schedulers
+    and resuming work unchanged; only the update differs (module docstring). No Nesterov, no dampening.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            d = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else grads  # g + wd w
+            bufs = []
+            for p, dp in zip(params, d):
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # Caffe's history starts at zero: v = 0 * m + lr d
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, m)
+            torch._foreach_add_(bufs, d, alpha=lr)
+            torch._foreach_sub_(params, bufs)
+        return loss
 
 
 class WarmupMultiStep:

@@ -20,9 +20,10 @@ rows or deltas: the paper's figures say nothing about them.
 A comparison is only the paper's when the runs differ in the network alone: :func:`config_differences`
 lists every other setting that differs (the weights' file and style, and the RoI size that follows the
 backbone, may differ), and the text and Markdown tables print it under "these runs differ in more than
-the network:". Under "differences from py-faster-rcnn left on purpose" they name each difference from the
-reference code (:data:`PFR_DIFFERENCES`: end-to-end vs alternating training, the VOC background range, ...)
-that applies to the runs, with the file and line of each source.
+the network:". Under "differences from py-faster-rcnn" they name, under each run, each difference from the
+reference code (:data:`PFR_DIFFERENCES`: end-to-end vs alternating training, the VOC background range, the
+07+12 schedule's images, the COCO ones only under COCO runs, ...) that applies to it, with the file and line
+of each source; one a config key removes is named only under a run that sets the key otherwise.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+from detres.config import DataConfig, RoIConfig, SolverConfig
 
 __all__ = ["PAPER", "NETWORK_KEYS", "PFR_COMMIT", "PfrDifference", "PFR_DIFFERENCES", "RunSummary", "load_run",
            "compare_rows", "config_differences", "format_differences", "pfr_differences", "format_pfr_differences",
@@ -49,8 +52,11 @@ PFR_COMMIT = "781a917"
 @dataclass(frozen=True)
 class PfrDifference:
     """A difference from py-faster-rcnn (pfr) kept on purpose: ``what`` differs, ``here`` (detres's choice and
-    its source) vs ``pfr`` (the reference's, with file:line at :data:`PFR_COMMIT`), for the ``benchmarks``
-    listed. With ``key``, it applies to a run only when that config key differs from ``pfr_value``."""
+    its source) vs ``pfr`` (the reference's, with file:line at :data:`PFR_COMMIT`, or the paper it follows), for
+    the ``benchmarks`` listed and, with ``train_data``, only runs on that training data ("07+12", "07++12").
+    With ``key``, it applies to a run only when that config key differs from ``pfr_value`` (the configs can
+    remove the difference; the paper configs do where ``pfr_value`` is their value); a config.yaml written before
+    the key existed ran with ``default``, the config's default of the key."""
 
     what: str
     here: str
@@ -58,9 +64,14 @@ class PfrDifference:
     benchmarks: tuple[str, ...]
     key: str | None = None
     pfr_value: Any = None
+    train_data: tuple[str, ...] | None = None
+    default: Any = None
 
 
-#: Every difference from pfr left on purpose in the paper configs (configs/_base_/{voc,coco}.yaml).
+_ALL = ("voc07", "voc12", "coco")
+
+#: Every difference from pfr in the paper configs (configs/_base_/{voc,coco}.yaml): those left on purpose, and
+#: (with a ``key``) those a config key removes, listed for a run that sets the key otherwise.
 PFR_DIFFERENCES: tuple[PfrDifference, ...] = (
     PfrDifference(
         "training scheme",
@@ -68,27 +79,86 @@ PFR_DIFFERENCES: tuple[PfrDifference, ...] = (
         "experiments/scripts/faster_rcnn_end2end.sh:51-57",
         "the papers' tables come from 4-step alternating training (Faster R-CNN Sec. 3.2; ResNet App. A's "
         "separate RPN and Fast R-CNN steps): tools/train_faster_rcnn_alt_opt.py:228-319, "
-        "stages of 80k/40k/80k/40k iterations (line 80)",
-        ("voc07", "voc12", "coco")),
+        "stages of 80k/40k/80k/40k iterations (tools/train_faster_rcnn_alt_opt.py:80)",
+        _ALL),
     PfrDifference(
         "background RoI range (model.roi.bg_iou_thresh_lo)",
-        "[0.1, 0.5) on VOC: Fast R-CNN Sec. 2.3, and Faster R-CNN Sec. 4.2 names it the VOC range; "
-        "pfr's default lib/fast_rcnn/config.py:58",
+        "[0.1, 0.5) on VOC: Fast R-CNN Sec. 2.3 (the range Faster R-CNN Sec. 4.2 sets its COCO [0, 0.5) against); "
+        "pfr's default lib/fast_rcnn/config.py:58, which its experiment configs override",
         "[0.0, 0.5): BG_THRESH_LO 0.0 in both experiments/cfgs/faster_rcnn_end2end.yml:9 and "
         "experiments/cfgs/faster_rcnn_alt_opt.yml:3",
-        ("voc07", "voc12"), key="model.roi.bg_iou_thresh_lo", pfr_value=0.0),
+        ("voc07", "voc12"), key="model.roi.bg_iou_thresh_lo", pfr_value=0.0, default=RoIConfig.bg_iou_thresh_lo),
     PfrDifference(
         "horizontal flips",
         "each drawn image flipped with probability 0.5 (data.flip_prob)",
         "every image appended once flipped, both used each epoch: lib/fast_rcnn/train.py:117-118 "
         "(TRAIN.USE_FLIPPED, lib/fast_rcnn/config.py:61)",
-        ("voc07", "voc12", "coco")),
+        _ALL),
+    PfrDifference(
+        "07+12 / 07++12 schedule: images per iteration",
+        "lr 0.001 for 60k and 0.0001 for 20k updates (Faster R-CNN Sec. 3.1.3's numbers) of 2 images each "
+        "(solver.iter_size 2 of pfr's end-to-end solver, "
+        "models/pascal_voc/VGG16/faster_rcnn_end2end/solver.prototxt:16): 160k images",
+        "Faster R-CNN's 60k/20k count mini-batches of 1 image (Sec. 3.1.3: each from a single image; pfr's "
+        "alternating solvers set no iter_size, e.g. "
+        "stepsize 60000 in models/pascal_voc/VGG16/faster_rcnn_alt_opt/stage1_rpn_solver60k80k.pt:6): 80k images; pfr's "
+        "end-to-end script trains VOC07 only (experiments/scripts/faster_rcnn_end2end.sh:27)",
+        ("voc07", "voc12"), train_data=("07+12", "07++12")),
     PfrDifference(
         "COCO schedule and test set",
         "ResNet App. A: lr 0.001 for 240k, 0.0001 for 80k iterations of 16 images; train2014 -> val2014",
         "490k iterations (experiments/scripts/faster_rcnn_end2end.sh:39), step at 350k "
-        "(models/coco/VGG16/faster_rcnn_end2end/solver.prototxt:5), tested on coco_2014_minival (.sh:37)",
+        "(stepsize 350000, models/coco/VGG16/faster_rcnn_end2end/solver.prototxt:5), tested on "
+        "coco_2014_minival (experiments/scripts/faster_rcnn_end2end.sh:37)",
         ("coco",)),
+    PfrDifference(
+        "COCO: images per RPN update",
+        "end to end, the RPN and the RoI head learn from the same 16 images per update (solver.reference_batch 16)",
+        "ResNet App. A: on 8 GPUs the RPN step has a mini-batch of 8 images (1 per GPU), the Fast R-CNN step 16; "
+        "pfr's COCO solver: 1 image x iter_size 2 (models/coco/VGG16/faster_rcnn_end2end/solver.prototxt:15)",
+        ("coco",)),
+    PfrDifference(
+        "COCO crowd regions (data.coco_crowd)",
+        "ignore: crowd boxes are never targets (torchvision's and Detectron's choice)",
+        "as_ground_truth (the paper configs' setting): end-to-end training takes them as ground truth, "
+        "lib/datasets/coco.py:267 gives a crowd box its class and lib/roi_data_layer/minibatch.py:37 keeps "
+        "every box with a class",
+        ("coco",), key="data.coco_crowd", pfr_value="as_ground_truth", default=DataConfig.coco_crowd),
+    PfrDifference(
+        "SGD momentum (solver.momentum_style)",
+        "pytorch: the rate multiplies the momentum buffer at each step (torch.optim.SGD), so a rate step acts on "
+        "the whole history at once",
+        "caffe (the paper configs' setting): the rate sits inside the buffer (Caffe's SGDSolver, BVLC/caffe "
+        "src/caffe/solvers/sgd_solver.cpp:232-234), the old rate's history decays over ~10 iterations after a step",
+        _ALL, key="solver.momentum_style", pfr_value="caffe", default=SolverConfig.momentum_style),
+    PfrDifference(
+        "RPN objectness",
+        "one logit per anchor, sigmoid and binary cross-entropy (torchvision's RPNHead: 9 outputs for 9 anchors)",
+        "a 2-way softmax per anchor: rpn_cls_score num_output 18 for 9 anchors "
+        "(models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt:398), SoftmaxWithLoss "
+        "(models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt:448); the same family of scores, "
+        "parametrised twice",
+        _ALL),
+    PfrDifference(
+        "box decoding and clipping",
+        "boxes clipped to [0, W] x [0, H] (continuous coordinates), dw/dh clamped at log(1000/16) before exp "
+        "(torchvision's BoxCoder)",
+        "clipped to W - 1 / H - 1 (inclusive pixels, lib/fast_rcnn/bbox_transform.py:69-75), exp(dw) unclamped "
+        "(lib/fast_rcnn/bbox_transform.py:48-49)",
+        _ALL),
+    PfrDifference(
+        "input padding",
+        "each batch padded to a multiple of 32 px (torchvision's GeneralizedRCNNTransform, size_divisible 32): "
+        "a 1000-px side becomes 1024, 64 cells of the stride-16 map where pfr has 63",
+        "no padding beyond the batch's largest image (lib/utils/blob.py:18-24; 1 image per pass: none)",
+        _ALL),
+    PfrDifference(
+        "processes x images not dividing the reference batch",
+        "solver.batch_rule accumulate rounds iter_size up and scales the rate linearly for the rest, and logs it: "
+        "3 processes on COCO take 18 images per update at lr x 1.125 instead of 16 at 0.001",
+        "1 GPU (VOC: 1 image x iter_size 2, models/pascal_voc/VGG16/faster_rcnn_end2end/solver.prototxt:16); "
+        "ResNet App. A: 8 GPUs for COCO, 16 images per update",
+        _ALL),
 )
 
 
@@ -274,36 +344,46 @@ def format_differences(runs: Sequence[RunSummary], *, markdown: bool = False) ->
     return "\n".join(lines)
 
 
-def pfr_differences(runs: Sequence[RunSummary]) -> list[tuple[PfrDifference, list[str]]]:
-    """The entries of :data:`PFR_DIFFERENCES` that apply to ``runs`` (a benchmark among theirs and, for an entry
-    with a ``key``, a run whose config sets that key to another value than pfr's), each with those runs'
-    values of the key ("run=value"; empty without a key)."""
-    out = []
-    for d in PFR_DIFFERENCES:
-        these = [r for r in runs if r.benchmark in d.benchmarks]
-        if not these:
-            continue
-        if d.key is None:
-            out.append((d, []))
-            continue
-        values = [f"{r.run_dir}={r.config[d.key]}" for r in these
-                  if r.config is not None and d.key in r.config and r.config[d.key] != d.pfr_value]
-        if values:
-            out.append((d, values))
-    return out
+def _applies(d: PfrDifference, r: RunSummary) -> str | None:
+    """"" when ``d`` applies to run ``r`` (with a key: the run's value of it), None when it does not."""
+    if r.benchmark not in d.benchmarks or (d.train_data is not None and r.train_data not in d.train_data):
+        return None
+    if d.key is None:
+        return ""
+    value = None if r.config is None else r.config.get(d.key, d.default)
+    return None if value is None or value == d.pfr_value else str(value)
+
+
+def pfr_differences(runs: Sequence[RunSummary]) -> list[tuple[list[str], list[tuple[PfrDifference, str]]]]:
+    """The entries of :data:`PFR_DIFFERENCES` that apply to each run (its benchmark and training data among the
+    entry's and, for an entry with a ``key``, a config that sets the key to another value than pfr's), grouped:
+    ``[(run dirs, [(difference, the runs' value of its key or "")])]``, runs with the same list together, in
+    the order of ``runs``; runs to which none applies are left out."""
+    groups: dict[tuple, list[str]] = {}
+    for r in runs:
+        found = tuple((d, v) for d in PFR_DIFFERENCES if (v := _applies(d, r)) is not None)
+        if found:
+            groups.setdefault(found, []).append(r.run_dir)
+    return [(names, list(found)) for found, names in groups.items()]
 
 
 def format_pfr_differences(runs: Sequence[RunSummary], *, markdown: bool = False) -> str:
-    """The differences from py-faster-rcnn left on purpose that apply to ``runs``, each with its sources."""
+    """Under each run (runs with the same list together), the differences from py-faster-rcnn that apply to
+    it, each with its sources."""
     found = pfr_differences(runs)
     if not found:
         return ""
-    lines = [f"differences from py-faster-rcnn ({PFR_COMMIT}) left on purpose:"]
-    bullet = "- " if markdown else "  - "
-    for d, values in found:
-        runs_text = f" [{', '.join(values)}]" if values else ""
-        lines.append(f"{bullet}{d.what}{runs_text}: here {d.here}; pfr: {d.pfr}")
-    return "\n".join(lines)
+    lines = [f"differences from py-faster-rcnn ({PFR_COMMIT}):"]
+    for names, diffs in found:
+        lines.append(f"{'**' if markdown else '  '}{', '.join(names)}{'**' if markdown else ''}:")
+        if markdown:
+            lines.append("")
+        for d, value in diffs:
+            what = f"{d.what} = {value}" if value else d.what
+            lines.append(f"{'- ' if markdown else '    - '}{what}: here {d.here}; pfr: {d.pfr}")
+        if markdown:
+            lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def _own_rows(runs: Sequence[RunSummary]) -> list[list[str]]:

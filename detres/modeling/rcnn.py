@@ -12,7 +12,8 @@ torchvision hard-codes the other way. Each is a keyword here, and the defaults r
   ``target["size"] / target["orig_size"]`` when the caller passes the data pipeline's targets (training,
   and :func:`detres.evaluation.inference.predict_original`); without them it is 1 (input pixels).
 - ``bg_iou_thresh_lo`` (RoI heads, training): a proposal is background only if its best IoU is in
-  ``[lo, bg_iou_thresh)`` (py-faster-rcnn ``BG_THRESH_LO = 0.1`` on VOC; 0 on COCO, as torchvision);
+  ``[lo, bg_iou_thresh)`` (0.1: Fast R-CNN Sec. 2.3 and py-faster-rcnn's default, lib/fast_rcnn/config.py:58;
+  0: torchvision, and pfr's end2end and alt_opt configs, experiments/cfgs/faster_rcnn_end2end.yml:9);
   proposals below ``lo`` are ignored. Images without any ground-truth box keep all their proposals as
   background (torchvision's behaviour), so an image of only difficult objects still trains.
 

@@ -92,14 +92,16 @@ def imagenet_root(cfg: ClsConfig) -> Path:
 
 
 def build_model(cfg: ClsConfig) -> nn.Module:
-    """``build_classifier`` from ``cfg.model`` (randomly initialised, BN trained)."""
+    """``build_classifier`` from ``cfg.model`` (randomly initialised, BN trained). ``model.caffe_stem_pool``:
+    the MSRA Caffe pool1 (ResNets; VGG-16 and the CIFAR nets ignore it), the grid of detection's
+    ``model.backbone.caffe_stem_pool: true``, so that the weights trained here see there what they saw here."""
     m = cfg.model
     check_choice("model.name", m.name, list_classifiers())
     check_choice("model.norm", m.norm, NORMS)
     check_choice("model.style", m.style, STYLES)
     check_choice("model.shortcut", m.shortcut, SHORTCUTS)
     return build_classifier(m.name, num_classes=m.num_classes, style=m.style, norm=m.norm, shortcut=m.shortcut,
-                            width=m.width)
+                            width=m.width, caffe_stem_pool=m.caffe_stem_pool)
 
 
 def compute_mean_image(cfg: ClsConfig) -> torch.Tensor:
@@ -304,24 +306,25 @@ def run_train(cfg: ClsConfig, *, resume: bool = False, overwrite: bool = False, 
                         extra_hooks=lr_hooks)
 
 
-def bn_sample(cfg: ClsConfig, num_images: int, size: int) -> list[tuple[int, int]]:
-    """``[(index, seed), ...]``: the ``num_images`` training items (of ``size``) whose BN statistics
-    :func:`recompute_bn` measures: the first of a permutation drawn from ``cfg.seed``, each augmented as in
-    training with its own seed (``cfg.seed + index``)."""
+def bn_sample(cfg: ClsConfig, num_images: int | None, size: int) -> list[tuple[int, int]]:
+    """``[(index, seed), ...]``: the ``num_images`` training items (of ``size``; None: all of them, Appendix A's
+    "training set") whose BN statistics :func:`recompute_bn` measures: the first of a permutation drawn from
+    ``cfg.seed``, each augmented as in training with its own seed (``cfg.seed + index``)."""
+    num_images = size if num_images is None else num_images
     if not 1 <= num_images <= size:
         raise ValueError(f"--num-images must be in [1, {size}] (the training set's size), got {num_images}")
     order = torch.randperm(size, generator=torch.Generator().manual_seed(cfg.seed))[:num_images]
     return [(int(i), cfg.seed + int(i)) for i in order]
 
 
-def recompute_bn(cfg: ClsConfig, weights: str, output: str, *, num_images: int, batch_size: int | None = None,
+def recompute_bn(cfg: ClsConfig, weights: str, output: str, *, num_images: int | None, batch_size: int | None = None,
                  device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Appendix A of He et al. (2015): before a classifier is used for detection, its BN statistics are
-    recomputed on a large set of training images (the running averages of training lag the final weights).
+    recomputed on the training set (the running averages of training lag the final weights).
 
     Loads ``weights`` (a checkpoint of :func:`run_train`: ``{"model", "meta"}``) into ``build_model(cfg)``,
     resets every BatchNorm's running mean and variance, and measures them again as the exact average over
-    ``num_images`` training images (:func:`bn_sample`) in batches of ``batch_size`` (default
+    ``num_images`` training images (:func:`bn_sample`; None: the whole training set) in batches of ``batch_size`` (default
     ``solver.ims_per_batch``; each batch's mean and unbiased variance, averaged over the batches: torch's
     ``swa_utils.update_bn``). Only the BN buffers change. Writes ``{"model", "meta"}`` to ``output``
     (atomically; the meta gains ``bn_recomputed: {"num_images", "from"}``) and returns a summary.

@@ -178,7 +178,8 @@ def build_solver(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, tor
     else:
         logger.info("learning rate %.6g (total batch %d = solver.reference_batch, no scaling)", lr, plan.total)
     optimizer = build_sgd(comm.unwrap_model(model), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                          bias_lr_factor=s.bias_lr_factor, weight_decay_bias=s.weight_decay_bias)
+                          bias_lr_factor=s.bias_lr_factor, weight_decay_bias=s.weight_decay_bias,
+                          momentum_style=s.momentum_style)
     scheduler = build_warmup_multistep(optimizer, steps=s.steps, gamma=s.gamma, warmup_iters=warmup_iters(cfg, lr),
                                        warmup_factor=s.warmup_factor, warmup_method=s.warmup_method)
     return optimizer, scheduler

@@ -241,7 +241,7 @@ def _build_split(cfg: DetConfig, names: Sequence[str], *, train: bool, transform
             else:  # the COCO release: <root>/coco/<split> and annotations/instances_<split>.json
                 image_dir, ann = find_coco_files(root, n)
             parts.append(COCODetection(image_dir, ann, train=train, transforms=transforms,
-                                       class_names=cfg.data.classes))
+                                       class_names=cfg.data.classes, crowd=cfg.data.coco_crowd))
     return parts[0] if len(parts) == 1 else ConcatDetection(parts)
 
 
