@@ -29,7 +29,7 @@ __all__ = ["WeightsSource", "WEIGHTS", "CONVERTERS", "PAPER_WEIGHTS", "list_weig
 
 _TV = "https://download.pytorch.org/models/"
 _TV_NOTE = ("torchvision publishes the first 8 hex digits of the file's SHA-256 in its name and checks that prefix "
-            "(torch/hub.py HASH_REGEX l.79, download_url_to_file l.777-781); no full hash is published")
+            "(torch/hub.py of torch 2.14.1: HASH_REGEX, and download_url_to_file's hash_prefix check); no full hash is published")
 _DETECTRON = "https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/MSRA/"
 _DETECTRON_NOTE = ("Detectron publishes each file's MD5 at <url>.md5sum (Detectron MODEL_ZOO.md l.18), read at "
                    "download time; no hash is pinned here")

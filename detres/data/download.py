@@ -8,11 +8,11 @@ outside ``<root>`` refused), and a marker ``<root>/downloads/<archive>.done`` wr
 archive is then deleted (COCO's would double the disk used). A second call finds the markers and the checked
 files and downloads nothing. ``$DETRES_MIRROR`` redirects the downloads (a mirror, or a test's server).
 
-Checksums: the VOC archives' MD5s as torchvision's ``datasets/voc.py`` pins them (l.49-57 for 2007, l.19-21 for
-2012; the same values in PaddleDetection's ppdet/utils/download.py ``DATASETS['voc']``). cocodataset.org
+Checksums: the VOC archives' MD5s as torchvision's ``datasets/voc.py`` pins them (``DATASET_YEAR_DICT``, "2007", "2007-test" and
+"2012", as installed with torchvision 0.29.1; the same values in PaddleDetection's ppdet/utils/download.py ``DATASETS['voc']``). cocodataset.org
 publishes no checksum; the MD5s pinned for COCO are third-party records (the 2017 ones in PaddleDetection's
-ppdet/utils/download.py ``DATASETS["coco"]`` l.53-64 at commit 005e0ff, 2014 train/val in Salesforce LAVIS
-lavis/datasets/download_scripts/download_coco.py l.15-16); ``annotations_trainval2014.zip`` has no record we
+ppdet/utils/download.py ``DATASETS["coco"]`` at commit 005e0ff, 2014 train/val in Salesforce LAVIS
+lavis/datasets/download_scripts/download_coco.py, ``DATA_URL``'s comments); ``annotations_trainval2014.zip`` has no record we
 could check, so nothing is pinned for it (its SHA-256 is logged).
 """
 from __future__ import annotations

@@ -14,8 +14,8 @@ archive (:mod:`detres.data.download`) goes through:
   and the local path where the file can be put by hand (offline machines).
 
 Checksums are ``"<algorithm>:<hex>"``: ``sha256:<64 hex>`` (full), ``sha256-prefix:<hex>`` (torchvision's file
-names carry only the first hex digits of the SHA-256: torch/hub.py ``HASH_REGEX`` l.79 and
-``download_url_to_file`` l.777-781 check that prefix) or ``md5:<32 hex>`` (what py-faster-rcnn, the VOC
+names carry only the first hex digits of the SHA-256: torch 2.14.1's torch/hub.py ``HASH_REGEX``
+and ``download_url_to_file(hash_prefix=)`` check that prefix) or ``md5:<32 hex>`` (what py-faster-rcnn, the VOC
 mirrors and Detectron's ``.md5sum`` files publish).
 
 ``DETRES_MIRROR=http://host:port/prefix`` redirects every URL: the scheme and host are replaced and the path is
