@@ -51,7 +51,7 @@ __all__ = [
 @dataclass
 class BackboneConfig:
     name: str = "resnet50"  # one of detres.backbones.list_backbones(): resnet18/34/50/101/152, vgg16
-    weights: Optional[str] = None  # ImageNet weights file (torchvision or detres format); None = random init
+    weights: Optional[str] = None  # ImageNet weights: a file (torchvision/detres format) or a name (msra:R-101); None = random
     style: Optional[str] = None  # "pytorch" (stride in 3x3) | "msra" (stride in 1x1); None = from weights meta
     norm: str = "frozen_bn"  # frozen_bn (paper: BN statistics fixed when fine-tuning) | bn | syncbn | gn
     freeze_at: int = 2  # freeze conv1 + res2 (stage index < 2), as the paper's Faster R-CNN fine-tuning
