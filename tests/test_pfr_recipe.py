@@ -214,7 +214,8 @@ def test_paper_configs_set_the_pfr_recipe_and_defaults_are_torchvision():
     for path in ("configs/voc07_r101.yaml", "configs/voc07_vgg16.yaml", "configs/coco_r101.yaml"):
         spec = detector_spec(load_config(path))
         assert spec.roi.smooth_l1_beta == 1.0 and spec.rpn.smooth_l1_beta == pytest.approx(1 / 9), path
-        assert spec.rpn.anchor_style == "pfr" and spec.backbone.caffe_stem_pool is True, path
+        assert spec.rpn.anchor_style == "pfr", path
+        assert spec.backbone.caffe_stem_pool is (spec.backbone.name != "vgg16"), path  # VGG-16 refuses the ResNet stem
     spec = make_spec()
     assert spec.roi.smooth_l1_beta == spec.rpn.smooth_l1_beta == 1 / 9
     assert spec.rpn.anchor_style == "torchvision" and spec.backbone.caffe_stem_pool is False

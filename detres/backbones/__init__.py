@@ -31,7 +31,7 @@ from .weights import (MSRA_META, TORCHVISION_META, default_meta, load_state, rea
 __all__ = [
     "FeatureSpec", "list_backbones", "list_classifiers", "build_backbone", "build_c4", "build_classifier",
     "read_weights", "NORMS", "default_pool_size", "fixed_pool_size", "has_style", "backbone_info", "backbone_options",
-    "ResNetOptions", "VGGOptions", "CifarOptions", "SHORTCUTS", "STYLES", "CifarResNet",
+    "ResNetOptions", "VGGOptions", "CifarOptions", "OptionError", "BackboneInfo", "SHORTCUTS", "STYLES", "CifarResNet",
     "TORCHVISION_META", "MSRA_META", "BACKBONES", "ResNet", "ResNetC4Head", "VGG16", "VGG16FCHead",
 ]
 
