@@ -344,6 +344,9 @@ def test_families_take_their_own_options_and_refuse_others_by_name():
     build_classifier("cifar_plain20", shortcut="A")  # accepted: the study's shared config sets A for every net
     with pytest.raises(ValueError, match="width must be a positive number of channels, got 0"):
         build_backbone("resnet18", width=0)
+    with pytest.raises(ValueError, match="resnet18: unknown backbone option 'depth'; options: "
+                                         r"\['caffe_stem_pool', 'shortcut', 'style', 'width'\]"):
+        backbone_options("resnet18", depth=3)
 
 
 def test_an_option_the_family_refuses_is_reported_with_its_config_key():

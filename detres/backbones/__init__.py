@@ -242,10 +242,15 @@ class OptionError(ValueError):
         self.option = option
 
 
-#: The value of each option at which it asks nothing (the builders' defaults): a network that does not take
-#: the option accepts it only there (style: the default None or "pytorch", the stride placement of a net
-#: without bottlenecks).
-_NEUTRAL = {"style": (None, "pytorch"), **{f.name: (f.default,) for f in fields(ResNetOptions)}}
+def _neutral() -> dict[str, tuple]:
+    """The value of each option at which it asks nothing (its default in the options classes, which are the
+    builders'): a network that does not take the option accepts it only there (style: None or "pytorch", the
+    stride placement of a net without bottlenecks)."""
+    out: dict[str, tuple] = {"style": (None, "pytorch")}
+    for family in _FAMILIES.values():
+        for f in fields(family.options):
+            out.setdefault(f.name, (f.default,))
+    return out
 
 
 def backbone_options(name: str, **given: Any):
@@ -255,13 +260,14 @@ def backbone_options(name: str, **given: Any):
     info = _entry(name)
     family = _FAMILIES[info.family]
     taken = [f.name for f in fields(family.options)] + (["style"] if info.has_style else [])
+    neutral = _neutral()
     for key, value in given.items():
-        if key not in _NEUTRAL:
-            raise OptionError(key, f"{name}: unknown backbone option {key!r}; options: {sorted(_NEUTRAL)}")
-        if key not in taken and value not in _NEUTRAL[key]:
+        if key not in neutral:
+            raise OptionError(key, f"{name}: unknown backbone option {key!r}; options: {sorted(neutral)}")
+        if key not in taken and value not in neutral[key]:
             raise OptionError(key, f"{name}: a {info.family} network has no {key} option (it takes "
                                    f"{', '.join(taken) or 'none'}); got {key}={value!r}, leave it at "
-                                   f"{_NEUTRAL[key][-1]!r}")
+                                   f"{neutral[key][-1]!r}")
     options = family.options(**{k: v for k, v in given.items() if k in taken and k != "style"})
     family.check(name, options)
     return options
