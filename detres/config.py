@@ -48,56 +48,72 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # Detection schema
 # --------------------------------------------------------------------------------------------------
+def _opt(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, lo: float | None = None,
+         hi: float | str | None = None, lo_open: bool = False, hi_open: bool = False, choices: tuple | None = None,
+         sizes: bool = False, why: str = "") -> Any:
+    """A model field with its rule, written once: :func:`field_problem` checks it for the config (model.*
+    keys) and for :mod:`detres.modeling.spec`, whose part specs are made from these dataclasses. ``hi`` may
+    name another field of the section (``bg_iou_thresh`` at most ``fg_iou_thresh``); ``sizes``: a non-empty
+    list of positive numbers; ``why``: what the value is, said in an error."""
+    rule = dict(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, choices=choices, sizes=sizes, why=why)
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+_IOU_WHY, _BETA_WHY = "an IoU", "the smooth L1 transition point; 0 = plain L1"
+
+
 @dataclass
 class BackboneConfig:
     name: str = "resnet50"  # one of detres.backbones.list_backbones(): resnet18/34/50/101/152, vgg16
     weights: Optional[str] = None  # ImageNet weights: a file (torchvision/detres format) or a name (msra:R-101); None = random
     style: Optional[str] = None  # "pytorch" (stride in 3x3) | "msra" (stride in 1x1); None = from weights meta
     norm: str = "frozen_bn"  # frozen_bn (paper: BN statistics fixed when fine-tuning) | bn | syncbn | gn
-    freeze_at: int = 2  # freeze conv1 + res2 (stage index < 2), as the paper's Faster R-CNN fine-tuning
+    freeze_at: int = _opt(2, lo=0, hi=5, why="stages frozen: 0 none .. 5 all")  # freeze conv1 + res2 (stage index < 2), as the paper's Faster R-CNN fine-tuning
     shortcut: str = "B"  # ResNet projection shortcuts: "A" zero-pad, "B" project on dim change (paper default), "C" all
-    width: int = 64  # ResNet channels of conv1 and conv2_x (paper: 64, doubled per stage); smaller for tiny from-scratch models
+    width: int = _opt(64, lo=1, hi=512, why="channels; the paper's 64, at most 8 times it")  # ResNet channels of conv1 and conv2_x (paper: 64, doubled per stage); smaller for tiny from-scratch models
     caffe_stem_pool: bool = False  # ResNets: pool1 as the MSRA Caffe models (3x3, stride 2, no padding, ceil); False = torchvision's padding 1
 
 
 @dataclass
 class PoolerConfig:
-    type: str = "roi_align"  # roi_align (torchvision MultiScaleRoIAlign) | roi_pool (the paper's RoI pooling)
-    resolution: Optional[int] = None  # RoI output size; None = 14 for ResNet-C4 (conv5 strides it to 7), 7 for VGG
-    sampling_ratio: int = 0  # RoIAlign bilinear samples per bin; 0 = adaptive
+    type: str = _opt("roi_align", choices=("roi_align", "roi_pool"))  # roi_align (torchvision MultiScaleRoIAlign) | roi_pool (the paper's RoI pooling)
+    resolution: Optional[int] = _opt(None, lo=1, hi=64, why="the RoI feature size")  # RoI output size; None = 14 for ResNet-C4 (conv5 strides it to 7), 7 for VGG
+    sampling_ratio: int = _opt(0, lo=0, hi=64, why="0 is adaptive")  # RoIAlign bilinear samples per bin; 0 = adaptive
     aligned: bool = False  # RoIAlign half-pixel offset (Detectron2 "ROIAlignV2"); False = torchvision default
 
 
 @dataclass
 class RPNConfig:
-    anchor_sizes: list[int] = field(default_factory=lambda: [128, 256, 512])  # Faster R-CNN Sec. 3.1.1: 3 scales
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # Faster R-CNN: 3 ratios 1:2,1:1,2:1
-    pre_nms_top_n_train: int = 12000  # py-faster-rcnn RPN_PRE_NMS_TOP_N (train)
-    post_nms_top_n_train: int = 2000  # py-faster-rcnn RPN_POST_NMS_TOP_N (train)
-    pre_nms_top_n_test: int = 6000  # py-faster-rcnn RPN_PRE_NMS_TOP_N (test)
-    post_nms_top_n_test: int = 300  # Faster R-CNN Sec. 4: 300 proposals at test time
-    nms_thresh: float = 0.7  # Faster R-CNN Sec. 3.3: NMS of proposals at IoU 0.7 (py-faster-rcnn RPN_NMS_THRESH)
-    min_size: float = 0.0  # drop proposals smaller than this (px at the ORIGINAL image scale); py-faster-rcnn RPN_MIN_SIZE 16; 0 = torchvision
-    fg_iou_thresh: float = 0.7  # Faster R-CNN Sec. 3.1.2: an anchor is positive at IoU > 0.7 with a box ...
-    bg_iou_thresh: float = 0.3  # ... and negative below 0.3 with every box
+    anchor_sizes: list[int] = _opt(factory=lambda: [128, 256, 512], sizes=True)  # Faster R-CNN Sec. 3.1.1: 3 scales
+    aspect_ratios: list[float] = _opt(factory=lambda: [0.5, 1.0, 2.0], sizes=True)  # Faster R-CNN: 3 ratios 1:2,1:1,2:1
+    pre_nms_top_n_train: int = _opt(12000, lo=1, why="proposals kept before NMS")  # py-faster-rcnn RPN_PRE_NMS_TOP_N (train)
+    post_nms_top_n_train: int = _opt(2000, lo=1, why="proposals kept after NMS")  # py-faster-rcnn RPN_POST_NMS_TOP_N (train)
+    pre_nms_top_n_test: int = _opt(6000, lo=1, why="proposals kept before NMS")  # py-faster-rcnn RPN_PRE_NMS_TOP_N (test)
+    post_nms_top_n_test: int = _opt(300, lo=1, why="proposals kept after NMS")  # Faster R-CNN Sec. 4: 300 proposals at test time
+    nms_thresh: float = _opt(0.7, lo=0, hi=1, lo_open=True, why=_IOU_WHY)  # Faster R-CNN Sec. 3.3: NMS of proposals at IoU 0.7 (py-faster-rcnn RPN_NMS_THRESH)
+    min_size: float = _opt(0.0, lo=0, why="pixels")  # drop proposals smaller than this (px at the ORIGINAL image scale); py-faster-rcnn RPN_MIN_SIZE 16; 0 = torchvision
+    fg_iou_thresh: float = _opt(0.7, lo=0, hi=1, why=_IOU_WHY)  # Faster R-CNN Sec. 3.1.2: an anchor is positive at IoU > 0.7 with a box ...
+    bg_iou_thresh: float = _opt(0.3, lo=0, hi="fg_iou_thresh", why=_IOU_WHY)  # ... and negative below 0.3 with every box
     allowed_border: float = -1.0  # training: ignore anchors crossing the border by more px than this; py-faster-rcnn 0; < 0 keeps all (torchvision)
-    batch_size_per_image: int = 256  # Faster R-CNN Sec. 3.1.3: 256 sampled anchors per image ...
-    positive_fraction: float = 0.5  # ... with up to 1:1 positives to negatives (Sec. 3.1.3)
-    anchor_style: str = "torchvision"  # "pfr": py-faster-rcnn's generate_anchors boxes and proposal order (min size before top-n) | "torchvision"
-    smooth_l1_beta: float = 1 / 9  # box loss's smooth L1 transition (beta = 1/sigma^2); torchvision's 1/9 = py-faster-rcnn's sigma 3
+    batch_size_per_image: int = _opt(256, lo=1, why="anchors sampled per image")  # Faster R-CNN Sec. 3.1.3: 256 sampled anchors per image ...
+    positive_fraction: float = _opt(0.5, lo=0, hi=1, why="a fraction")  # ... with up to 1:1 positives to negatives (Sec. 3.1.3)
+    anchor_style: str = _opt("torchvision", choices=("pfr", "torchvision"))  # "pfr": py-faster-rcnn's generate_anchors boxes and proposal order (min size before top-n) | "torchvision"
+    smooth_l1_beta: float = _opt(1 / 9, lo=0, why=_BETA_WHY)  # box loss's smooth L1 transition (beta = 1/sigma^2); torchvision's 1/9 = py-faster-rcnn's sigma 3
 
 
 @dataclass
 class RoIConfig:
-    batch_size_per_image: int = 128  # RoIs per image (py-faster-rcnn TRAIN.BATCH_SIZE 128) ...
-    positive_fraction: float = 0.25  # ... 25% of them foreground (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_FRACTION)
-    fg_iou_thresh: float = 0.5  # foreground RoIs: IoU >= 0.5 with a box (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_THRESH)
-    bg_iou_thresh_hi: float = 0.5  # background RoIs: best IoU in [lo, hi) (py-faster-rcnn BG_THRESH_HI 0.5) ...
-    bg_iou_thresh_lo: float = 0.0  # ... lo: 0 as torchvision and pfr's end2end/alt_opt configs (faster_rcnn_end2end.yml:9); 0.1 in Fast R-CNN Sec. 2.3 and pfr's unused default (lib/fast_rcnn/config.py:58)
-    score_thresh: float = 0.05  # drop detections scoring below this at test time
-    nms_thresh: float = 0.3  # per-class NMS at test time (py-faster-rcnn TEST.NMS 0.3)
-    detections_per_img: int = 100  # keep at most this many detections per image
-    smooth_l1_beta: float = 1 / 9  # box loss's smooth L1 transition (beta = 1/sigma^2); torchvision 1/9, py-faster-rcnn 1 (no sigma)
+    batch_size_per_image: int = _opt(128, lo=1, why="RoIs sampled per image")  # RoIs per image (py-faster-rcnn TRAIN.BATCH_SIZE 128) ...
+    positive_fraction: float = _opt(0.25, lo=0, hi=1, why="a fraction")  # ... 25% of them foreground (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_FRACTION)
+    fg_iou_thresh: float = _opt(0.5, lo=0, hi=1, why=_IOU_WHY)  # foreground RoIs: IoU >= 0.5 with a box (Fast R-CNN Sec. 2.3; py-faster-rcnn FG_THRESH)
+    bg_iou_thresh_hi: float = _opt(0.5, lo=0, hi="fg_iou_thresh", why=_IOU_WHY)  # background RoIs: best IoU in [lo, hi) (py-faster-rcnn BG_THRESH_HI 0.5) ...
+    bg_iou_thresh_lo: float = _opt(0.0, lo=0, hi="bg_iou_thresh_hi", why=_IOU_WHY)  # ... lo: 0 as torchvision and pfr's end2end/alt_opt configs (faster_rcnn_end2end.yml:9); 0.1 in Fast R-CNN Sec. 2.3 and pfr's unused default (lib/fast_rcnn/config.py:58)
+    score_thresh: float = _opt(0.05, lo=0, hi=1, hi_open=True, why="a class probability; 1 or more keeps nothing")  # drop detections scoring below this at test time
+    nms_thresh: float = _opt(0.3, lo=0, hi=1, lo_open=True, why=_IOU_WHY)  # per-class NMS at test time (py-faster-rcnn TEST.NMS 0.3)
+    detections_per_img: int = _opt(100, lo=1, why="detections kept per image")  # keep at most this many detections per image
+    smooth_l1_beta: float = _opt(1 / 9, lo=0, why=_BETA_WHY)  # box loss's smooth L1 transition (beta = 1/sigma^2); torchvision 1/9, py-faster-rcnn 1 (no sigma)
 
 
 @dataclass
@@ -206,7 +222,7 @@ class ClsModelConfig:
     norm: str = "bn"  # batch norm after every conv, before the activation (paper Sec. 3.4)
     num_classes: int = 1000  # ImageNet-1k
     shortcut: str = "B"  # projection shortcuts only when dimensions change (paper option B)
-    width: int = 64  # ResNet channels of conv1 and conv2_x (paper: 64, doubled per stage)
+    width: int = _opt(64, lo=1, hi=512, why="channels; the paper's 64, at most 8 times it")  # ResNet channels of conv1 and conv2_x (paper: 64, doubled per stage)
     caffe_stem_pool: bool = False  # ResNets: pool1 as the MSRA Caffe models (as model.backbone.caffe_stem_pool of detection: train on the grid detection uses)
 
 
@@ -641,34 +657,9 @@ _PIXELS = _between(1, 16384)
 #: key -> (check, allowed values in words, why). A key missing from a schema is skipped; None (where the
 #: type allows it) always passes.
 _RULES: dict[str, tuple] = {
-    "model.backbone.freeze_at": (*_between(0, 5), "stages frozen: 0 none .. 5 all"),
-    "model.backbone.width": (*_between(1, 512), "channels; the paper's 64, at most 8 times it"),
-    "model.width": (*_between(1, 512), "channels; the paper's 64, at most 8 times it"),
     "seed": (*_between(0, 2 ** 31 - 1), "a seed (each rank adds its rank)"),
     "model.num_classes": (*_between(2, None), "classes including the background"),
-    "model.pooler.resolution": (*_between(1, 64), "the RoI feature size"),
-    "model.pooler.sampling_ratio": (*_between(0, 64), "0 is adaptive"),
-    "model.rpn.pre_nms_top_n_train": (*_POS_INT, "proposals kept before NMS"),
-    "model.rpn.post_nms_top_n_train": (*_POS_INT, "proposals kept after NMS"),
-    "model.rpn.pre_nms_top_n_test": (*_POS_INT, "proposals kept before NMS"),
-    "model.rpn.post_nms_top_n_test": (*_POS_INT, "proposals kept after NMS"),
-    "model.rpn.nms_thresh": (*_NMS, "an IoU"),
-    "model.rpn.min_size": (*_NONNEG, "pixels"),
-    "model.rpn.fg_iou_thresh": (*_IOU, "an IoU"),
-    "model.rpn.bg_iou_thresh": (*_IOU, "an IoU"),
-    "model.rpn.batch_size_per_image": (*_POS_INT, "anchors sampled per image"),
-    "model.rpn.positive_fraction": (*_PROB, "a fraction"),
-    "model.rpn.smooth_l1_beta": (*_NONNEG, "the smooth L1 transition point; 0 = plain L1"),
-    "model.roi.batch_size_per_image": (*_POS_INT, "RoIs sampled per image"),
-    "model.roi.positive_fraction": (*_PROB, "a fraction"),
-    "model.roi.fg_iou_thresh": (*_IOU, "an IoU"),
-    "model.roi.bg_iou_thresh_hi": (*_IOU, "an IoU"),
-    "model.roi.bg_iou_thresh_lo": (*_IOU, "an IoU"),
-    "model.roi.score_thresh": (*_between(0, 1, hi_open=True), "a class probability; 1 or more keeps nothing"),
     "test.vis_thresh": (*_between(0, 1), "a class probability"),
-    "model.roi.nms_thresh": (*_NMS, "an IoU"),
-    "model.roi.detections_per_img": (*_POS_INT, "detections kept per image"),
-    "model.roi.smooth_l1_beta": (*_NONNEG, "the smooth L1 transition point; 0 = plain L1"),
     "data.min_size": (*_PIXELS, "pixels"),
     "data.max_size": (*_PIXELS, "pixels"),
     "data.flip_prob": (*_PROB, "a probability"),
@@ -726,6 +717,55 @@ def _refuse(key: str, what: str, value: Any) -> ValueError:
     return ValueError(f"config key '{key}': {what}, got {value!r}")
 
 
+def _interval(rule: dict, hi: float | None) -> str:
+    lo = rule["lo"]
+    return (f"{'(' if rule['lo_open'] else '['}{'-inf' if lo is None else f'{lo:g}'}, "
+            f"{'inf' if hi is None else f'{hi:g}'}{')' if rule['hi_open'] else ']'}")
+
+
+def field_problem(section: Any, name: str) -> str | None:
+    """What is wrong with field ``name`` of a dataclass instance by its :func:`_opt` rule ("must be in [0, 5],
+    got 6 (why)"), or None (also for a field without a rule, and for None values). The one check of a model
+    option: the config and :mod:`detres.modeling.spec` both call it."""
+    rule, value = _field_rule(section, name), getattr(section, name)
+    if rule is None or value is None:
+        return None
+    why = f" ({rule['why']})" if rule["why"] else ""
+    if rule["choices"] is not None:
+        return None if value in rule["choices"] else f"must be one of {list(rule['choices'])}, got {value!r}"
+    if rule["sizes"]:
+        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
+        return None if ok else f"must be a non-empty list of positive numbers, got {value!r}"
+    hi = getattr(section, rule["hi"]) if isinstance(rule["hi"], str) else rule["hi"]
+    ok, _ = _between(rule["lo"], hi, lo_open=rule["lo_open"], hi_open=rule["hi_open"])
+    if isinstance(rule["hi"], str):
+        why = f" ({rule['why'] + ', ' if rule['why'] else ''}at most {rule['hi']})"
+    return None if ok(value) else f"must be in {_interval(rule, hi)}, got {value!r}{why}"
+
+
+def _field_rule(section: Any, name: str) -> dict | None:
+    return next((f.metadata.get("rule") for f in dataclasses.fields(section) if f.name == name), None)
+
+
+def _ruled_sections(obj: Any, prefix: str) -> typing.Iterator[tuple[str, Any]]:
+    """(dotted prefix, dataclass instance) of ``obj`` and every section below it."""
+    yield prefix, obj
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _ruled_sections(value, f"{prefix}{f.name}.")
+
+
+def convert_value(value: Any, annotation: Any) -> Any:
+    """``value`` checked against a config annotation and converted as YAML values are (int -> float, tuples
+    -> lists); ValueError with the reason alone ("expected int, got '3'"). For specs built in Python."""
+    try:
+        return _convert(value, annotation, "")
+    except ValueError as e:
+        raise ValueError(str(e).split("': ", 1)[-1]) from None
+
+
 def validate_config(cfg: Any) -> Any:
     """Check every numeric value against its allowed range and the rules that tie values together (steps
     increasing and below ``max_iter``, ``max_size >= min_size``, IoU ranges ordered, ...). Raises
@@ -752,23 +792,11 @@ def validate_config(cfg: Any) -> Any:
             raise _refuse("solver.warmup_method", "must be linear or constant", s.warmup_method)
         if s.momentum_style not in ("pytorch", "caffe"):
             raise _refuse("solver.momentum_style", "must be pytorch or caffe", s.momentum_style)
-    m = getattr(cfg, "model", None)
-    rpn, roi = getattr(m, "rpn", None), getattr(m, "roi", None)
-    if rpn is not None:
-        if rpn.bg_iou_thresh > rpn.fg_iou_thresh:
-            raise _refuse("model.rpn.bg_iou_thresh", f"must not exceed model.rpn.fg_iou_thresh={rpn.fg_iou_thresh}",
-                          rpn.bg_iou_thresh)
-        for k in ("anchor_sizes", "aspect_ratios"):
-            v = getattr(rpn, k)
-            if not v or min(v) <= 0:
-                raise _refuse(f"model.rpn.{k}", "must be a non-empty list of positive numbers", v)
-    if roi is not None:
-        if roi.bg_iou_thresh_hi > roi.fg_iou_thresh:
-            raise _refuse("model.roi.bg_iou_thresh_hi", f"must not exceed model.roi.fg_iou_thresh={roi.fg_iou_thresh}",
-                          roi.bg_iou_thresh_hi)
-        if roi.bg_iou_thresh_lo > roi.bg_iou_thresh_hi:
-            raise _refuse("model.roi.bg_iou_thresh_lo",
-                          f"must not exceed model.roi.bg_iou_thresh_hi={roi.bg_iou_thresh_hi}", roi.bg_iou_thresh_lo)
+    for key, section in _ruled_sections(cfg, ""):
+        for f in dataclasses.fields(section):
+            reason = field_problem(section, f.name)
+            if reason is not None:
+                raise ValueError(f"config key '{key}{f.name}': {reason}")
     d = getattr(cfg, "data", None)
     for lo_key, hi_key in (("min_size", "max_size"), ("min_scale", "max_scale")):
         if d is not None and hasattr(d, lo_key) and getattr(d, hi_key) < getattr(d, lo_key):

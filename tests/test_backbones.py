@@ -312,3 +312,54 @@ def test_cifar_classifier_contract(name):
     assert out.shape == (2, 10)
     assert set(shapes) == {(16, 32), (32, 16), (64, 8)}
     assert name.startswith("cifar_resnet") == residual
+
+
+# --------------------------------------------------------------------------------------------------
+# each family takes its own options (issue 25 item 3)
+# --------------------------------------------------------------------------------------------------
+def test_families_take_their_own_options_and_refuse_others_by_name():
+    from detres.backbones import (CifarOptions, ResNetOptions, VGGOptions, backbone_info, backbone_options,
+                                  has_style)
+
+    assert backbone_options("resnet50", width=32, shortcut="C") == ResNetOptions(shortcut="C", width=32,
+                                                                                caffe_stem_pool=False)
+    assert backbone_options("vgg16") == VGGOptions() and backbone_options("cifar_plain20") == CifarOptions()
+    # the stride placement is a ResNet option (has_style used to answer has_width)
+    assert [n for n in list_classifiers() if has_style(n)] == ["resnet18", "resnet34", "resnet50", "resnet101",
+                                                               "resnet152"]
+    assert backbone_info("vgg16").fc_head and not backbone_info("resnet18").fc_head
+    assert (backbone_info("cifar_plain56").residual, backbone_info("cifar_plain56").label) == (False, "plain56")
+    # neutral values (the builders' defaults) pass for a family without the option
+    build_backbone("vgg16", out_features=("conv1",), style="pytorch", shortcut="B", width=64, caffe_stem_pool=False)
+    for build, name, option, value in [(build_backbone, "vgg16", "caffe_stem_pool", True),
+                                       (build_c4, "vgg16", "shortcut", "C"),
+                                       (build_backbone, "vgg16", "style", "msra"),
+                                       (build_classifier, "vgg16", "width", 32),
+                                       (build_classifier, "cifar_resnet20", "width", 16),
+                                       (build_classifier, "cifar_resnet20", "style", "msra")]:
+        with pytest.raises(ValueError, match=f"{name}: a .* network has no {option} option .*got {option}="):
+            build(name, **{option: value})
+    with pytest.raises(ValueError, match=r"cifar_resnet20: its name fixes the shortcut \(A\); got shortcut='C'"):
+        build_classifier("cifar_resnet20", shortcut="C")
+    build_classifier("cifar_plain20", shortcut="A")  # accepted: the study's shared config sets A for every net
+    with pytest.raises(ValueError, match="width must be a positive number of channels, got 0"):
+        build_backbone("resnet18", width=0)
+    with pytest.raises(ValueError, match="resnet18: unknown backbone option 'depth'; options: "
+                                         r"\['caffe_stem_pool', 'shortcut', 'style', 'width'\]"):
+        backbone_options("resnet18", depth=3)
+
+
+def test_an_option_the_family_refuses_is_reported_with_its_config_key():
+    from detres.config import DetConfig
+    from detres.modeling import BackboneSpec
+    from detres.tasks.detection import detector_spec
+
+    cfg = DetConfig()
+    cfg.model.backbone.name, cfg.model.backbone.caffe_stem_pool = "vgg16", True
+    with pytest.raises(ValueError, match="config key 'model.backbone.caffe_stem_pool': vgg16: a vgg network has "
+                                         "no caffe_stem_pool option"):
+        detector_spec(cfg)
+    with pytest.raises(ValueError, match="backbone.width: vgg16: a vgg network has no width option"):
+        BackboneSpec(name="vgg16", width=32)
+    cfg.model.backbone.caffe_stem_pool = False
+    assert detector_spec(cfg).backbone.name == "vgg16"

@@ -52,7 +52,7 @@ def test_cpu_and_cuda_evaluation_agree():
 
 @pytest.mark.parametrize("kind", ["roi_align", "roi_pool"])
 def test_roi_pooling_under_autocast(kind):
-    pool = C4RoIPooler(kind=kind, feature="res4", stride=16, output_size=7)
+    pool = C4RoIPooler(kind=kind, feature="res4", stride=16, output_size=7, sampling_ratio=0, aligned=False)
     feats = {"res4": torch.rand(2, 8, 20, 20, device="cuda")}
     rois = [torch.tensor([[0.0, 0.0, 64.0, 64.0]], device="cuda"), torch.tensor([[16.0, 8.0, 200.0, 120.0]], device="cuda")]
     ref = pool(feats, rois)

@@ -105,13 +105,13 @@ def test_no_second_resize_by_default():
 
 
 def test_pooler_casts_rois_to_feature_dtype():
-    pool = C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=7)
+    pool = C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=7, sampling_ratio=0, aligned=False)
     # float32 proposals with float64 features: torchvision's kernels reject mixed dtypes, the pooler
     # casts (the same trap as fp16/bf16 features under AMP; CPU kernels have no bf16 RoIAlign).
     feats = {"res4": torch.rand(1, 8, 10, 10, dtype=torch.float64)}
     out = pool(feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])], [(160, 160)])
     assert out.dtype == torch.float64 and out.shape == (1, 8, 7, 7)
-    pool = C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=7)
+    pool = C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=7, sampling_ratio=0, aligned=False)
     assert pool(feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])]).shape == (1, 8, 7, 7)
 
 

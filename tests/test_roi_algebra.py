@@ -81,7 +81,7 @@ def _block_and_rois(style: str):
             m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
             m.running_mean.uniform_(-0.3, 0.3), m.running_var.uniform_(0.5, 2.0)
     block.eval()
-    pooler = C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=14)
+    pooler = C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=14, sampling_ratio=0, aligned=False)
     feats = {"res4": torch.randn(2, 32, 9, 12)}
     proposals = [_boxes(11, (9 * 16, 12 * 16), seed=1), _boxes(6, (9 * 16, 12 * 16), seed=2)]
     return block, pooler, feats, proposals
@@ -123,9 +123,11 @@ def test_commuted_block_refuses_what_is_not_linear():
     block, pooler, _, _ = _block_and_rois("pytorch")
     fold_batchnorm(block)
     with pytest.raises(ValueError, match="RoIPool"):
-        CommutedC4Block(C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=14), block)
+        CommutedC4Block(C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=14, sampling_ratio=0,
+                                    aligned=False), block)
     with pytest.raises(ValueError, match="even"):
-        CommutedC4Block(C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=7), block)
+        CommutedC4Block(C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=7, sampling_ratio=0,
+                                    aligned=False), block)
     unfolded = Bottleneck(32, 16, stride=2, norm=lambda c: FrozenBatchNorm2d(c), shortcut="B", style="pytorch").eval()
     with pytest.raises(ValueError, match="fold"):
         CommutedC4Block(pooler, unfolded)

@@ -27,7 +27,7 @@ import json
 import sys
 from typing import Sequence
 
-from detres.backbones import list_backbones
+from detres.backbones import has_style, list_backbones
 from detres.backbones.stats import classifier_stats
 from detres.modeling.stats import detector_stats
 from detres.utils.cli import run_tool
@@ -37,7 +37,7 @@ STYLES = ("msra", "pytorch")
 
 
 def _styles_for(name: str, styles: Sequence[str]) -> list[str]:
-    return ["pytorch"] if name == "vgg16" else list(styles)
+    return list(styles) if has_style(name) else ["pytorch"]  # the stride placement is a ResNet option
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ Every built module carries `weights_meta`: the input preprocessing its weights e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 from torch import nn
@@ -30,28 +30,33 @@ from .weights import (MSRA_META, TORCHVISION_META, default_meta, load_state, rea
 
 __all__ = [
     "FeatureSpec", "list_backbones", "list_classifiers", "build_backbone", "build_c4", "build_classifier",
-    "read_weights", "NORMS", "default_pool_size", "fixed_pool_size", "has_style",
-    "SHORTCUTS", "STYLES", "CifarResNet",
+    "read_weights", "NORMS", "default_pool_size", "fixed_pool_size", "has_style", "backbone_info", "backbone_options",
+    "ResNetOptions", "VGGOptions", "CifarOptions", "OptionError", "BackboneInfo", "SHORTCUTS", "STYLES", "CifarResNet",
     "TORCHVISION_META", "MSRA_META", "BACKBONES", "ResNet", "ResNetC4Head", "VGG16", "VGG16FCHead",
 ]
 
 
 @dataclass(frozen=True)
-class _Entry:
-    family: str  # "resnet", "vgg" or "cifar"
+class BackboneInfo:
+    """What callers ask of a registered network instead of testing its name."""
+    family: str  # "resnet", "vgg" or "cifar": the key of its builders in _FAMILIES
     c4_feature: str | None  # the stride-16 map the RPN and RoI pooling read (None: a classifier only)
     default_pool: int | None  # RoI pooling size in the paper: 14 before conv5 (ResNet), 7 before fc6 (VGG)
     fixed_pool: bool = False  # the head takes only default_pool (VGG-16's fc6 is a 7x7x512 matrix)
-    has_width: bool = False  # the width and style options apply (ResNets; VGG-16 and the CIFAR nets are as published)
+    has_style: bool = False  # the stride placement "pytorch" / "msra" is an option (ResNets' bottlenecks)
+    fc_head: bool = False  # the C4 head is fully connected layers on the flattened RoI (VGG-16's fc6, fc7)
+    residual: bool = True  # its blocks have shortcuts by design (False: Sec. 4.2's plain CIFAR nets, by name)
+    label: str | None = None  # its name in the paper's figures (CIFAR nets: "plain20", "resnet110"), if it has one
 
 
-# The registry: a plain dict. Adding a backbone means adding an entry here and its family's three builders
-# in _FAMILIES below.
-BACKBONES: dict[str, _Entry] = {
-    **{name: _Entry("resnet", "res4", 14, has_width=True) for name in _RESNET_ARCHS},
-    "vgg16": _Entry("vgg", "conv5", 7, fixed_pool=True),
+# The registry: a plain dict. Adding a backbone means adding an entry here and, for a new family, its options
+# class and its three builders in _FAMILIES below.
+BACKBONES: dict[str, BackboneInfo] = {
+    **{name: BackboneInfo("resnet", "res4", 14, has_style=True) for name in _RESNET_ARCHS},
+    "vgg16": BackboneInfo("vgg", "conv5", 7, fixed_pool=True, fc_head=True),
     # the paper's CIFAR-10 study (Sec. 4.2): classifiers of 32x32 images, no detection trunk
-    **{name: _Entry("cifar", None, None) for name in CIFAR_DEPTHS},
+    **{name: BackboneInfo("cifar", None, None, residual=residual, label=name.removeprefix("cifar_"))
+       for name, (_, residual) in CIFAR_DEPTHS.items()},
 }
 
 
@@ -65,14 +70,13 @@ def list_classifiers() -> list[str]:
     return list(BACKBONES)
 
 
-def _entry(name: str) -> _Entry:
+def _entry(name: str) -> BackboneInfo:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {list_classifiers()}")
     return BACKBONES[name]
 
 
-def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str | None,
-             weights_meta: dict[str, Any] | None = None, width: int = 64):
+def _prepare(name: str, weights, style: str | None, norm: str, weights_meta: dict[str, Any] | None = None):
     """Read weights (if any) and settle style, BN eps and the preprocessing meta.
 
     `weights_meta` stands in for a weights file's meta when the weights come later (e.g. a detector
@@ -81,11 +85,8 @@ def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str | N
     entry = _entry(name)
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose from {list(NORMS)}")
-    check_shortcut(shortcut)
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
-    if not entry.has_width and width != 64:
-        raise ValueError(f"width={width}: only ResNets have a width option ({name} is built as published)")
     if weights is None and weights_meta is not None:
         meta = validate_meta(weights_meta, "weights_meta")
         return entry, None, meta, resolve_style(meta, style, "weights_meta")
@@ -97,7 +98,7 @@ def _prepare(name: str, weights, style: str | None, norm: str, shortcut: str | N
     return entry, state, meta, style
 
 
-def _detection_entry(name: str) -> _Entry:
+def _detection_entry(name: str) -> BackboneInfo:
     entry = _entry(name)
     if entry.c4_feature is None:
         raise ValueError(f"{name}: a CIFAR-10 classifier (32x32 images); it has no detection trunk, "
@@ -141,10 +142,11 @@ def build_backbone(
     meant for the "msra" style with the MSRA weights. VGG-16 has no such pool and ignores it.
     """
     _detection_entry(name)
-    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
+    options = backbone_options(name, style=style, shortcut=shortcut, width=width, caffe_stem_pool=caffe_stem_pool)
+    entry, state, meta, style = _prepare(name, weights, style, norm)
     out_features = (out_features,) if isinstance(out_features, str) else tuple(out_features)
-    net, drop = _FAMILIES[entry.family].trunk(name, norm_factory(norm, eps=meta["bn_eps"]), style, shortcut,
-                                              out_features, width, caffe_stem_pool)
+    net, drop = _FAMILIES[entry.family].trunk(name, norm_factory(norm, eps=meta["bn_eps"]), style, options,
+                                              out_features)
     if state is not None:
         load_state(net, state, source=os.fspath(weights), drop_prefixes=drop)
     net.freeze(freeze_at)
@@ -173,9 +175,9 @@ def build_c4(
     that will be loaded afterwards carries it). caffe_stem_pool: as :func:`build_backbone`.
     """
     _detection_entry(name)
-    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, weights_meta, width=width)
-    net, drop = _FAMILIES[entry.family].c4(name, norm_factory(norm, eps=meta["bn_eps"]), style, shortcut, width,
-                                           caffe_stem_pool)
+    options = backbone_options(name, style=style, shortcut=shortcut, width=width, caffe_stem_pool=caffe_stem_pool)
+    entry, state, meta, style = _prepare(name, weights, style, norm, weights_meta)
+    net, drop = _FAMILIES[entry.family].c4(name, norm_factory(norm, eps=meta["bn_eps"]), style, options)
     if state is not None:
         load_state(net, state, source=os.fspath(weights), drop_prefixes=drop)
     net.freeze(freeze_at)
@@ -203,32 +205,109 @@ def build_classifier(
     style: as build_backbone (None: the weights' style, else "pytorch"). caffe_stem_pool: as build_backbone
     (ResNets; a net pretrained with it runs on the grid of detection's ``caffe_stem_pool: true``).
     """
-    entry, state, meta, style = _prepare(name, weights, style, norm, shortcut, width=width)
+    options = backbone_options(name, style=style, shortcut=shortcut, width=width, caffe_stem_pool=caffe_stem_pool)
+    entry, state, meta, style = _prepare(name, weights, style, norm)
     family = _FAMILIES[entry.family]
     net = family.classifier(name, num_classes if num_classes is not None else family.num_classes,
-                            norm_factory(norm, eps=meta["bn_eps"]), style, shortcut, width, caffe_stem_pool)
+                            norm_factory(norm, eps=meta["bn_eps"]), style, options)
     if state is not None:
         load_state(net, state, source=os.fspath(weights))
     return _finish(net, meta, name, style)
 
 
 @dataclass(frozen=True)
+class ResNetOptions:
+    """What a ResNet is built with besides its name, norm, style and weights (defaults: the config's)."""
+    shortcut: str | None = _DET.shortcut  # "A", "B", "C", or "none"/None: the plain net
+    width: int = _DET.width  # channels of conv1 and conv2_x
+    caffe_stem_pool: bool = _DET.caffe_stem_pool  # pool1 as the MSRA Caffe models
+
+
+@dataclass(frozen=True)
+class VGGOptions:
+    """VGG-16 is built as published (configuration D): it takes no options."""
+
+
+@dataclass(frozen=True)
+class CifarOptions:
+    """The CIFAR-10 nets (Sec. 4.2): the name fixes depth and shortcut (option A for ``cifar_resnet*``, none
+    for ``cifar_plain*``); ``shortcut`` may repeat it or be "A" (the study's shared config sets A for all)."""
+    shortcut: str | None = _DET.shortcut
+
+
+class OptionError(ValueError):
+    """An option a network does not take, set to a value that would change a network that took it; ``option``
+    is its keyword (``"caffe_stem_pool"``), so a caller can name its own key."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def _neutral() -> dict[str, tuple]:
+    """The value of each option at which it asks nothing (its default in the options classes, which are the
+    builders'): a network that does not take the option accepts it only there (style: None or "pytorch", the
+    stride placement of a net without bottlenecks)."""
+    out: dict[str, tuple] = {"style": (None, "pytorch")}
+    for family in _FAMILIES.values():
+        for f in fields(family.options):
+            out.setdefault(f.name, (f.default,))
+    return out
+
+
+def backbone_options(name: str, **given: Any):
+    """The options object of ``name``'s family (:class:`ResNetOptions`, :class:`VGGOptions`,
+    :class:`CifarOptions`) from keyword values; an option the family does not take is refused by name
+    (:class:`OptionError`) unless it has its neutral value, e.g. ``backbone_options("vgg16", caffe_stem_pool=True)``."""
+    info = _entry(name)
+    family = _FAMILIES[info.family]
+    taken = [f.name for f in fields(family.options)] + (["style"] if info.has_style else [])
+    neutral = _neutral()
+    for key, value in given.items():
+        if key not in neutral:
+            raise OptionError(key, f"{name}: unknown backbone option {key!r}; options: {sorted(neutral)}")
+        if key not in taken and value not in neutral[key]:
+            raise OptionError(key, f"{name}: a {info.family} network has no {key} option (it takes "
+                                   f"{', '.join(taken) or 'none'}); got {key}={value!r}, leave it at "
+                                   f"{neutral[key][-1]!r}")
+    options = family.options(**{k: v for k, v in given.items() if k in taken and k != "style"})
+    family.check(name, options)
+    return options
+
+
+def backbone_info(name: str) -> BackboneInfo:
+    """The registry's entry of ``name`` (family, C4 map, RoI sizes, style, head kind); ValueError if unknown."""
+    return _entry(name)
+
+
+@dataclass(frozen=True)
 class _Family:
-    """How one family builds its three networks; the registry's entries name their family."""
-    trunk: Any  # (name, norm, style, shortcut, out_features, width, caffe_stem_pool) -> (net, prefixes to drop)
-    c4: Any  # (name, norm, style, shortcut, width, caffe_stem_pool) -> (net with split_c4, prefixes to drop)
-    classifier: Any  # (name, num_classes, norm, style, shortcut, width, caffe_stem_pool) -> net
+    """How one family builds its three networks, typed by its options class; the entries name their family."""
+    options: type  # the family's options dataclass: the options its networks take
+    trunk: Any  # (name, norm, style, options, out_features) -> (net, prefixes to drop)
+    c4: Any  # (name, norm, style, options) -> (net with split_c4, prefixes to drop)
+    classifier: Any  # (name, num_classes, norm, style, options) -> net
     num_classes: int  # the family's data set: ImageNet's 1000, CIFAR-10's 10
+    check: Any = lambda name, options: None  # (name, options) -> None; OptionError for a value the net refuses
 
 
-def _resnet_trunk(name, norm, style, shortcut, out_features, width, caffe_stem_pool):
-    net = ResNet(name, norm=norm, style=style, shortcut=shortcut, out_features=out_features, width=width,
-                 caffe_stem_pool=caffe_stem_pool)
+def _resnet_trunk(name: str, norm, style: str, o: ResNetOptions, out_features: tuple[str, ...]):
+    net = ResNet(name, norm=norm, style=style, shortcut=o.shortcut, out_features=out_features, width=o.width,
+                 caffe_stem_pool=o.caffe_stem_pool)
     built = {m for _, m in net._stages}
     return net, ["fc."] + [f"layer{i}." for i in range(1, 5) if f"layer{i}" not in built]
 
 
-def _vgg_trunk(name, norm, style, shortcut, out_features, width, caffe_stem_pool):
+def _resnet_check(name: str, o: ResNetOptions) -> None:
+    try:
+        check_shortcut(o.shortcut)
+    except ValueError as e:
+        raise OptionError("shortcut", str(e)) from None
+    if isinstance(o.width, bool) or not isinstance(o.width, int) or o.width < 1:
+        raise OptionError("width", f"{name}: width must be a positive number of channels, got {o.width!r}")
+
+
+def _vgg_trunk(name: str, norm, style: str, o: VGGOptions, out_features: tuple[str, ...]):
     net = VGG16(out_features=("conv5",) if out_features == ("res4",) else out_features)  # "res4": its stride-16 map
     return net, ["classifier."] + [f"features.{i}." for i in range(len(net.features), 31)]
 
@@ -237,23 +316,33 @@ def _no_trunk(name, *args):
     raise ValueError(f"{name}: a CIFAR-10 classifier (32x32 images); it has no detection trunk, use build_classifier")
 
 
-def _cifar_classifier(name, num_classes, norm, style, shortcut, width, caffe_stem_pool):
+def _cifar_check(name: str, o: CifarOptions) -> None:
+    _, residual = cifar_spec(name)
+    own = "A" if residual else "none"
+    if o.shortcut not in (_DET.shortcut, "A", own, *((None,) if own == "none" else ())):
+        raise OptionError("shortcut", f"{name}: its name fixes the shortcut ({own}); got shortcut={o.shortcut!r}")
+
+
+def _cifar_classifier(name: str, num_classes: int, norm, style: str, o: CifarOptions):
     n, residual = cifar_spec(name)  # the shortcut is part of the name: option A, or none for the plain nets
     return CifarResNet(n, residual=residual, num_classes=num_classes, norm=norm)
 
 
 _FAMILIES: dict[str, _Family] = {
     "resnet": _Family(
-        trunk=_resnet_trunk,
-        c4=lambda name, norm, style, shortcut, width, pool: (ResNet(
-            name, norm=norm, style=style, shortcut=shortcut, out_features=("res4", "res5"), width=width,
-            caffe_stem_pool=pool), ["fc."]),
-        classifier=lambda name, k, norm, style, shortcut, width, pool: ResNetClassifier(
-            name, num_classes=k, norm=norm, style=style, shortcut=shortcut, width=width, caffe_stem_pool=pool),
+        options=ResNetOptions, trunk=_resnet_trunk, check=_resnet_check,
+        c4=lambda name, norm, style, o: (ResNet(
+            name, norm=norm, style=style, shortcut=o.shortcut, out_features=("res4", "res5"), width=o.width,
+            caffe_stem_pool=o.caffe_stem_pool), ["fc."]),
+        classifier=lambda name, k, norm, style, o: ResNetClassifier(
+            name, num_classes=k, norm=norm, style=style, shortcut=o.shortcut, width=o.width,
+            caffe_stem_pool=o.caffe_stem_pool),
         num_classes=_CLS.num_classes),
-    "vgg": _Family(trunk=_vgg_trunk, c4=lambda *args: (VGG16C4(), ["classifier.6."]),
-                   classifier=lambda name, k, *args: VGG16Classifier(num_classes=k), num_classes=_CLS.num_classes),
-    "cifar": _Family(trunk=_no_trunk, c4=_no_trunk, classifier=_cifar_classifier, num_classes=10),
+    "vgg": _Family(options=VGGOptions, trunk=_vgg_trunk, c4=lambda name, norm, style, o: (VGG16C4(), ["classifier.6."]),
+                   classifier=lambda name, k, norm, style, o: VGG16Classifier(num_classes=k),
+                   num_classes=_CLS.num_classes),
+    "cifar": _Family(options=CifarOptions, trunk=_no_trunk, c4=_no_trunk, classifier=_cifar_classifier,
+                     num_classes=10, check=_cifar_check),
 }
 
 
@@ -269,7 +358,7 @@ def c4_feature_name(name: str) -> str:
 
 def has_style(name: str) -> bool:
     """Whether the stride placement ("pytorch" / "msra") is an option of this network (ResNets)."""
-    return _entry(name).has_width
+    return _entry(name).has_style
 
 
 def fixed_pool_size(name: str) -> int | None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detres.backbones import default_pool_size
+from detres.backbones import backbone_info, default_pool_size
 from detres.benchmarks import register
 from detres.modeling import BackboneSpec, DetectorSpec, PoolerSpec, RPNSpec, build_detector
 from detres.modeling.fast import FAST_DEFAULTS, prepare_for_inference
@@ -36,17 +36,17 @@ def torchvision_c4(name: str, *, num_classes: int = 21, proposals: int = 300) ->
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
     from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
-    if name == "vgg16":
-        features = torchvision.models.vgg16().features[:30]  # conv1_1 .. conv5_3 + ReLU, stride 16
-        trunk, channels, pool = features, 512, 7
-        head = nn.Sequential(nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU())
+    pool = default_pool_size(name)
+    if backbone_info(name).fc_head:  # VGG-16: conv1_1 .. conv5_3 + ReLU (stride 16), then fc6, fc7
+        trunk, channels = getattr(torchvision.models, name)().features[:30], 512
+        head = nn.Sequential(nn.Flatten(), nn.Linear(512 * pool * pool, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU())
         head_out = 4096
     else:
         net = getattr(torchvision.models, name)(norm_layer=FrozenBatchNorm2d)
         trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
         channels = net.layer3[-1].conv3.out_channels if hasattr(net.layer3[-1], "conv3") else 256
         head = nn.Sequential(net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        head_out, pool = channels * 2, 14
+        head_out = channels * 2
     trunk.out_channels = channels
     anchors = AnchorGenerator(sizes=((128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
     model = FasterRCNN(trunk, num_classes=None, rpn_anchor_generator=anchors,

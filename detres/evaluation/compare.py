@@ -43,7 +43,7 @@ __all__ = ["PAPER", "NETWORK_KEYS", "PFR_COMMIT", "PfrDifference", "PFR_DIFFEREN
 
 #: Config keys that are part of "the network" in a paper comparison, plus where the run was written.
 NETWORK_KEYS = frozenset({"model.backbone.name", "model.backbone.weights", "model.backbone.style",
-                          "model.pooler.resolution", "output_dir"})
+                          "model.backbone.caffe_stem_pool", "model.pooler.resolution", "output_dir"})
 
 #: The py-faster-rcnn commit (rbgirshick/py-faster-rcnn) whose files and lines the differences below cite.
 PFR_COMMIT = "781a917"

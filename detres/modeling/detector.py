@@ -77,8 +77,7 @@ class C4RoIPooler(nn.Module):
     sizes. Proposals are cast to the features' dtype, so RoIAlign/RoIPool work under AMP.
     """
 
-    def __init__(self, *, kind: str, feature: str, stride: int, output_size: int, sampling_ratio: int = 0,
-                 aligned: bool = False):
+    def __init__(self, *, kind: str, feature: str, stride: int, output_size: int, sampling_ratio: int, aligned: bool):
         super().__init__()
         if kind not in POOLERS:
             raise ValueError(f"unknown pooler {kind!r}; choose from {list(POOLERS)}")

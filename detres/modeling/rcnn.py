@@ -166,9 +166,8 @@ class PaperRPN(RegionProposalNetwork):
     stored on the module and ``self.min_size`` (torchvision's fixed threshold) is not used.
     """
 
-    def __init__(self, *args, allowed_border: float = -1.0, min_size_original: float = 0.0,
-                 proposal_order: str = "torchvision", smooth_l1_beta: float = TORCHVISION_SMOOTH_L1_BETA,
-                 **kwargs) -> None:
+    def __init__(self, *args, allowed_border: float, min_size_original: float, proposal_order: str,
+                 smooth_l1_beta: float, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if min_size_original < 0:
             raise ValueError(f"rpn min_size must be >= 0 pixels, got {min_size_original}")
@@ -319,8 +318,7 @@ class PaperRoIHeads(RoIHeads):
     """torchvision's RoIHeads plus ``bg_iou_thresh_lo`` (see the module docstring). All other arguments
     are the parent's (``fg_iou_thresh``, ``bg_iou_thresh`` = the upper end of the background range)."""
 
-    def __init__(self, *args, bg_iou_thresh_lo: float = 0.0, smooth_l1_beta: float = TORCHVISION_SMOOTH_L1_BETA,
-                 **kwargs) -> None:
+    def __init__(self, *args, bg_iou_thresh_lo: float, smooth_l1_beta: float, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         hi = self.proposal_matcher.low_threshold
         if not 0.0 <= bg_iou_thresh_lo <= hi:

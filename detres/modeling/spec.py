@@ -1,34 +1,46 @@
 """The detector's specification: a frozen dataclass tree that :func:`detres.modeling.build_detector` builds.
 
 ``DetectorSpec(backbone=BackboneSpec(...), pooler=PoolerSpec(...), rpn=RPNSpec(...), roi=RoISpec(...),
-input=InputSpec(...))``. Each part carries the field names of its config section (``model.backbone``,
-``model.pooler``, ``model.rpn``, ``model.roi``; ``input`` holds ``data.min_size``/``max_size``'s meaning for
-the model), and its defaults are read from :mod:`detres.config`'s dataclasses, so every default is written
-once. A spec checks itself when it is made (choices, ranges, and rules across parts such as "vgg16 takes a
-7x7 pool") and raises :class:`SpecError` (a ValueError) naming the field, e.g. ``rpn.nms_thresh``.
+input=InputSpec(...))``. Each part is MADE from its config section's dataclass (``model.backbone``,
+``model.pooler``, ``model.rpn``, ``model.roi`` in :mod:`detres.config`): the same field names, types,
+defaults and rules (ranges, choices, "bg_iou_thresh at most fg_iou_thresh"), each written once there, on
+the field. The config is the lower layer (it cannot import this module), so the field lives there and the
+spec follows it: an option added to a config section is a spec field, converted and checked as YAML's value
+is (:func:`detres.config.field_problem`), with no edit here. What needs the backbone registry (the name,
+norm, style, shortcut choices; an option the backbone's family does not take; "vgg16 takes a 7x7 pool") is
+checked here on top. ``input`` holds ``data.min_size``/``max_size``'s meaning for the model. A refused value
+raises :class:`SpecError` (a ValueError) naming the field, e.g. ``rpn.nms_thresh``.
 
 Conventions: sizes in pixels of the image the model receives, except ``rpn.min_size`` (pixels of the
 ORIGINAL image, see :mod:`detres.modeling.rcnn`); IoUs and fractions in [0, 1]; class 0 = background.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional, Union
 
-from detres.backbones import NORMS, SHORTCUTS, STYLES, default_pool_size, fixed_pool_size, list_backbones
-from detres.config import BackboneConfig, DataConfig, PoolerConfig, RoIConfig, RPNConfig
+from detres.backbones import (NORMS, SHORTCUTS, STYLES, backbone_options, default_pool_size, fixed_pool_size,
+                              list_backbones)
+from detres.config import (BackboneConfig, DataConfig, PoolerConfig, RoIConfig, RPNConfig, convert_value,
+                           field_problem)
 
 __all__ = ["SpecError", "BackboneSpec", "PoolerSpec", "RPNSpec", "RoISpec", "InputSpec", "DetectorSpec", "POOLERS",
            "ANCHOR_STYLES"]
 
-#: RoI feature extraction: torchvision's RoIAlign or the Fast R-CNN RoI max pooling.
-POOLERS = ("roi_align", "roi_pool")
-#: RPN anchors and proposal order: py-faster-rcnn's (see :mod:`detres.modeling.rcnn`) or torchvision's.
-ANCHOR_STYLES = ("pfr", "torchvision")
 
-# the defaults, read from the config schema (written once, there)
-_B, _P, _R, _O, _D = BackboneConfig(), PoolerConfig(), RPNConfig(), RoIConfig(), DataConfig()
+def _choices(section: type, name: str) -> tuple:
+    return next(f.metadata["rule"]["choices"] for f in fields(section) if f.name == name)
+
+
+#: RoI feature extraction: torchvision's RoIAlign or the Fast R-CNN RoI max pooling (``model.pooler.type``).
+POOLERS = _choices(PoolerConfig, "type")
+#: RPN anchors and proposal order: py-faster-rcnn's (see :mod:`detres.modeling.rcnn`) or torchvision's.
+ANCHOR_STYLES = _choices(RPNConfig, "anchor_style")
+
+_D = DataConfig()
 
 
 class SpecError(ValueError):
@@ -40,18 +52,11 @@ class SpecError(ValueError):
         self.field, self.reason = field_name, reason
 
 
-def _check_range(part: str, obj: Any, name: str, lo: float | None, hi: float | None, *,
-                 lo_open: bool = False, hi_open: bool = False) -> None:
+def _check_range(part: str, obj: Any, name: str, lo: float | None, hi: float | None) -> None:
     v = getattr(obj, name)
-    if v is None:
-        return
-    below = lo is not None and (v <= lo if lo_open else v < lo)
-    above = hi is not None and (v >= hi if hi_open else v > hi)
-    if below or above:
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        interval = f"{'(' if lo_open else '['}{lo_s}, {hi_s}{')' if hi_open else ']'}"
-        raise SpecError(f"{part}.{name}", f"must be in {interval}, got {v!r}")
+    if v is not None and ((lo is not None and v < lo) or (hi is not None and v > hi)):
+        raise SpecError(f"{part}.{name}", f"must be in [{'-inf' if lo is None else f'{lo:g}'}, "
+                                          f"{'inf' if hi is None else f'{hi:g}'}], got {v!r}")
 
 
 def _check_choice(part: str, name: str, value: Any, choices) -> None:
@@ -70,100 +75,67 @@ def _check_sizes(part: str, obj: Any, name: str) -> None:
     object.__setattr__(obj, name, values)
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """The C4 trunk and head (``model.backbone``): see :func:`detres.backbones.build_c4`."""
-    name: str = _B.name
-    weights: Optional[Union[str, os.PathLike]] = _B.weights
-    style: Optional[str] = _B.style
-    norm: str = _B.norm
-    freeze_at: int = _B.freeze_at
-    shortcut: str = _B.shortcut
-    width: int = _B.width
-    caffe_stem_pool: bool = _B.caffe_stem_pool
+def _check_fields(part: str, spec: Any, hints: Mapping[str, Any]) -> None:
+    """Each field converted and checked as YAML's value of the same config key would be (types, then the
+    field's rule in :mod:`detres.config`); lists become tuples (the spec is frozen)."""
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):
+            continue  # a path where the config holds a string (weights files)
+        try:
+            value = convert_value(value, hints[f.name])
+        except ValueError as e:
+            raise SpecError(f"{part}.{f.name}", str(e)) from None
+        object.__setattr__(spec, f.name, tuple(value) if isinstance(value, list) else value)
+    for f in fields(spec):
+        reason = field_problem(spec, f.name)
+        if reason is not None:
+            raise SpecError(f"{part}.{f.name}", reason)
+
+
+def _part_spec(section: type, part: str, name: str, doc: str, check: Any = None) -> type:
+    """A frozen spec class with the fields of the config section ``section`` (names, types, defaults, rules:
+    written once, there): a field added to the section is a field of the spec, checked alike. ``check``:
+    the spec's own checks that need the layers above the config (the backbone registry)."""
+    hints = typing.get_type_hints(section)
+    specs = []
+    for f in fields(section):
+        default = f.default if f.default_factory is dataclasses.MISSING else tuple(f.default_factory())
+        kind = hints[f.name]  # a config list is a tuple here (the spec is frozen)
+        kind = tuple[(*typing.get_args(kind), ...)] if typing.get_origin(kind) is list else kind
+        specs.append((f.name, kind, field(default=default, metadata=f.metadata)))
 
     def __post_init__(self) -> None:
-        _check_choice("backbone", "name", self.name, list_backbones())
-        _check_choice("backbone", "caffe_stem_pool", self.caffe_stem_pool, (False, True))
-        _check_choice("backbone", "style", self.style, (None, *STYLES))
-        _check_choice("backbone", "norm", self.norm, NORMS)
-        _check_choice("backbone", "shortcut", self.shortcut, SHORTCUTS)
-        _check_range("backbone", self, "freeze_at", 0, 5)
-        _check_range("backbone", self, "width", 1, None)
+        _check_fields(part, self, hints)
+        if check is not None:
+            check(self)
+
+    cls = dataclasses.make_dataclass(name, specs, frozen=True, namespace={"__post_init__": __post_init__, "__doc__": doc})
+    cls.__module__ = __name__
+    return cls
 
 
-@dataclass(frozen=True)
-class PoolerSpec:
-    """RoI features from the stride-16 map (``model.pooler``); ``resolution`` None = the backbone's own
-    (14 for ResNets, 7 for VGG-16, see :meth:`DetectorSpec.pool_size`)."""
-    type: str = _P.type
-    resolution: Optional[int] = _P.resolution
-    sampling_ratio: int = _P.sampling_ratio
-    aligned: bool = _P.aligned
-
-    def __post_init__(self) -> None:
-        _check_choice("pooler", "type", self.type, POOLERS)
-        _check_range("pooler", self, "resolution", 1, None)
-        _check_range("pooler", self, "sampling_ratio", 0, None)
+def _check_backbone(spec: Any) -> None:
+    _check_choice("backbone", "name", spec.name, list_backbones())
+    _check_choice("backbone", "style", spec.style, (None, *STYLES))
+    _check_choice("backbone", "norm", spec.norm, NORMS)
+    _check_choice("backbone", "shortcut", spec.shortcut, SHORTCUTS)
+    try:
+        backbone_options(spec.name, style=spec.style, shortcut=spec.shortcut, width=spec.width,
+                         caffe_stem_pool=spec.caffe_stem_pool)
+    except ValueError as e:
+        option = getattr(e, "option", "name")
+        raise SpecError(f"backbone.{option}", str(e)) from None
 
 
-@dataclass(frozen=True)
-class RPNSpec:
-    """The region proposal network (``model.rpn``): anchors, proposal selection, training samples."""
-    anchor_sizes: tuple[float, ...] = tuple(_R.anchor_sizes)
-    aspect_ratios: tuple[float, ...] = tuple(_R.aspect_ratios)
-    pre_nms_top_n_train: int = _R.pre_nms_top_n_train
-    post_nms_top_n_train: int = _R.post_nms_top_n_train
-    pre_nms_top_n_test: int = _R.pre_nms_top_n_test
-    post_nms_top_n_test: int = _R.post_nms_top_n_test
-    nms_thresh: float = _R.nms_thresh
-    min_size: float = _R.min_size
-    fg_iou_thresh: float = _R.fg_iou_thresh
-    bg_iou_thresh: float = _R.bg_iou_thresh
-    allowed_border: float = _R.allowed_border
-    batch_size_per_image: int = _R.batch_size_per_image
-    positive_fraction: float = _R.positive_fraction
-    anchor_style: str = _R.anchor_style
-    smooth_l1_beta: float = _R.smooth_l1_beta
-
-    def __post_init__(self) -> None:
-        _check_choice("rpn", "anchor_style", self.anchor_style, ANCHOR_STYLES)
-        _check_range("rpn", self, "smooth_l1_beta", 0, None)
-        _check_sizes("rpn", self, "anchor_sizes")
-        _check_sizes("rpn", self, "aspect_ratios")
-        for name in ("pre_nms_top_n_train", "post_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_test",
-                     "batch_size_per_image"):
-            _check_range("rpn", self, name, 1, None)
-        _check_range("rpn", self, "nms_thresh", 0, 1, lo_open=True)
-        _check_range("rpn", self, "min_size", 0, None)
-        _check_range("rpn", self, "fg_iou_thresh", 0, 1)
-        _check_range("rpn", self, "bg_iou_thresh", 0, self.fg_iou_thresh)
-        _check_range("rpn", self, "positive_fraction", 0, 1)
-
-
-@dataclass(frozen=True)
-class RoISpec:
-    """The RoI heads (``model.roi``): training samples, test-time score threshold, NMS and count."""
-    batch_size_per_image: int = _O.batch_size_per_image
-    positive_fraction: float = _O.positive_fraction
-    fg_iou_thresh: float = _O.fg_iou_thresh
-    bg_iou_thresh_hi: float = _O.bg_iou_thresh_hi
-    bg_iou_thresh_lo: float = _O.bg_iou_thresh_lo
-    score_thresh: float = _O.score_thresh
-    nms_thresh: float = _O.nms_thresh
-    detections_per_img: int = _O.detections_per_img
-    smooth_l1_beta: float = _O.smooth_l1_beta
-
-    def __post_init__(self) -> None:
-        _check_range("roi", self, "smooth_l1_beta", 0, None)
-        _check_range("roi", self, "batch_size_per_image", 1, None)
-        _check_range("roi", self, "positive_fraction", 0, 1)
-        _check_range("roi", self, "fg_iou_thresh", 0, 1)
-        _check_range("roi", self, "bg_iou_thresh_hi", 0, self.fg_iou_thresh)
-        _check_range("roi", self, "bg_iou_thresh_lo", 0, self.bg_iou_thresh_hi)
-        _check_range("roi", self, "score_thresh", 0, 1, hi_open=True)
-        _check_range("roi", self, "nms_thresh", 0, 1, lo_open=True)
-        _check_range("roi", self, "detections_per_img", 1, None)
+BackboneSpec = _part_spec(BackboneConfig, "backbone", "BackboneSpec", """The C4 trunk and head (``model.backbone``): see
+    :func:`detres.backbones.build_c4`; an option its family does not take is refused by name.""", _check_backbone)
+PoolerSpec = _part_spec(PoolerConfig, "pooler", "PoolerSpec", """RoI features from the stride-16 map (``model.pooler``);
+    ``resolution`` None = the backbone's own (14 for ResNets, 7 for VGG-16, see :meth:`DetectorSpec.pool_size`).""")
+RPNSpec = _part_spec(RPNConfig, "rpn", "RPNSpec", """The region proposal network (``model.rpn``): anchors, proposal
+    selection, training samples.""")
+RoISpec = _part_spec(RoIConfig, "roi", "RoISpec", """The RoI heads (``model.roi``): training samples, test-time score
+    threshold, NMS and count.""")
 
 
 @dataclass(frozen=True)

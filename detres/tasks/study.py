@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
+from detres.backbones import backbone_info
 from detres.config import ClsConfig, config_from_dict, load_config
 from detres.data.loader import build_test_loader, stack_collate
 from detres.engine.checkpoint import load_checkpoint
@@ -42,7 +43,7 @@ def load_cls_run(run_dir: str | os.PathLike) -> tuple[ClsConfig, Path]:
 
 
 def _label(cfg: ClsConfig, run_dir: Path) -> str:
-    return cfg.model.name.removeprefix("cifar_") if cfg.model.name.startswith("cifar_") else run_dir.name
+    return backbone_info(cfg.model.name).label or run_dir.name
 
 
 def error_curves(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLike) -> str:
@@ -138,14 +139,15 @@ def degradation_demo(out_dir: str | os.PathLike, *, settings: dict | None = None
     resp = json.loads(Path(f"{summary['fig7']}.json").read_text())
     mean_std = {k: sum(s for _, s in v) / len(v) for k, v in resp.items()}
     te = {k: v["train_error"] for k, v in summary["nets"].items()}
-    plain, residual = [n for n in settings["nets"] if "plain" in n], [n for n in settings["nets"] if "resnet" in n]
+    info = {n: backbone_info(n) for n in settings["nets"]}
+    plain, residual = [n for n in info if not info[n].residual], [n for n in info if info[n].residual]
     summary["mean_response_std"] = mean_std
     if len(plain) == 2 and len(residual) == 2:
         summary["observed"] = {
             "deep plain trains worse than shallow plain": te[plain[1]] > te[plain[0]],
             "deep residual trains at least as well as shallow residual": te[residual[1]] <= te[residual[0]],
             "residual responses smaller than plain (same depth)": all(
-                mean_std[r.removeprefix("cifar_")] < mean_std[p.removeprefix("cifar_")] for p, r in zip(plain, residual)),
+                mean_std[info[r].label] < mean_std[info[p].label] for p, r in zip(plain, residual)),
         }
     atomic_write_json(out / "summary.json", summary)
     return summary
