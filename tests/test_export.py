@@ -26,12 +26,16 @@ def _spec(pooler):
                      rpn={"anchor_sizes": (16, 32, 64), "post_nms_top_n_test": 30})
 
 
-def _run(fmt, path, image):
+def _run(fmt, path, image, orig_size=None):
+    """The exported file on ``image``; ``orig_size`` (H0, W0) defaults to the image's own size (TorchScript:
+    left out, its default; ONNX: both inputs are required)."""
     if fmt == "torchscript":
-        return torch.jit.load(str(path))(image)
+        traced = torch.jit.load(str(path))
+        return traced(image) if orig_size is None else traced(image, torch.tensor(orig_size))
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return [torch.from_numpy(x) for x in session.run(None, {"image": image.numpy()})]
+    orig = torch.tensor(orig_size if orig_size is not None else image.shape[-2:], dtype=torch.int64)
+    return [torch.from_numpy(x) for x in session.run(None, {"image": image.numpy(), "orig_size": orig.numpy()})]
 
 
 def _same(ref, boxes, labels, scores):
@@ -130,11 +134,12 @@ def test_onnx_carries_the_contract_and_rescales_0_255(tmp_path):
     assert props["detres.resize"] == RESIZE_RULE and "[0, 1]" in props["detres.input"]
     assert json.loads(props["detres.normalization"].split(" (")[0])["mean"] == model.weights_meta["mean"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [i.name for i in session.get_inputs()] == ["image", "orig_size"]
     assert [o.name for o in session.get_outputs()] == ["boxes", "labels", "scores"]
     image = torch.rand(3, *SIZES[0])
-    ref = session.run(None, {"image": image.numpy()})
-    big = session.run(None, {"image": (image * 255).numpy()})
+    orig = torch.tensor(image.shape[-2:]).numpy()
+    ref = session.run(None, {"image": image.numpy(), "orig_size": orig})
+    big = session.run(None, {"image": (image * 255).numpy(), "orig_size": orig})
     assert len(ref[1]) > 0 and (ref[1] == big[1]).all() and abs(ref[0] - big[0]).max() <= 1e-2
 
 
