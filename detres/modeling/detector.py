@@ -25,12 +25,11 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import roi_align, roi_pool
 
 from detres.backbones import build_c4, c4_feature_name
 from detres.modeling.rcnn import PaperRoIHeads, PaperRPN, PfrAnchorGenerator, as_float64
-from detres.modeling.tv_private import GeneralizedRCNNTransform
+from detres.modeling.tv_private import GeneralizedRCNNTransform, RPNHead
 from detres.modeling.spec import POOLERS, DetectorSpec, RoISpec, RPNSpec
 
 

@@ -21,10 +21,10 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-__all__ = ["GeneralizedRCNNTransform", "ImageList", "RegionProposalNetwork", "RoIHeads",
+__all__ = ["GeneralizedRCNNTransform", "ImageList", "RegionProposalNetwork", "RoIHeads", "RPNHead",
            "concat_box_prediction_layers", "CONTRACT", "OWNERS", "INSTANCE_ATTRIBUTES", "check_contract"]
 
 #: symbol (``Owner.attribute``, or a function's name) -> the leading parameter names detres passes or
@@ -48,6 +48,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "RegionProposalNetwork.pre_nms_top_n": (),
     "RegionProposalNetwork.post_nms_top_n": (),
     "concat_box_prediction_layers": ("box_cls", "box_regression"),
+    "RPNHead": ("in_channels", "num_anchors"),  # built by build_detector (its module is rpn.py's)
     # PaperRoIHeads: the parent's inference forward; in training its sampling, then detres's losses
     "RoIHeads.__init__": ("box_roi_pool", "box_head", "box_predictor", "fg_iou_thresh", "bg_iou_thresh",
                            "batch_size_per_image", "positive_fraction", "bbox_reg_weights", "score_thresh",
@@ -76,7 +77,7 @@ INSTANCE_ATTRIBUTES = {
 #: the torchvision objects that :data:`CONTRACT`'s names start with
 OWNERS: dict[str, Any] = {"GeneralizedRCNNTransform": GeneralizedRCNNTransform, "ImageList": ImageList,
                           "RegionProposalNetwork": RegionProposalNetwork, "RoIHeads": RoIHeads,
-                          "AnchorGenerator": AnchorGenerator, "FasterRCNN": FasterRCNN,
+                          "AnchorGenerator": AnchorGenerator, "FasterRCNN": FasterRCNN, "RPNHead": RPNHead,
                           "concat_box_prediction_layers": concat_box_prediction_layers}
 
 
