@@ -8,6 +8,7 @@ from torchvision.models.detection import FasterRCNN
 from _engine_helpers import TINY_DETECTOR, make_spec
 from detres.backbones import MSRA_META, build_classifier
 from detres.modeling import C4RoIPooler, DetectorSpec, RPNSpec, build_detector
+from detres.modeling.detector import C4FasterRCNN
 
 
 def _batch():
@@ -25,7 +26,7 @@ def test_detector_trains_and_predicts(backbone):
     spec = make_spec(backbone, tiny=True, backbone={"norm": "bn" if backbone != "vgg16" else "frozen_bn"},
                      pooler={"resolution": None if backbone == "vgg16" else 8}, roi={"score_thresh": 0.0})
     model = build_detector(spec, 3)
-    assert type(model) is FasterRCNN
+    assert type(model) is C4FasterRCNN and isinstance(model, FasterRCNN)  # torchvision's class, detres's forward
     pool = model.roi_heads.box_roi_pool
     assert isinstance(pool, C4RoIPooler) and pool.spatial_scale == 1 / 16
     model.train()
