@@ -95,9 +95,19 @@ def test_tool_exports_a_checkpoint(tmp_path, capsys):
 
 
 def test_prepare_for_inference_is_where_the_readme_says():
-    from detres.modeling import fast, prepare_for_inference
+    """``detres.modeling.prepare_for_inference`` returns an eval-mode copy with every BatchNorm folded away
+    (FAST_DEFAULTS' fold_bn) and leaves the given model as it was."""
+    from torchvision.ops import FrozenBatchNorm2d
 
-    assert prepare_for_inference is fast.prepare_for_inference
+    from detres.modeling import prepare_for_inference
+
+    model = build_detector(make_spec(tiny=True, backbone={"norm": "bn"}), 3).train()
+    norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
+    n_bn = sum(isinstance(m, norms) for m in model.modules())
+    fast = prepare_for_inference(model)
+    assert fast is not model and not fast.training and model.training
+    assert n_bn > 0 and sum(isinstance(m, norms) for m in model.modules()) == n_bn
+    assert not any(isinstance(m, norms) for m in fast.modules())
 
 
 def test_torchscript_outputs_need_no_grad_and_0_255_inputs_are_rescaled_with_a_warning(tmp_path):
