@@ -145,6 +145,21 @@ def test_predict_original_gives_the_rpn_each_images_scale():
     assert seen[1] == [pytest.approx(25.6)]  # enlarged 1.6x (a 500 x 375 VOC image at 600): 25.6 px, not 16
 
 
+def test_predict_original_flips_a_flipped_inputs_boxes_back():
+    """A detector's boxes (already in the photo's pixels) of a horizontally flipped input: x -> W0 - x."""
+    class Known(torch.nn.Module):
+        def forward(self, images, targets=None, original_sizes=None):
+            assert [tuple(int(v) for v in s) for s in original_sizes] == [(40, 100)]
+            return [{"boxes": torch.tensor([[10.0, 5.0, 30.0, 25.0]]), "labels": torch.tensor([1]),
+                     "scores": torch.tensor([0.5])}]
+
+    image = torch.rand(3, 20, 50)
+    flipped = predict_original(Known(), [image], [{"orig_size": torch.tensor([40, 100]), "flipped": True}])[0]
+    assert flipped["boxes"].tolist() == [[70.0, 5.0, 90.0, 25.0]]
+    plain = predict_original(Known(), [image], [{"orig_size": torch.tensor([40, 100]), "flipped": False}])[0]
+    assert plain["boxes"].tolist() == [[10.0, 5.0, 30.0, 25.0]]
+
+
 def test_training_takes_the_scale_from_the_data_pipelines_targets():
     """In training the original size is each target's ``orig_size`` (the data pipeline's field)."""
     torch.manual_seed(0)
