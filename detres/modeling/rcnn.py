@@ -151,7 +151,7 @@ class PaperRPN(RegionProposalNetwork):
     module docstring). All other arguments are the parent's.
 
     Stateless between calls: each image's size and scale are read from the call's own arguments
-    (``images.image_sizes``, the targets' ``size``/``orig_size``) and handed down as arguments; nothing is
+    (``images.image_sizes``, ``original_image_sizes``) and handed down as arguments; nothing is
     stored on the module and ``self.min_size`` (torchvision's fixed threshold) is not used.
     """
 
