@@ -8,6 +8,7 @@ from torchvision.models.detection import FasterRCNN
 from _engine_helpers import TINY_DETECTOR, make_spec
 from detres.backbones import MSRA_META, build_classifier
 from detres.modeling import C4RoIPooler, DetectorSpec, RPNSpec, build_detector
+from detres.modeling.detector import C4FasterRCNN
 
 
 def _batch():
@@ -25,7 +26,7 @@ def test_detector_trains_and_predicts(backbone):
     spec = make_spec(backbone, tiny=True, backbone={"norm": "bn" if backbone != "vgg16" else "frozen_bn"},
                      pooler={"resolution": None if backbone == "vgg16" else 8}, roi={"score_thresh": 0.0})
     model = build_detector(spec, 3)
-    assert type(model) is FasterRCNN
+    assert type(model) is C4FasterRCNN and isinstance(model, FasterRCNN)  # torchvision's class, detres's forward
     pool = model.roi_heads.box_roi_pool
     assert isinstance(pool, C4RoIPooler) and pool.spatial_scale == 1 / 16
     model.train()
@@ -113,6 +114,21 @@ def test_pooler_casts_rois_to_feature_dtype():
     assert out.dtype == torch.float64 and out.shape == (1, 8, 7, 7)
     pool = C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=7, sampling_ratio=0, aligned=False)
     assert pool(feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])]).shape == (1, 8, 7, 7)
+
+
+def test_roi_pool_values_by_hand():
+    """Fast R-CNN's RoI max pooling of the map F[y, x] = 10 y + x at stride 16: the RoI [0, 0, 64, 64] covers
+    cells round(0 / 16) .. round(64 / 16) = 0..4 (5 cells); bin i spans cells floor(5 i / 7) .. ceil(5 (i + 1)
+    / 7) - 1, and F grows with y and x, so bin (i, j) holds F at its last cell: rows/cols 0,1,2,2,3,4,4."""
+    grid = torch.arange(10.0)
+    feats = {"res4": (10 * grid[:, None] + grid[None, :])[None, None]}
+    out = C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=7)(
+        feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])[0, 0]
+    last = [0, 1, 2, 2, 3, 4, 4]
+    assert out.tolist() == [[10.0 * r + c for c in last] for r in last]
+    align = C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=7)(
+        feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])[0, 0]
+    assert not torch.equal(align, out)  # RoIAlign interpolates: other values (negative control)
 
 
 def test_weights_meta_builds_for_a_checkpoint_without_weights():

@@ -26,12 +26,16 @@ def _spec(pooler):
                      rpn={"anchor_sizes": (16, 32, 64), "post_nms_top_n_test": 30})
 
 
-def _run(fmt, path, image):
+def _run(fmt, path, image, orig_size=None):
+    """The exported file on ``image``; ``orig_size`` (H0, W0) defaults to the image's own size (TorchScript:
+    left out, its default; ONNX: both inputs are required)."""
     if fmt == "torchscript":
-        return torch.jit.load(str(path))(image)
+        traced = torch.jit.load(str(path))
+        return traced(image) if orig_size is None else traced(image, torch.tensor(orig_size))
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return [torch.from_numpy(x) for x in session.run(None, {"image": image.numpy()})]
+    orig = torch.tensor(orig_size if orig_size is not None else image.shape[-2:], dtype=torch.int64)
+    return [torch.from_numpy(x) for x in session.run(None, {"image": image.numpy(), "orig_size": orig.numpy()})]
 
 
 def _same(ref, boxes, labels, scores):
@@ -91,9 +95,19 @@ def test_tool_exports_a_checkpoint(tmp_path, capsys):
 
 
 def test_prepare_for_inference_is_where_the_readme_says():
-    from detres.modeling import fast, prepare_for_inference
+    """``detres.modeling.prepare_for_inference`` returns an eval-mode copy with every BatchNorm folded away
+    (FAST_DEFAULTS' fold_bn) and leaves the given model as it was."""
+    from torchvision.ops import FrozenBatchNorm2d
 
-    assert prepare_for_inference is fast.prepare_for_inference
+    from detres.modeling import prepare_for_inference
+
+    model = build_detector(make_spec(tiny=True, backbone={"norm": "bn"}), 3).train()
+    norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
+    n_bn = sum(isinstance(m, norms) for m in model.modules())
+    fast = prepare_for_inference(model)
+    assert fast is not model and not fast.training and model.training
+    assert n_bn > 0 and sum(isinstance(m, norms) for m in model.modules()) == n_bn
+    assert not any(isinstance(m, norms) for m in fast.modules())
 
 
 def test_torchscript_outputs_need_no_grad_and_0_255_inputs_are_rescaled_with_a_warning(tmp_path):
@@ -130,11 +144,12 @@ def test_onnx_carries_the_contract_and_rescales_0_255(tmp_path):
     assert props["detres.resize"] == RESIZE_RULE and "[0, 1]" in props["detres.input"]
     assert json.loads(props["detres.normalization"].split(" (")[0])["mean"] == model.weights_meta["mean"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [i.name for i in session.get_inputs()] == ["image", "orig_size"]
     assert [o.name for o in session.get_outputs()] == ["boxes", "labels", "scores"]
     image = torch.rand(3, *SIZES[0])
-    ref = session.run(None, {"image": image.numpy()})
-    big = session.run(None, {"image": (image * 255).numpy()})
+    orig = torch.tensor(image.shape[-2:]).numpy()
+    ref = session.run(None, {"image": image.numpy(), "orig_size": orig})
+    big = session.run(None, {"image": (image * 255).numpy(), "orig_size": orig})
     assert len(ref[1]) > 0 and (ref[1] == big[1]).all() and abs(ref[0] - big[0]).max() <= 1e-2
 
 

@@ -50,4 +50,13 @@ def test_pytorch_style_costs_more_and_detector_counts_its_rois():
     pytorch = classifier_stats("resnet50", "pytorch", size=64)
     assert pytorch["gflops"] > msra["gflops"] and msra["paper_gflops"] is None
     det = detector_stats("resnet18", "msra", height=64, width=96, proposals=20)
-    assert det["rois"] == 20 and det["gflops"] > 0
+    det10 = detector_stats("resnet18", "msra", height=64, width=96, proposals=10)
+    assert det["rois"] == 20 and det10["rois"] == 10
+    # 10 more RoIs cost 10 x (conv5 on one 14x14 RoI + the predictor's two linear layers), counted by hand:
+    # ResNet-18 msra conv5 on [1, 256, 14, 14] -> 7x7, then 512 -> 21 scores and 512 -> 84 box deltas
+    from detres.backbones import build_c4
+    from detres.backbones.stats import count_gflops
+    _, head = build_c4("resnet18", style="msra")
+    per_roi = count_gflops(head.eval(), input_shape=(1, 256, 14, 14)) + 512 * (21 + 84) / 1e9
+    assert det["gflops"] - det10["gflops"] == pytest.approx(10 * per_roi, rel=1e-6)
+    assert det10["gflops"] > 10 * per_roi  # the trunk and RPN head come on top

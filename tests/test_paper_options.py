@@ -98,24 +98,20 @@ def test_background_range_is_validated():
         make_spec(roi={"bg_iou_thresh_lo": 0.6})
 
 
-def _proposals(model, images, targets):
+def _proposals(model, images, original_sizes=None):
     model.eval()
     with torch.no_grad():
-        image_list, targets = model.transform(images, targets)
+        image_list, _ = model.transform(images, None)
         features = model.backbone(image_list.tensors)
-        return model.rpn(image_list, features, targets)[0]
+        return model.rpn(image_list, features, original_image_sizes=original_sizes)[0]
 
 
 def test_rpn_min_size_is_taken_at_the_original_scale_per_image():
     torch.manual_seed(0)
     images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
-    # image 0 was enlarged 2x by the data pipeline, image 1 not at all
-    targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                "size": torch.tensor([64, 80]), "orig_size": torch.tensor([32, 40])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                "size": torch.tensor([72, 64]), "orig_size": torch.tensor([72, 64])}]
+    originals = [(32, 40), (72, 64)]  # image 0 was enlarged 2x by the data pipeline, image 1 not at all
     model = build_detector(make_spec(tiny=True, rpn={"min_size": 12}), 3)
-    props = _proposals(model, images, targets)
+    props = _proposals(model, images, originals)
 
     def sides(b):
         return torch.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
@@ -123,23 +119,56 @@ def test_rpn_min_size_is_taken_at_the_original_scale_per_image():
     assert len(props[0]) > 0 and sides(props[0]).min() >= 24 - 1e-4  # 12 px at half the input's scale
     assert len(props[1]) > 0 and sides(props[1]).min() >= 12 - 1e-4
     model.rpn.min_size_original = 0.0  # without the minimum, smaller proposals do come out
-    props = _proposals(model, images, targets)
+    props = _proposals(model, images, originals)
     assert (sides(props[0]) < 24).any()
 
 
-def test_predict_original_gives_the_rpn_each_images_scale():
-    model = build_detector(make_spec(tiny=True, rpn={"min_size": 16}), 3)
+def _recorded_min_sizes(model):
     seen = []
     filter_proposals = model.rpn.filter_proposals
 
     def record(*args, min_sizes=None):
-        seen.append(min_sizes)
+        seen.append([float(m) for m in min_sizes])
         return filter_proposals(*args, min_sizes=min_sizes)
 
     model.rpn.filter_proposals = record
+    return seen
+
+
+def test_predict_original_gives_the_rpn_each_images_scale():
+    model = build_detector(make_spec(tiny=True, rpn={"min_size": 16}), 3).eval()
+    seen = _recorded_min_sizes(model)
     target = {"size": torch.tensor([64, 80]), "orig_size": torch.tensor([128, 160]), "flipped": False}
-    predict_original(model.eval(), [torch.rand(3, 64, 80)], [target])
+    predict_original(model, [torch.rand(3, 64, 80)], [target])
     assert seen == [[8.0]]  # 16 px of the original image at half its size
+    predict_original(model, [torch.rand(3, 64, 80)], [{"orig_size": torch.tensor([40, 50])}])
+    assert seen[1] == [pytest.approx(25.6)]  # enlarged 1.6x (a 500 x 375 VOC image at 600): 25.6 px, not 16
+
+
+def test_predict_original_flips_a_flipped_inputs_boxes_back():
+    """A detector's boxes (already in the photo's pixels) of a horizontally flipped input: x -> W0 - x."""
+    class Known(torch.nn.Module):
+        def forward(self, images, targets=None, original_sizes=None):
+            assert [tuple(int(v) for v in s) for s in original_sizes] == [(40, 100)]
+            return [{"boxes": torch.tensor([[10.0, 5.0, 30.0, 25.0]]), "labels": torch.tensor([1]),
+                     "scores": torch.tensor([0.5])}]
+
+    image = torch.rand(3, 20, 50)
+    flipped = predict_original(Known(), [image], [{"orig_size": torch.tensor([40, 100]), "flipped": True}])[0]
+    assert flipped["boxes"].tolist() == [[70.0, 5.0, 90.0, 25.0]]
+    plain = predict_original(Known(), [image], [{"orig_size": torch.tensor([40, 100]), "flipped": False}])[0]
+    assert plain["boxes"].tolist() == [[10.0, 5.0, 30.0, 25.0]]
+
+
+def test_training_takes_the_scale_from_the_data_pipelines_targets():
+    """In training the original size is each target's ``orig_size`` (the data pipeline's field)."""
+    torch.manual_seed(0)
+    model = build_detector(make_spec(tiny=True, rpn={"min_size": 16}), 3).train()
+    seen = _recorded_min_sizes(model)
+    images, targets = _batch()
+    targets = [dict(t, orig_size=torch.tensor(o)) for t, o in zip(targets, [(32, 40), (144, 128)])]
+    model(images, targets)
+    assert seen == [[pytest.approx(32.0), pytest.approx(8.0)]]  # 2x enlarged, then 2x reduced
 
 
 def test_rpn_keeps_no_state_between_calls():
@@ -148,14 +177,12 @@ def test_rpn_keeps_no_state_between_calls():
     torch.manual_seed(0)
     model = build_detector(make_spec(tiny=True, rpn={"min_size": 16}), 3).eval()
     images = [torch.rand(3, 64, 80)]
-    half = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-             "size": torch.tensor([64, 80]), "orig_size": torch.tensor([128, 160])}]
     before = {k: v for k, v in vars(model.rpn).items() if not k.startswith("_")}
-    first = _proposals(model, images, None)
-    scaled = _proposals(model, images, half)
+    first = _proposals(model, images)
+    scaled = _proposals(model, images, [(128, 160)])
     assert {k: v for k, v in vars(model.rpn).items() if not k.startswith("_")} == before
     assert not hasattr(model.rpn, "_scales") and not hasattr(model.rpn, "_image_sizes")
-    again = _proposals(model, images, None)
+    again = _proposals(model, images)
     assert torch.equal(first[0], again[0])
     assert model.rpn.min_size == 1e-3  # torchvision's own threshold, untouched (the old code overwrote it)
     assert len(scaled[0]) > 0

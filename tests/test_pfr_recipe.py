@@ -290,7 +290,9 @@ def test_caffe_stem_pool_windows_and_negative_control():
 
 def test_pfr_order_survives_torchscript_export(tmp_path):
     """The pfr selection's sizes depend on the image (how many proposals pass the size filter, here fewer
-    than the pre-NMS top-n): exported at one size, the model gives eager's detections at two others."""
+    than the pre-NMS top-n) and on its scale (16 px of the ORIGINAL image): exported at one size, the model
+    gives eager's detections, at the photo's scale, at three other sizes and scales (one smaller than the
+    tracing example: a top-k count frozen while tracing would ask for more candidates than there are)."""
     from detres.modeling.export import export_detector
     torch.manual_seed(0)
     model = build_detector(make_spec(rpn={"anchor_style": "pfr", "min_size": 16, "anchor_sizes": (16, 32, 64),
@@ -298,13 +300,17 @@ def test_pfr_order_survives_torchscript_export(tmp_path):
                                      roi={"score_thresh": 0.0}), 4).eval()
     path = export_detector(model, tmp_path / "m.torchscript", fmt="torchscript", example_size=(64, 96))
     traced = torch.jit.load(str(path))
-    for size in [(96, 128), (120, 80)]:
+    differs = 0
+    for size, orig in [((96, 128), (60, 80)), ((120, 80), (300, 200)), ((48, 64), (96, 128))]:  # the last: smaller
         image = torch.rand(3, *size)
-        with torch.no_grad():
-            ref = model([image])[0]
-        boxes, labels, scores = traced(image)
+        with torch.no_grad():  # eager as evaluation runs it: with the photo's size
+            ref = model([image], original_sizes=[orig])[0]
+            unscaled = model([image])[0]
+        boxes, labels, scores = traced(image, torch.tensor(orig))
         assert len(labels) == len(ref["labels"]) > 0 and torch.equal(labels, ref["labels"]), size
-        assert (boxes - ref["boxes"]).abs().max() <= 0.5 and (scores - ref["scores"]).abs().max() <= 1e-3
+        assert (boxes - ref["boxes"]).abs().max() <= 1e-3 and (scores - ref["scores"]).abs().max() <= 1e-4
+        differs += len(unscaled["labels"]) != len(labels) or not torch.equal(unscaled["scores"], scores)
+    assert differs == 3  # negative control: at the input's scale (the old export) the detections differ
 
 
 def test_fast_inference_copy_keeps_the_pfr_recipe():

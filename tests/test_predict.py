@@ -11,6 +11,7 @@ from PIL import Image
 
 from _engine_helpers import write_tiny_config
 from detres.config import load_config
+from detres.modeling.detector import boxes_to_original
 from detres.tasks.detection import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +51,12 @@ def test_predictor_takes_paths_pil_and_arrays(run_dir, tmp_path):
     scale = min(d.min_size / 50, d.max_size / 90)  # the data pipeline's resize of this 50 x 90 image
     resized = (round(50 * scale), round(90 * scale))
 
-    class Known(torch.nn.Module):  # detections at known places of the RESIZED input
-        def forward(self, images, targets=None):
+    class Known(torch.nn.Module):  # detections at known places of the RESIZED input, mapped as the detector does
+        def forward(self, images, targets=None, original_sizes=None):
             h, w = images[0].shape[-2:]
-            assert (h, w) == resized
-            return [{"boxes": torch.tensor([[0.0, 0.0, w, h], [w / 4, h / 4, w / 2, h / 2]]),
+            assert (h, w) == resized and tuple(original_sizes[0].tolist()) == (50, 90)
+            boxes = torch.tensor([[0.0, 0.0, w, h], [w / 4, h / 4, w / 2, h / 2]])
+            return [{"boxes": boxes_to_original(boxes, (h, w), original_sizes[0]),
                      "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.8])}]
 
     predictor.model = Known()
@@ -126,11 +128,12 @@ class _HandMade(torch.nn.Module):
             (64, 64): ([[3.0, 3.0, 30.0, 30.0]], [2], [0.8]),
         }
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, original_sizes=None):
         out = []
-        for im in images:
+        for im, orig in zip(images, original_sizes):
             boxes, labels, scores = self.table[tuple(im.shape[1:])]
-            out.append({"boxes": torch.tensor(boxes), "labels": torch.tensor(labels), "scores": torch.tensor(scores)})
+            out.append({"boxes": boxes_to_original(torch.tensor(boxes), im.shape[1:], orig),
+                        "labels": torch.tensor(labels), "scores": torch.tensor(scores)})
         return out
 
 

@@ -56,7 +56,9 @@ def test_readme_command_parses_and_its_config_loads(name, argv):
     overrides = getattr(args, "overrides", None) or getattr(args, "opts", None) or []
     if config and config.startswith("configs/"):
         cfg = load_config(ROOT / config, list(overrides))  # steps past max_iter are dropped with a warning
-        assert cfg.output_dir
+        given = [o.split("=", 1)[1] for o in overrides if o.startswith("output_dir=")]
+        # every config writes to output/<its name> unless the command says otherwise
+        assert cfg.output_dir == (given[-1] if given else f"output/{Path(config).stem}"), argv
 
 
 @pytest.mark.parametrize("name", sorted({n for n, _ in COMMANDS}))

@@ -4,8 +4,8 @@
     python tools/export.py CONFIG CHECKPOINT --format torchscript|onnx --out FILE
 
 The exported model takes one image as a float32 tensor [3, H, W], RGB in [0, 1], already resized to the
-config's sizes (shorter side data.min_size, longer at most data.max_size), and returns (boxes [N, 4] xyxy in
-the input's pixels, labels [N] int64 1..K, scores [N]). The file carries the class names, the category ids,
+config's sizes (shorter side data.min_size, longer at most data.max_size), and orig_size (int64 [2], the
+photo's [H0, W0]), and returns (boxes [N, 4] xyxy in the photo's pixels, labels [N] int64 1..K, scores [N]). The file carries the class names, the category ids,
 the resize rule and the normalisation (ONNX metadata_props; TorchScript extra file detres.json). An existing
 --out is refused unless --overwrite (a checkpoint always). What exports and what does not: README "Export".
 """
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     path = run_export(read_config(args.config, allow_empty=True), args.checkpoint, args.out,
                       fmt=args.format, opset=args.opset, overwrite=args.overwrite)
-    print(f"{args.checkpoint} -> {path} ({args.format}): image [3, H, W] RGB in [0, 1] -> (boxes, labels, scores)")
+    print(f"{args.checkpoint} -> {path} ({args.format}): image [3, H, W] RGB in [0, 1], orig_size [2] -> "
+          "(boxes in the photo's pixels, labels, scores)")
     return 0
 
 

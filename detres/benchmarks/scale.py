@@ -312,8 +312,7 @@ def job_paper_config(name: str, data_root: str, out_dir: str) -> dict:
     from detres.tasks.common import read_config
     from detres.tasks.detection import run_train
     from detres.tasks.timing import config_summary
-    from torchvision.models.detection.roi_heads import RoIHeads
-    from torchvision.models.detection.rpn import RegionProposalNetwork
+    from detres.modeling.tv_private import RegionProposalNetwork, RoIHeads
 
     counts: dict[str, list[int]] = {"train_proposals": [], "train_rois": [], "test_proposals": [], "test_rois": []}
 

@@ -1,8 +1,10 @@
 """Run a detector over a test loader and feed an evaluator; map detections back to original pixels.
 
-The data pipeline resizes every image once (:mod:`detres.data.transforms`); the detector answers in the
-resized image's pixels. :func:`predict_original` is the one place where detections are mapped back to
-the ORIGINAL image (0-based xyxy pixels), used by evaluation, ``tools/predict.py`` and the pictures.
+The data pipeline resizes every image once (:mod:`detres.data.transforms`). :func:`predict_original` hands
+the detector each image's ORIGINAL size (the targets' ``orig_size``); the detector itself takes the RPN's
+minimum size at that scale and maps its boxes back to the original image (0-based xyxy pixels), as the
+exported files do (:mod:`detres.modeling.detector`). Used by evaluation, ``tools/predict.py``,
+``detres.Predictor`` and the pictures.
 """
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ from typing import Iterable, Sequence
 
 import torch
 
-from detres.data.transforms import to_original
-from detres.modeling.rcnn import scale_targets
 from detres.utils.amp import autocast
 
 __all__ = ["predict_original", "inference_on_dataset"]
@@ -26,19 +26,30 @@ def predict_original(model: torch.nn.Module, images: Sequence[torch.Tensor], tar
                      device: str | torch.device = "cpu", amp: str | None = None) -> list[dict]:
     """Detections of ``model`` (eval mode) in the ORIGINAL images' pixels.
 
-    ``images``: transformed float RGB [3, h, w] in [0, 1]; ``targets``: their transform targets (with
-    ``size``, ``orig_size`` and ``flipped``, see :func:`~detres.data.transforms.to_original`). Returns one
+    ``images``: transformed float RGB [3, h, w] in [0, 1]; ``targets``: their transform targets (``orig_size``
+    = the image's ``[H0, W0]`` before the resize, passed to the model as ``original_sizes``; without it the
+    input's own size; ``flipped``: a flipped input's boxes are flipped back). Returns one
     ``{"boxes": float32 [D, 4] xyxy 0-based original pixels, "labels": int64 [D] 1..K, "scores": float32 [D]}``
     per image, on the CPU.
     """
     device = torch.device(device)
     inputs = [img.to(device, non_blocking=True) for img in images]
-    scales = scale_targets(model, list(targets))  # the RPN's minimum size is given at the original scale
+    # each image's size before the resize: the model maps its boxes there and scales the RPN's minimum size
+    originals = [t["orig_size"] if "orig_size" in t else img.shape[-2:] for img, t in zip(inputs, targets)]
     with autocast(amp, device):
-        outputs = model(inputs, scales) if scales is not None else model(inputs)
-    return [{"boxes": to_original(out["boxes"].detach().float().cpu(), target),
+        outputs = model(inputs, original_sizes=originals)
+    return [{"boxes": _unflip(out["boxes"].detach().float().cpu(), target, original),
              "labels": out["labels"].detach().cpu(),
-             "scores": out["scores"].detach().float().cpu()} for out, target in zip(outputs, targets)]
+             "scores": out["scores"].detach().float().cpu()} for out, target, original in zip(outputs, targets, originals)]
+
+
+def _unflip(boxes: torch.Tensor, target: dict, original) -> torch.Tensor:
+    """Boxes of a horizontally flipped input (``target["flipped"]``) in the unflipped original image."""
+    if not target.get("flipped", False):
+        return boxes
+    out = boxes.clone()
+    out[:, [0, 2]] = float(original[1]) - boxes[:, [2, 0]]
+    return out
 
 
 @torch.no_grad()

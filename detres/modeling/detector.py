@@ -11,22 +11,25 @@ The path of one image through `build_detector(spec, num_classes)` (spec: :mod:`d
    7x7 for VGG-16), with the scale taken from the trunk's declared stride.
 5. The head: conv5 + global average pooling (ResNets) or fc6/fc7 (VGG-16), then torchvision's
    FastRCNNPredictor (class scores, 0 = background, and per-class boxes).
+6. With ``original_sizes`` (each image's size before the data pipeline resized it), the boxes are mapped
+   back to the original image's pixels inside the forward, and the RPN's minimum proposal side is taken at
+   that scale: the model owns its input's scale, as torchvision's ``GeneralizedRCNN.forward`` keeps
+   ``original_image_sizes``, so evaluation, the fast path and the exported files compute the same thing.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import roi_align, roi_pool
 
 from detres.backbones import build_c4, c4_feature_name
-from detres.modeling.rcnn import PaperRoIHeads, PaperRPN, PfrAnchorGenerator
+from detres.modeling.rcnn import PaperRoIHeads, PaperRPN, PfrAnchorGenerator, as_float64
+from detres.modeling.tv_private import GeneralizedRCNNTransform, RPNHead
 from detres.modeling.spec import POOLERS, DetectorSpec, RoISpec, RPNSpec
 
 
@@ -99,8 +102,89 @@ class C4RoIPooler(nn.Module):
                 f"spatial_scale={self.spatial_scale}, aligned={self.aligned}")
 
 
+Size = tuple  # (height, width): ints, or 0-dim tensors (int64 from the data pipeline; traced sizes when exporting)
+
+
+class C4FasterRCNN(FasterRCNN):
+    """torchvision's ``FasterRCNN`` made of detres's four parts, whose forward also takes the images'
+    ORIGINAL sizes.
+
+    Built through FasterRCNN's public constructor (backbone, anchors, RPN head, box head and predictor), then
+    its RPN, RoI heads and transform are replaced by detres's (:class:`~detres.modeling.rcnn.PaperRPN`,
+    :class:`~detres.modeling.rcnn.PaperRoIHeads` with the C4 pooler, :class:`InputTransform`): the module
+    names and state-dict keys are torchvision's.
+
+    ``forward(images, targets=None, original_sizes=None)``: images are float RGB ``[3, h, w]`` in [0, 1].
+    ``original_sizes`` gives each image's ``(H0, W0)`` before the data pipeline resized it (ints or int64
+    tensors ``[2]``). Each image's scale ``h / H0`` (the height's, py-faster-rcnn's single ``im_scale``)
+    sets the RPN's minimum proposal side ``spec.rpn.min_size * h / H0`` in input pixels; without
+    ``original_sizes`` it is read from the targets' ``orig_size`` (the data pipeline's, training) or is 1.
+    Eval output: per image ``{"boxes" [D, 4] xyxy, "labels" [D], "scores" [D]}``, boxes in the ORIGINAL
+    image's pixels when ``original_sizes`` is given (x times ``W0 / w``, y times ``H0 / h``, the ratio
+    rounded once to float32), else in the input's. Training: the four losses.
+    """
+
+    def __init__(self, backbone: nn.Module, rpn: PaperRPN, roi_heads: PaperRoIHeads, transform: "InputTransform"):
+        super().__init__(backbone, rpn_anchor_generator=rpn.anchor_generator, rpn_head=rpn.head,
+                         box_head=roi_heads.box_head, box_predictor=roi_heads.box_predictor)
+        self.rpn, self.roi_heads, self.transform = rpn, roi_heads, transform
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
+                original_sizes: Sequence[Size] | None = None):
+        if self.training:
+            _check_targets(targets)
+        if original_sizes is not None and len(original_sizes) != len(images):
+            raise ValueError(f"original_sizes: {len(original_sizes)} sizes for {len(images)} images")
+        input_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+        originals = _original_sizes(original_sizes, targets, input_sizes)
+        image_list, targets = self.transform(images, targets)
+        features = self.backbone(image_list.tensors)
+        proposals, proposal_losses = self.rpn(image_list, features, targets, original_image_sizes=originals)
+        detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        if self.training:
+            return {**detector_losses, **proposal_losses}
+        detections = self.transform.postprocess(detections, image_list.image_sizes, input_sizes)
+        if original_sizes is not None:
+            for det, size, original in zip(detections, input_sizes, original_sizes):
+                det["boxes"] = boxes_to_original(det["boxes"], size, original)
+        return detections
+
+
+def _check_targets(targets: list[dict[str, Tensor]] | None) -> None:
+    """Training targets: present, ``boxes`` float [N, 4] with positive sides (torchvision's own checks)."""
+    if targets is None:
+        raise ValueError("targets should not be None in training")
+    for i, t in enumerate(targets):
+        boxes = t["boxes"]
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"target {i}: boxes must be [N, 4], got {tuple(boxes.shape)}")
+        if (boxes[:, 2:] <= boxes[:, :2]).any():
+            raise ValueError(f"target {i}: all boxes must have a positive height and width")
+
+
+def _original_sizes(given: Sequence[Size] | None, targets: list[dict[str, Tensor]] | None,
+                    input_sizes: list[Size]) -> list[Size]:
+    """Each image's ``(H0, W0)``: ``given``, else its target's ``orig_size``, else its input size (scale 1)."""
+    if given is not None:
+        return [(s[0], s[1]) for s in given]
+    if targets is None:
+        return list(input_sizes)
+    return [(t["orig_size"][0], t["orig_size"][1]) if "orig_size" in t else size
+            for t, size in zip(targets, input_sizes)]
+
+
+def boxes_to_original(boxes: Tensor, size: Size, original: Size) -> Tensor:
+    """xyxy boxes [N, 4] in an image of ``size`` (h, w) -> in the original image of ``original`` (H0, W0):
+    x times ``W0 / w``, y times ``H0 / h``, each ratio computed in float64 and rounded once to float32 (what
+    multiplying a float32 tensor by the Python number ``W0 / w`` does), so that eager and traced agree."""
+    rw = as_float64(original[1]) / as_float64(size[1])
+    rh = as_float64(original[0]) / as_float64(size[0])
+    ratios = torch.stack([rw, rh, rw, rh]).to(device=boxes.device, dtype=torch.float32)
+    return boxes.float() * ratios
+
+
 def build_detector(spec: DetectorSpec, num_classes: int, *,
-                   weights_meta: dict[str, Any] | None = None) -> FasterRCNN:
+                   weights_meta: dict[str, Any] | None = None) -> C4FasterRCNN:
     """The C4 Faster R-CNN that ``spec`` describes, returned as torchvision's `FasterRCNN` class.
 
     spec: a :class:`~detres.modeling.spec.DetectorSpec` (``DetectorSpec()`` = the paper's settings, see
@@ -111,8 +195,9 @@ def build_detector(spec: DetectorSpec, num_classes: int, *,
 
     Input: list of float RGB images [3, H, W] in [0, 1]. Training: model(images, targets) -> dict of
     losses (`loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`); eval:
-    model(images) -> per image {"boxes": [D, 4] xyxy pixels, "labels": [D], "scores": [D]}. Targets with
-    ``size``/``orig_size`` (the data pipeline's) give each image's scale for ``spec.rpn.min_size``.
+    model(images, original_sizes=...) -> per image {"boxes": [D, 4] xyxy pixels, "labels": [D], "scores": [D]}
+    (see :class:`C4FasterRCNN` for the original sizes: they set the scale of ``spec.rpn.min_size`` and the
+    boxes' pixels).
     The module names (``backbone``, ``rpn.head``, ``roi_heads.box_head``, ``roi_heads.box_predictor``) are
     torchvision's, so its checkpoints' keys apply.
     """
@@ -139,7 +224,7 @@ def build_detector(spec: DetectorSpec, num_classes: int, *,
                        aligned=spec.pooler.aligned)
     transform = InputTransform(trunk.weights_meta, min_size=spec.input.min_size, max_size=spec.input.max_size)
     rpn = _build_rpn(spec.rpn, anchors, rpn_head)
-    model = _faster_rcnn(trunk, rpn, _build_roi_heads(spec.roi, pool, head, predictor), transform)
+    model = C4FasterRCNN(trunk, rpn, _build_roi_heads(spec.roi, pool, head, predictor), transform)
     model.weights_meta = dict(trunk.weights_meta)
     return model
 
@@ -162,10 +247,3 @@ def _build_roi_heads(r: RoISpec, pool: C4RoIPooler, head: nn.Module, predictor: 
         bg_iou_thresh_lo=r.bg_iou_thresh_lo, smooth_l1_beta=r.smooth_l1_beta)
 
 
-def _faster_rcnn(backbone: nn.Module, rpn: PaperRPN, roi_heads: PaperRoIHeads, transform: InputTransform) -> FasterRCNN:
-    """A torchvision `FasterRCNN` made of these four parts. Its constructor would build its own RPN, RoI
-    heads (with MultiScaleRoIAlign) and transform; what it finally does is `GeneralizedRCNN.__init__` with
-    the four parts, so that is called directly on a new FasterRCNN object (same class, same module names)."""
-    model = FasterRCNN.__new__(FasterRCNN)
-    GeneralizedRCNN.__init__(model, backbone, rpn, roi_heads, transform)
-    return model

@@ -1,8 +1,14 @@
 """Exporting a trained detector: TorchScript and ONNX, one image in, three tensors out.
 
-The exported model takes ONE image as a float32 tensor ``[3, H, W]``, RGB in [0, 1] (any H and W), and
-returns ``(boxes [N, 4] float32 xyxy in the input's pixels, labels [N] int64 in 1..K (0 is the background and
-never returned), scores [N] float32)``. The weights' preprocessing (channel order, range, mean/std) is inside.
+The exported model takes ONE image as a float32 tensor ``[3, H, W]``, RGB in [0, 1] (any H and W), already
+resized by the client (:data:`RESIZE_RULE`), and ``orig_size``, an int64 tensor ``[2]`` = ``(H0, W0)``, the
+photo's size before that resize; it returns ``(boxes [N, 4] float32 xyxy in the PHOTO's pixels, labels [N]
+int64 in 1..K (0 is the background and never returned), scores [N] float32)``. The original size is the
+detector's own input (:class:`detres.modeling.detector.C4FasterRCNN`), so the file drops the RPN's small
+proposals at the photo's scale (py-faster-rcnn's ``min_size * im_scale``) and maps boxes back exactly as
+evaluation and ``detres.Predictor`` do. TorchScript's ``orig_size`` is optional (default: the image's own
+size, i.e. no resize); ONNX takes both inputs. The weights' preprocessing (channel order, range, mean/std)
+is inside.
 
 Both formats come from tracing the eager model (``torch.jit.trace``; ``torch.onnx.export`` with the
 TorchScript-based exporter, opset 17, dynamic height and width): torchvision's detection code has tracing
@@ -31,7 +37,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -46,7 +52,7 @@ FORMATS = ("torchscript", "onnx")
 RESIZE_RULE = ("scale = min(min_size / min(H0, W0), max_size / max(H0, W0)); H = max(1, round(H0 * scale)), "
                "W = max(1, round(W0 * scale)) (Python's round); resize the uint8 HxWx3 RGB image with OpenCV "
                "cv2.resize(img, (W, H), interpolation=cv2.INTER_LINEAR), then float32 / 255 and HWC -> CHW. "
-               "Boxes come back in the resized image's pixels: x * W0 / W, y * H0 / H gives the photo's. "
+               "Give orig_size = [H0, W0] (int64) beside it: boxes come back in the photo's pixels. "
                "Another resampler (e.g. PIL's bilinear) moves boxes by pixels.")
 
 #: Warnings of tracing/exporting torchvision's detector that a user can do nothing about (message regexes).
@@ -60,31 +66,36 @@ _KNOWN_WARNINGS = (
 
 
 class ExportableDetector(nn.Module):
-    """``forward(image [3, H, W]) -> (boxes [N, 4], labels [N], scores [N])`` around a detres detector."""
+    """``forward(image [3, H, W], orig_size [2]) -> (boxes [N, 4], labels [N], scores [N])`` around a detres
+    detector: ``orig_size`` (H0, W0) is handed to the detector as its original size, boxes come back in it."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model.eval()
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, orig_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # an image in 0-255 (a common client mistake) would give no detection at all: take it as such
         image = torch.where(image.amax() > 1.0, image / 255.0, image)
-        out = self.model([image])[0]
+        out = self.model([image], original_sizes=[orig_size])[0]
         return out["boxes"], out["labels"], out["scores"]
 
 
 class _RangeWarning(nn.Module):
-    """TorchScript's outer module: warns when the image is not in [0, 1] (the traced graph rescales it)."""
+    """TorchScript's outer module: warns when the image is not in [0, 1] (the traced graph rescales it);
+    ``orig_size`` defaults to the image's own size (no resize)."""
 
     def __init__(self, traced: nn.Module):
         super().__init__()
         self.detector = traced
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, orig_size: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if bool(image.amax() > 1.0):
             warnings.warn("detres export: the image has values above 1; taken as 0-255 and divided by 255 "
                           "(the model expects float32 RGB in [0, 1])")
-        return self.detector(image)
+        if orig_size is None:
+            orig_size = torch.tensor([image.shape[1], image.shape[2]], dtype=torch.int64)
+        return self.detector(image, orig_size)
 
 
 def export_metadata(model: nn.Module, *, class_names: Sequence[str] | None = None,
@@ -100,9 +111,10 @@ def export_metadata(model: nn.Module, *, class_names: Sequence[str] | None = Non
            else ({str(i + 1): i + 1 for i in range(len(names))} if names is not None else None))
     out = {
         "detres.input": "image: float32 [3, H, W], RGB, values in [0, 1] (values above 1 are taken as 0-255 and "
-                        "divided by 255 inside)",
-        "detres.outputs": "boxes: float32 [N, 4] xyxy in the input's pixels; labels: int64 [N] in 1..K "
-                          "(0 = background, never returned); scores: float32 [N], highest first",
+                        "divided by 255 inside), resized by detres.resize; orig_size: int64 [2], the photo's "
+                        "[H0, W0] before the resize",
+        "detres.outputs": "boxes: float32 [N, 4] xyxy in the photo's pixels (orig_size); labels: int64 [N] in "
+                          "1..K (0 = background, never returned); scores: float32 [N], highest first",
         "detres.resize": RESIZE_RULE,
         "detres.normalization": json.dumps({k: meta[k] for k in ("channel_order", "input_range", "mean", "std")
                                             if k in meta}) + " (applied inside the model)",
@@ -180,20 +192,20 @@ def export_detector(model: nn.Module, path: str | os.PathLike, *, fmt: str = "to
     path.parent.mkdir(parents=True, exist_ok=True)
     frozen = copy.deepcopy(model).eval().requires_grad_(False)  # outputs without grad; the caller's model untouched
     wrapper = ExportableDetector(frozen).eval()
-    example = torch.rand(3, *example_size)
+    example = (torch.rand(3, *example_size), torch.tensor([2 * example_size[0], 2 * example_size[1]]))
     ctx = _quiet()
     try:  # written beside path, fsynced and renamed over it (utils/io's atomic write)
         with torch.no_grad():
             if fmt == "torchscript":
-                traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+                traced = torch.jit.trace(wrapper, example, check_trace=False)
                 scripted = torch.jit.script(_RangeWarning(traced))
                 atomic_write(path, lambda f: torch.jit.save(scripted, f,
                                                             _extra_files={"detres.json": json.dumps(meta)}),
                              binary=True)
             else:
                 buffer = io.BytesIO()
-                torch.onnx.export(wrapper, (example,), buffer, opset_version=opset, dynamo=False,
-                                  input_names=["image"], output_names=["boxes", "labels", "scores"],
+                torch.onnx.export(wrapper, example, buffer, opset_version=opset, dynamo=False,
+                                  input_names=["image", "orig_size"], output_names=["boxes", "labels", "scores"],
                                   dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
                                                 "labels": {0: "detections"}, "scores": {0: "detections"}})
                 import onnx

@@ -8,9 +8,10 @@ torchvision hard-codes the other way. Each is a keyword here, and the defaults r
   "best anchor for each ground-truth box" rule, then sees only the anchors inside. Negative keeps every
   anchor (torchvision).
 - ``min_size_original`` (RPN): proposals narrower or shorter than this many pixels AT THE ORIGINAL
-  IMAGE SCALE are dropped before NMS (py-faster-rcnn ``RPN_MIN_SIZE = 16``). The scale of each image is
-  ``target["size"] / target["orig_size"]`` when the caller passes the data pipeline's targets (training,
-  and :func:`detres.evaluation.inference.predict_original`); without them it is 1 (input pixels).
+  IMAGE SCALE are dropped before NMS (py-faster-rcnn ``RPN_MIN_SIZE = 16``, times ``im_scale``). The scale of
+  each image is its input height over its original height: the detector's forward hands the RPN each
+  image's original size (``original_image_sizes``, see :class:`detres.modeling.detector.C4FasterRCNN`);
+  without them it is 1 (input pixels).
 - ``bg_iou_thresh_lo`` (RoI heads, training): a proposal is background only if its best IoU is in
   ``[lo, bg_iou_thresh)`` (0.1: Fast R-CNN Sec. 2.3 and py-faster-rcnn's default, lib/fast_rcnn/config.py:58;
   0: torchvision, and pfr's end2end and alt_opt configs, experiments/cfgs/faster_rcnn_end2end.yml:9);
@@ -44,9 +45,9 @@ except for boxes clipped at the right or bottom border (pfr clips them 1 px shor
 
 The classes are torchvision's with these additions only. ``PaperRoIHeads`` adjusts the parent's
 matching and computes its training losses itself (the parent's steps, with :func:`fast_rcnn_losses`). ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
-minimum proposal side travel as arguments: it keeps nothing between calls. At test time torchvision's
-``FasterRCNN.forward`` carries only images and targets, so the scale reaches the RPN through targets that
-hold ``size``/``orig_size`` and no boxes (:func:`scale_targets`).
+minimum proposal side travel as arguments: it keeps nothing between calls. The sizes arrive through the
+detector's own forward (``original_image_sizes``), as torchvision's ``GeneralizedRCNN.forward`` keeps them;
+the scale is computed with tensor operations, so a traced (exported) model keeps it dynamic.
 
 The detector (:func:`detres.modeling.build_detector`) constructs both directly from its spec.
 """
@@ -57,16 +58,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
-from torchvision.ops import box_iou
-from torchvision.ops import boxes as box_ops
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+
+from detres.modeling.tv_private import ImageList, RegionProposalNetwork, RoIHeads, concat_box_prediction_layers
 
 __all__ = ["PaperRPN", "PaperRoIHeads", "PfrAnchorGenerator", "pfr_cell_anchors", "fast_rcnn_losses",
-           "image_scales", "scale_targets", "PROPOSAL_ORDERS"]
+           "as_float64", "top_k_count", "PROPOSAL_ORDERS"]
 
 #: torchvision's own minimum proposal side (pixels): boxes of zero size are always removed.
 _TORCHVISION_MIN_SIZE = 1e-3
@@ -131,30 +129,22 @@ def fast_rcnn_losses(class_logits: Tensor, box_regression: Tensor, labels: list[
     return classification_loss, box_loss
 
 
-def image_scales(targets: list[dict[str, Tensor]] | None, num_images: int) -> list[float]:
-    """Per-image resize factor ``size / orig_size`` (from the height) of the data pipeline's targets;
-    1.0 where a target lacks those fields or no targets were given."""
-    if not targets:
-        return [1.0] * num_images
-    scales = []
-    for t in targets:
-        if "size" in t and "orig_size" in t and float(t["orig_size"][0]) > 0:
-            scales.append(float(t["size"][0]) / float(t["orig_size"][0]))
-        else:
-            scales.append(1.0)
-    return scales
+def as_float64(value) -> Tensor:
+    """A size (a Python number, or a 0-dim / one-element tensor: the data pipeline's int64 sizes, the sizes a
+    traced model sees) as a float64 0-dim tensor; a tensor stays in the graph while tracing."""
+    if isinstance(value, Tensor):
+        return value.reshape(()).to(torch.float64)
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
-def scale_targets(model: torch.nn.Module, targets: list[dict]) -> list[dict] | None:
-    """At test time, the smallest targets that tell a :class:`PaperRPN` each image's scale (empty boxes plus
-    ``size``/``orig_size``), or None when ``model`` does not need them (no PaperRPN, or no minimum size)."""
-    rpn = getattr(model, "rpn", None)
-    if not isinstance(rpn, PaperRPN) or rpn.min_size_original <= 0:
-        return None
-    if not all("size" in t and "orig_size" in t for t in targets):
-        return None
-    return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "size": t["size"],
-             "orig_size": t["orig_size"]} for t in targets]
+def top_k_count(x: Tensor, k: int):
+    """``min(k, len(x))`` for ``x.topk``: an int, or while tracing a traced tensor, so that an exported model
+    takes the top-k of however many candidates each image has (what torchvision's private ``_topk_min``
+    does for its own RPN)."""
+    n = x.shape[0]
+    if isinstance(n, Tensor):  # tracing: sizes are tensors
+        return torch.clamp(n, max=k)
+    return min(k, n)
 
 
 class PaperRPN(RegionProposalNetwork):
@@ -162,7 +152,7 @@ class PaperRPN(RegionProposalNetwork):
     module docstring). All other arguments are the parent's.
 
     Stateless between calls: each image's size and scale are read from the call's own arguments
-    (``images.image_sizes``, the targets' ``size``/``orig_size``) and handed down as arguments; nothing is
+    (``images.image_sizes``, ``original_image_sizes``) and handed down as arguments; nothing is
     stored on the module and ``self.min_size`` (torchvision's fixed threshold) is not used.
     """
 
@@ -181,9 +171,11 @@ class PaperRPN(RegionProposalNetwork):
         self.smooth_l1_beta = float(smooth_l1_beta)
 
     def forward(self, images: ImageList, features: dict[str, Tensor],
-                targets: list[dict[str, Tensor]] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """The parent's forward, with each image's minimum proposal size (``min_size_original`` times its
-        scale, see :func:`image_scales`) and image size passed to the steps that need them."""
+                targets: list[dict[str, Tensor]] | None = None, original_image_sizes: list[tuple] | None = None
+                ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The parent's forward, with each image's minimum proposal side (``min_size_original`` times its
+        scale ``h / H0``, from ``original_image_sizes`` = each image's ``(H0, W0)`` before any resize; None:
+        scale 1) and image size passed to the steps that need them."""
         maps = list(features.values())
         objectness, pred_bbox_deltas = self.head(maps)
         anchors = self.anchor_generator(images, maps)
@@ -192,7 +184,9 @@ class PaperRPN(RegionProposalNetwork):
         objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
         # Faster R-CNN does not backpropagate through the proposals
         proposals = self.box_coder.decode(pred_bbox_deltas.detach(), anchors).view(num_images, -1, 4)
-        min_sizes = [self._min_size(s) for s in image_scales(targets, num_images)]
+        originals = original_image_sizes if original_image_sizes is not None else images.image_sizes
+        min_sizes = [self._min_size(as_float64(size[0]) / as_float64(orig[0]))
+                     for size, orig in zip(images.image_sizes, originals)]
         boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level,
                                               min_sizes=min_sizes)
         losses = {}
@@ -207,10 +201,13 @@ class PaperRPN(RegionProposalNetwork):
             losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
         return boxes, losses
 
-    def _min_size(self, scale: float) -> float:
-        if self.proposal_order == "pfr":  # pfr's widths are x2 - x1 + 1 > 0: no floor needed
-            return self.min_size_original * scale
-        return max(self.min_size_original * scale, _TORCHVISION_MIN_SIZE)
+    def _min_size(self, scale: Tensor) -> Tensor:
+        """``min_size_original * scale`` (float64, then float32 as a comparison with a Python number would
+        round it); torchvision's order keeps its floor of 1e-3 px."""
+        side = self.min_size_original * scale
+        if self.proposal_order != "pfr":  # pfr's widths are x2 - x1 + 1 > 0: no floor needed
+            side = torch.clamp(side, min=_TORCHVISION_MIN_SIZE)
+        return side.to(torch.float32)
 
     def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
                      regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -229,7 +226,7 @@ class PaperRPN(RegionProposalNetwork):
         return objectness_loss, box_loss
 
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
-                         num_anchors_per_level: list[int], min_sizes: list[float] | None = None
+                         num_anchors_per_level: list[int], min_sizes: list[Tensor] | None = None
                          ) -> tuple[list[Tensor], list[Tensor]]:
         """The parent's selection (top-n per level, clip, small boxes, score, NMS, post-n) with a minimum
         box side per image, ``min_sizes[i]`` pixels (default: ``min_size_original`` at scale 1).
@@ -238,7 +235,7 @@ class PaperRPN(RegionProposalNetwork):
         [P, 4] and their probabilities [P], best first."""
         num_images = proposals.shape[0]
         if min_sizes is None:
-            min_sizes = [self._min_size(1.0)] * num_images
+            min_sizes = [self._min_size(torch.tensor(1.0, dtype=torch.float64))] * num_images
         objectness = objectness.detach().reshape(num_images, -1)  # no gradient through the selection
         levels = torch.cat([torch.full((n,), idx, dtype=torch.int64, device=proposals.device)
                             for idx, n in enumerate(num_anchors_per_level)], 0)
@@ -246,15 +243,15 @@ class PaperRPN(RegionProposalNetwork):
         if self.proposal_order == "pfr":
             return self._filter_proposals_pfr(proposals, objectness, levels, image_shapes, min_sizes,
                                               len(num_anchors_per_level))
-        top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)  # per level, before NMS
+        top_n_idx = self._top_n_idx(objectness, num_anchors_per_level)  # per level, before NMS
         batch_idx = torch.arange(num_images, device=proposals.device)[:, None]
         objectness, levels = objectness[batch_idx, top_n_idx], levels[batch_idx, top_n_idx]
         proposals = proposals[batch_idx, top_n_idx]
         final_boxes, final_scores = [], []
         for boxes, scores, lvl, shape, min_size in zip(proposals, torch.sigmoid(objectness), levels, image_shapes,
                                                        min_sizes):
-            boxes = box_ops.clip_boxes_to_image(boxes, shape)
-            keep = box_ops.remove_small_boxes(boxes, min_size)
+            boxes = clip_boxes_to_image(boxes, shape)
+            keep = remove_small_boxes(boxes, min_size)
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
             boxes, scores = self._score_and_nms(boxes, scores, lvl)
             final_boxes.append(boxes)
@@ -265,8 +262,17 @@ class PaperRPN(RegionProposalNetwork):
         """The end both proposal orders share: the score threshold, NMS per level, the post-NMS top-n."""
         keep = torch.where(scores >= self.score_thresh)[0]
         boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
-        keep = box_ops.batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+        keep = batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
         return boxes[keep], scores[keep]
+
+    def _top_n_idx(self, objectness: Tensor, num_anchors_per_level: list[int]) -> Tensor:
+        """[N, T] indices of each level's ``pre_nms_top_n`` best anchors by objectness (torchvision's order)."""
+        r, offset = [], 0
+        for ob in objectness.split(num_anchors_per_level, 1):
+            _, idx = ob.topk(top_k_count(ob[0], self.pre_nms_top_n()), dim=1)
+            r.append(idx + offset)
+            offset += ob.size(1)
+        return torch.cat(r, dim=1)
 
     def _filter_proposals_pfr(self, proposals: Tensor, objectness: Tensor, levels: Tensor,
                               image_shapes: list[tuple[int, int]], min_sizes: list[float], num_levels: int
@@ -276,14 +282,14 @@ class PaperRPN(RegionProposalNetwork):
         pre_n = self.pre_nms_top_n()
         final_boxes, final_scores = [], []
         for boxes, logits, lvl, shape, min_size in zip(proposals, objectness, levels, image_shapes, min_sizes):
-            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            boxes = clip_boxes_to_image(boxes, shape)
             ws, hs = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1  # pfr's _filter_boxes
             keep = torch.where((ws >= min_size) & (hs >= min_size))[0]
             boxes, logits, lvl = boxes[keep], logits[keep], lvl[keep]
             top = []
             for level in range(num_levels):  # static, so that tracing (export) keeps the loop
                 idx = torch.where(lvl == level)[0]
-                top.append(idx[logits[idx].topk(det_utils._topk_min(idx, pre_n, 0)).indices])
+                top.append(idx[logits[idx].topk(top_k_count(idx, pre_n)).indices])
             top = torch.cat(top)
             boxes, scores, lvl = boxes[top], torch.sigmoid(logits[top]), lvl[top]
             boxes, scores = self._score_and_nms(boxes, scores, lvl)
