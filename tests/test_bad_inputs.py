@@ -634,3 +634,38 @@ if __name__ == "__main__":
     for name, kind in rows:
         print(f"{kind:14s} {name}")
     print(dict(collections.Counter(k for _, k in rows)), f"({len(rows)} cases)")
+
+
+# --------------------------------------------------------------------------------------------------
+# third pass (issue 26): overrides and flags in any order
+# --------------------------------------------------------------------------------------------------
+def _override_tools() -> dict[str, tuple]:
+    """{tool: (its parser, the dest of its ``key=value`` positional)} for every tool taking overrides."""
+    found = {}
+    for path in sorted((ROOT / "tools").glob("*.py")):
+        parser = _tool(path.stem).build_parser()
+        for action in parser._actions:  # noqa: SLF001 - the parser's own list of arguments
+            if not action.option_strings and action.nargs == "*" and action.dest in ("overrides", "opts"):
+                found[path.stem] = (parser, action.dest)
+    return found
+
+
+def test_every_tool_taking_overrides_accepts_them_after_flags(monkeypatch):
+    """``tools/train_det.py CONFIG --resume solver.max_iter=1000``: the overrides before, between and after the
+    flags all arrive, for every tool with a ``key=value`` positional (argparse alone stops at the first flag)."""
+    tools = _override_tools()
+    assert {"train_det", "train_cls", "eval", "check_data", "recompute_bn"} <= set(tools)
+    for name, (parser, dest) in tools.items():
+        lead = []
+        for group in parser._mutually_exclusive_groups:  # noqa: SLF001 - tools/eval.py's required mode
+            if group.required:
+                lead += [group._group_actions[0].option_strings[0], "c.yaml"]  # noqa: SLF001
+        for a in parser._actions:  # noqa: SLF001 - positionals (the config) and required options get a value
+            if (not a.option_strings and a.dest != dest and a.nargs is None) or (a.option_strings and a.required):
+                lead += [*a.option_strings[:1], "1"]
+        seen = []
+        module = _tool(name)
+        monkeypatch.setattr(module, "run", lambda args: seen.append(args) or 0)
+        code = module.main([*lead, "solver.a=1", "--debug", "solver.b=2", "--debug", "solver.c=3"])
+        assert code == 0 and len(seen) == 1, name
+        assert getattr(seen[0], dest) == ["solver.a=1", "solver.b=2", "solver.c=3"] and seen[0].debug, name

@@ -17,7 +17,7 @@ import sys
 from typing import Callable
 
 __all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_tool", "check_device",
-           "add_training_args", "check_training_args"]
+           "add_training_args", "check_training_args", "parse_args"]
 
 #: Exception types that describe a mistake in the user's input rather than a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
@@ -100,13 +100,23 @@ def _diverged(exc: BaseException) -> str:
                  "--debug shows the traceback"
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *,
+               intermixed: bool = False) -> argparse.Namespace:
+    """``parser``'s arguments from ``argv``. ``intermixed``: flags and positionals in any order, for the tools
+    whose ``key=value`` overrides are a ``nargs="*"`` positional (``CONFIG --resume solver.max_iter=1000``):
+    plain ``parse_args`` gives the positionals one run, so overrides after a flag were "unrecognized arguments".
+    """
+    return parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
+
+
 def run_tool(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int | None],
-             argv: list[str] | None = None) -> int:
-    """Parse ``argv`` with ``parser`` (adding ``--debug``), call ``run(args)`` and turn a user error into one
-    line on stderr and exit code 2 (130 on Ctrl-C). Returns the exit code."""
+             argv: list[str] | None = None, *, intermixed: bool = False) -> int:
+    """Parse ``argv`` with ``parser`` (adding ``--debug``; ``intermixed``: see :func:`parse_args`), call
+    ``run(args)`` and turn a user error into one line on stderr and exit code 2 (130 on Ctrl-C). Returns the
+    exit code."""
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of errors too (also: DETRES_DEBUG=1)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, intermixed=intermixed)
     debug = args.debug or os.environ.get("DETRES_DEBUG", "") not in ("", "0")
     try:
         code = run(args)
