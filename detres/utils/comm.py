@@ -17,7 +17,7 @@ from torch import nn
 __all__ = ["init_distributed", "destroy_distributed", "is_distributed", "get_rank", "get_world_size",
            "get_local_rank", "is_main_process", "resolve_rank_world", "barrier", "reduce_dict", "all_reduce_flag",
            "all_reduce_sum", "all_gather_objects", "broadcast_object", "wrap_model", "unwrap_model",
-           "convert_sync_bn"]
+           "convert_sync_bn", "heartbeat", "peer_failure"]
 
 
 def is_distributed() -> bool:
@@ -70,6 +70,56 @@ def init_distributed(*, device: str | None = None, timeout_s: int = 1800) -> tor
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=timeout_s))
     return dev
+
+
+_HEARTBEAT = "detres/iteration/{}"
+#: Words of the backends' errors when a peer did not answer in time or went away.
+_PEER_FAILURE = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+
+
+def heartbeat(iteration: int) -> None:
+    """Record in the process group's store that this rank has completed ``iteration`` iterations, so that a
+    rank whose collective times out can say which rank is behind (:func:`peer_failure`). A cheap no-op alone."""
+    if not is_distributed():
+        return
+    try:
+        dist.distributed_c10d._get_default_store().set(_HEARTBEAT.format(get_rank()), str(int(iteration)))
+    except Exception:  # noqa: BLE001 - the store is gone too: the collective will say so
+        pass
+
+
+def _heartbeats() -> dict[int, int]:
+    """``{rank: iterations completed}`` of the ranks that have recorded one."""
+    store = dist.distributed_c10d._get_default_store()
+    store.set_timeout(timedelta(seconds=10))
+    out = {}
+    for r in range(get_world_size()):
+        key = _HEARTBEAT.format(r)
+        if store.check([key]):
+            out[r] = int(store.get(key).decode())
+    return out
+
+
+def peer_failure(exc: BaseException, *, timeout_s: float | None = None) -> str | None:
+    """A one-line account of a collective that failed because another rank did not answer (``exc`` is the
+    backend's error), naming the rank(s) behind the others by their last recorded iteration; None when
+    ``exc`` is something else or the run is not distributed."""
+    text = str(exc).lower()
+    if not is_distributed() or not any(w in text for w in _PEER_FAILURE):
+        return None
+    try:
+        seen = _heartbeats()
+    except Exception:  # noqa: BLE001 - the store's host is gone (rank 0 outside torchrun)
+        seen = {}
+    missing = [r for r in range(get_world_size()) if r not in seen]
+    behind = missing or [r for r, it in seen.items() if it < max(seen.values(), default=0)]
+    who = (f"rank(s) {', '.join(map(str, behind))} stopped answering (last completed iteration: "
+           f"{', '.join(f'rank {r}: {seen[r]}' for r in sorted(seen))})" if behind
+           else "another rank stopped answering or died")
+    waited = f" (solver.dist_timeout {timeout_s:g} s)" if timeout_s else ""
+    first = " ".join(str(exc).split())[:200]
+    return (f"rank {get_rank()}: a collective failed{waited}: {who}; backend: {first}. Continue from the last "
+            "checkpoint with --resume (under torchrun --max-restarts N this happens by itself)")
 
 
 def destroy_distributed() -> None:
