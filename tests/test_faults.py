@@ -187,6 +187,7 @@ def reference(tmp_path_factory, data) -> Path:
 
 
 def _kill_and_restart(tmp: Path, data: Path, reference: Path, moment: str) -> None:
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = _config(tmp, "killed", data)
     out = tmp / "killed"
     run = Run(_torchrun("--standalone", "--max-restarts", "1", str(TOOL), str(cfg), "--resume", "--no-progress"),
@@ -253,8 +254,12 @@ def test_sigterm_ends_a_run_and_all_its_processes(tmp_path, data):
 
 
 def test_sigterm_to_torchrun_ends_every_rank_and_their_processes(tmp_path, data):
+    """``python -m detres.utils.launch`` is torchrun with one line and exit code 143 on SIGTERM (torchrun itself
+    re-raises the signal with a traceback and exit code 1); its workers end as a single process does."""
     cfg = _config(tmp_path, "multi", data, solver={"max_iter": 50}, data={"num_workers": 1})
-    _sigterm(tmp_path, _torchrun("--standalone", str(TOOL), str(cfg), "--no-progress"), tmp_path / "multi")
+    launch = [sys.executable, "-m", "detres.utils.launch", *_torchrun("--standalone", str(TOOL), str(cfg),
+                                                                        "--no-progress")[3:]]
+    _sigterm(tmp_path, launch, tmp_path / "multi")
 
 
 _FSIZE_CHILD = """
@@ -295,6 +300,52 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, data):
     assert find_last_checkpoint(str(out)) == str(out / "model_0000001.pth")
     assert load_checkpoint(str(out / "model_0000001.pth"))["iteration"] == 1
     assert not list(out.glob("*.tmp.*")) and not (out / "model_0000002.pth").exists()
+
+
+_READ_ONLY_CHILD = _FSIZE_CHILD.replace(
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # the disk is \"full\" from now on",
+    "import os, subprocess; folder = os.path.dirname(os.path.abspath(path)); os.chmod(folder, 0o555)\n"
+    "    if os.geteuid() == 0: subprocess.run(['chattr', '+i', folder], check=True)  # root ignores modes")
+
+
+def _can_freeze(folder: Path) -> bool:
+    """Whether a folder can be made unwritable here: by its mode, or as root with ``chattr +i`` (ext4, xfs)."""
+    if os.geteuid() != 0:
+        return True
+    probe = folder / "probe"
+    probe.mkdir()
+    try:
+        return subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    except OSError:
+        return False
+    finally:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+        probe.rmdir()
+
+
+def test_a_checkpoint_folder_turned_read_only_keeps_the_previous_one(tmp_path, data):
+    """After the first checkpoint the output folder becomes read-only (the run itself makes it so: its mode, and
+    as root, whom modes do not stop, ``chattr +i``): one line names the checkpoint, the first stays intact."""
+    from detres.engine.checkpoint import find_last_checkpoint, load_checkpoint
+
+    if not _can_freeze(tmp_path):
+        pytest.skip("running as root on a file system without chattr +i: a folder cannot be made read-only")
+    cfg = _config(tmp_path, "ro", data)
+    out = tmp_path / "ro"
+    run = Run([sys.executable, "-c", _READ_ONLY_CHILD, str(TOOL), str(cfg), "--no-progress"], tmp_path / "ro.log")
+    try:
+        code = run.wait()
+    finally:
+        run.close()
+        if out.exists() and os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(out)], capture_output=True)
+        out.chmod(0o755) if out.exists() else None
+    text = run.text()
+    errors = _error_lines(text)
+    assert code == 2 and len(errors) == 1 and "Traceback" not in text, text[-3000:]
+    assert "model_0000002.pth" in errors[0] and re.search("Permission denied|Operation not permitted", errors[0]), errors
+    assert find_last_checkpoint(str(out)) == str(out / "model_0000001.pth")
+    assert load_checkpoint(str(out / "model_0000001.pth"))["iteration"] == 1
 
 
 def test_a_rank_that_stops_answering_is_named_within_the_timeout(tmp_path, data):

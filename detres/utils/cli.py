@@ -24,7 +24,7 @@ __all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_tool", "check_device
 #: Exception types that describe a mistake in the user's input rather than a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError)
-_USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EDQUOT, errno.EFBIG}
+_USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EDQUOT, errno.EFBIG}
 
 
 def is_user_error(exc: BaseException) -> bool:

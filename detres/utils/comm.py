@@ -7,6 +7,7 @@ cheap no-op, so the same code serves both cases.
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -73,6 +74,7 @@ def init_distributed(*, device: str | None = None, timeout_s: int = 1800) -> tor
 
 
 _HEARTBEAT = "detres/iteration/{}"
+_FAILED = "detres/collective_failed/{}"
 #: Words of the backends' errors when a peer did not answer in time or went away.
 _PEER_FAILURE = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
 
@@ -88,34 +90,39 @@ def heartbeat(iteration: int) -> None:
         pass
 
 
-def _heartbeats() -> dict[int, int]:
-    """``{rank: iterations completed}`` of the ranks that have recorded one."""
+def _unanswered(grace_s: float) -> tuple[list[int], dict[int, int]]:
+    """(the ranks that do not report a failed collective within ``grace_s`` seconds, ``{rank: iterations
+    completed}``). Every rank whose collective failed reports itself in the store; a rank that stopped
+    answering (hung, stopped, dead) cannot, so it is the one missing."""
     store = dist.distributed_c10d._get_default_store()
     store.set_timeout(timedelta(seconds=10))
-    out = {}
-    for r in range(get_world_size()):
-        key = _HEARTBEAT.format(r)
-        if store.check([key]):
-            out[r] = int(store.get(key).decode())
-    return out
+    store.set(_FAILED.format(get_rank()), "1")
+    others = [r for r in range(get_world_size()) if r != get_rank()]
+    end = time.monotonic() + grace_s
+    while True:
+        missing = [r for r in others if not store.check([_FAILED.format(r)])]
+        if not missing or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    done = {r: int(store.get(_HEARTBEAT.format(r)).decode()) for r in range(get_world_size())
+            if store.check([_HEARTBEAT.format(r)])}
+    return missing, done
 
 
-def peer_failure(exc: BaseException, *, timeout_s: float | None = None) -> str | None:
+def peer_failure(exc: BaseException, *, timeout_s: float | None = None, grace_s: float = 15.0) -> str | None:
     """A one-line account of a collective that failed because another rank did not answer (``exc`` is the
-    backend's error), naming the rank(s) behind the others by their last recorded iteration; None when
-    ``exc`` is something else or the run is not distributed."""
+    backend's error), naming the rank(s) that did not report the failure themselves within ``grace_s`` and
+    the iterations each rank completed; None when ``exc`` is something else or the run is not distributed."""
     text = str(exc).lower()
     if not is_distributed() or not any(w in text for w in _PEER_FAILURE):
         return None
     try:
-        seen = _heartbeats()
+        missing, done = _unanswered(grace_s)
     except Exception:  # noqa: BLE001 - the store's host is gone (rank 0 outside torchrun)
-        seen = {}
-    missing = [r for r in range(get_world_size()) if r not in seen]
-    behind = missing or [r for r, it in seen.items() if it < max(seen.values(), default=0)]
-    who = (f"rank(s) {', '.join(map(str, behind))} stopped answering (last completed iteration: "
-           f"{', '.join(f'rank {r}: {seen[r]}' for r in sorted(seen))})" if behind
-           else "another rank stopped answering or died")
+        missing, done = [], {}
+    progress = ", ".join(f"rank {r}: {it}" for r, it in sorted(done.items()))
+    who = (f"rank(s) {', '.join(map(str, missing))} stopped answering" if missing
+           else "another rank stopped answering or died") + (f" (iterations completed: {progress})" if progress else "")
     waited = f" (solver.dist_timeout {timeout_s:g} s)" if timeout_s else ""
     first = " ".join(str(exc).split())[:200]
     return (f"rank {get_rank()}: a collective failed{waited}: {who}; backend: {first}. Continue from the last "

@@ -53,6 +53,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary:
                 os.fsync(raw.fileno())
             os.replace(tmp, path)
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise OSError(exc.errno, f"{os.strerror(exc.errno)}: cannot write in {folder} ({_free_space(folder)}; "
+                              "the old file, if any, is unchanged)", path) from exc
             refused = _disk_refusal(exc, watched.error if watched is not None else None, folder)
             if refused is not None:
                 limit = "over the file-size limit (ulimit -f); " if refused == errno.EFBIG else ""
