@@ -74,8 +74,16 @@ class Run:
             pytest.fail(f"still running after {timeout} s:\n{self.text()[-3000:]}")
 
     def close(self) -> None:
+        """Kill what is left: the process, and its descendants (torchrun starts each worker in a session of
+        its own, so killing torchrun's group would leave them running)."""
         if self.proc.poll() is None:
+            family = _children(self.proc.pid)
             os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in family:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.wait()
         self._out.close()
 
@@ -194,8 +202,8 @@ def _kill_and_restart(tmp: Path, data: Path, reference: Path, moment: str) -> No
               tmp / "killed.log")
     try:
         _wait_for("the first checkpoint", lambda: (out / "model_0000001.pth.sha256").is_file(), run)
-        if moment == "checkpoint":  # rank 0 writing the second one (its temporary file exists)
-            _wait_for("a checkpoint being written", lambda: list(out.glob("model_0000002.pth.tmp.*")), run, step=0.005)
+        if moment == "checkpoint":  # rank 0 writing a later one (its temporary file exists)
+            _wait_for("a checkpoint being written", lambda: list(out.glob("model_*.pth.tmp.*")), run, step=0.002)
         elif moment == "step":
             time.sleep(0.3)
         victim = _rank_pid(run.proc.pid, 1 if moment != "checkpoint" else 0)
@@ -351,7 +359,7 @@ def test_a_checkpoint_folder_turned_read_only_keeps_the_previous_one(tmp_path, d
 def test_a_rank_that_stops_answering_is_named_within_the_timeout(tmp_path, data):
     """Rank 1 is stopped (SIGSTOP) after the first checkpoint: rank 0 stops within solver.dist_timeout with one
     line naming rank 1, instead of waiting forever."""
-    timeout = 20
+    timeout = 10
     cfg = _config(tmp_path, "stuck", data, solver={"max_iter": 50, "dist_timeout": timeout})
     out = tmp_path / "stuck"
     run = Run(_torchrun("--standalone", str(TOOL), str(cfg), "--no-progress"), tmp_path / "stuck.log")
@@ -373,7 +381,7 @@ def test_a_rank_that_stops_answering_is_named_within_the_timeout(tmp_path, data)
         run.close()
     line = next(ln for ln in run.text().splitlines() if "stopped answering" in ln)
     assert "rank(s) 1 stopped answering" in line and f"solver.dist_timeout {timeout} s" in line, line
-    assert took < timeout + 90, took  # the timeout, plus the time the running step took
+    assert took < timeout + 60, took  # the timeout, the others' reports (timeout / 4), the step that was running
 
 
 def test_two_nodes_on_one_machine_train_as_two_processes_on_one_node(tmp_path, data, reference):

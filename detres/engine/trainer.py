@@ -159,7 +159,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
-        """Run iterations ``start_iter .. max_iter - 1``; returns ``{"iteration", "losses", "eval"}``."""
+        """Run iterations ``start_iter .. max_iter - 1``; returns ``{"iteration", "losses", "eval"}``.
+
+        Distributed: each rank records the iterations it completed in the process group's store; a collective
+        that fails because another rank stopped answering (hung past ``dist_timeout``, or dead) ends training
+        with :class:`~detres.utils.cli.RunFault`, one line naming that rank (:func:`detres.utils.comm.peer_failure`)."""
         for h in self.hooks:
             h.before_train()
         self._batch_index = self.start_iter * self.iter_size

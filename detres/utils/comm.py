@@ -68,9 +68,32 @@ def init_distributed(*, device: str | None = None, timeout_s: int = 1800) -> tor
     else:
         dev = torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s),
+                                **_restart_store(timeout_s))
     return dev
+
+
+def _restart_store(timeout_s: int) -> dict:
+    """``{"store", "rank", "world_size"}`` for ``init_process_group`` when torchrun restarted this group on one node,
+    else ``{}`` (torch's env:// rendezvous).
+
+    Why: torchrun's agent hosts one TCPStore for the whole job and hands it to every attempt without a
+    per-attempt prefix (torch/distributed/rendezvous.py ``_create_c10d_store``: "We create a new TCPStore for
+    every retry so no need to add prefix", while ``DynamicRendezvousHandler.next_rendezvous`` keeps its
+    ``_shared_tcp_store_server`` across rounds; pytorch/pytorch#135712). A restarted rank can then read the
+    dead attempt's keys, e.g. gloo's address of a peer that is gone, and wait for it in
+    ``init_process_group`` until the timeout (3 restarts in 8 in issue 26). ``TORCHELASTIC_RESTART_COUNT`` is
+    the same for every worker of one agent, so on one node it names the attempt; across nodes it is not
+    (each agent counts its own restarts), and there ``python -m detres.utils.launch`` (or
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun) gives every attempt a fresh store."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart is None
+            or os.environ.get("GROUP_WORLD_SIZE", "1") != "1"):
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=timeout_s))
+    return {"store": dist.PrefixStore(f"detres/attempt_{restart}", store), "rank": int(os.environ["RANK"]),
+            "world_size": int(os.environ["WORLD_SIZE"])}
 
 
 _HEARTBEAT = "detres/iteration/{}"
@@ -109,13 +132,16 @@ def _unanswered(grace_s: float) -> tuple[list[int], dict[int, int]]:
     return missing, done
 
 
-def peer_failure(exc: BaseException, *, timeout_s: float | None = None, grace_s: float = 15.0) -> str | None:
+def peer_failure(exc: BaseException, *, timeout_s: float | None = None, grace_s: float | None = None) -> str | None:
     """A one-line account of a collective that failed because another rank did not answer (``exc`` is the
-    backend's error), naming the rank(s) that did not report the failure themselves within ``grace_s`` and
-    the iterations each rank completed; None when ``exc`` is something else or the run is not distributed."""
+    backend's error), naming the rank(s) that did not report the failure themselves within ``grace_s`` (default:
+    a quarter of ``timeout_s``, 2 to 15 s: the healthy ranks time out together) and the iterations each rank
+    completed; None when ``exc`` is something else or the run is not distributed."""
     text = str(exc).lower()
     if not is_distributed() or not any(w in text for w in _PEER_FAILURE):
         return None
+    if grace_s is None:
+        grace_s = min(15.0, max(2.0, (timeout_s or 60.0) / 4))
     try:
         missing, done = _unanswered(grace_s)
     except Exception:  # noqa: BLE001 - the store's host is gone (rank 0 outside torchrun)
