@@ -371,6 +371,7 @@ def test_a_rank_that_stops_answering_is_named_within_the_timeout(tmp_path, data)
         t0 = time.monotonic()
         _wait_for("rank 0's message", lambda: "stopped answering" in run.text(), run, timeout=timeout + 120)
         took = time.monotonic() - t0
+        os.kill(victim, signal.SIGKILL)  # else torchrun waits 30 s for the stopped process to take its SIGTERM
         run.wait()
     finally:
         if victim:
