@@ -171,7 +171,7 @@ def _error_lines(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """The shapes data every run here reads (generated once, by the first run's rank 0... or here)."""
+    """The shapes data every run here reads, generated once here (the runs only read it)."""
     from detres.config import load_config
     from detres.tasks.detection import build_train_dataset
 
