@@ -403,3 +403,22 @@ def test_two_nodes_on_one_machine_train_as_two_processes_on_one_node(tmp_path, d
     _same_weights(reference, out / "model_final.pth")
     assert _iterations(out / "metrics.jsonl") == [1, 2, 3, 4]
     assert len(list(out.glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_group_that_cannot_be_joined_fails_within_the_timeout_naming_it(monkeypatch):
+    """A rank whose peers or store never answer (a restart pointed at a dead attempt's store) stops after the
+    timeout with one line naming the rank and the address, instead of waiting 30 minutes."""
+    from detres.utils.cli import RunFault
+    from detres.utils.comm import init_distributed, is_distributed
+
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    t0 = time.monotonic()
+    with pytest.raises(RunFault, match=rf"rank 1: could not join the process group of 2 ranks at 127.0.0.1:{port} "
+                                       r"\(solver.dist_timeout 2 s\)"):
+        init_distributed(device="cpu", timeout_s=2)
+    assert time.monotonic() - t0 < 60 and not is_distributed()

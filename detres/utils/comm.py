@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from detres.utils.cli import RunFault
+
 __all__ = ["init_distributed", "destroy_distributed", "is_distributed", "get_rank", "get_world_size",
            "get_local_rank", "is_main_process", "resolve_rank_world", "barrier", "reduce_dict", "all_reduce_flag",
            "all_reduce_sum", "all_gather_objects", "broadcast_object", "wrap_model", "unwrap_model",
@@ -68,8 +70,14 @@ def init_distributed(*, device: str | None = None, timeout_s: int = 1800) -> tor
     else:
         dev = torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s),
-                                **_restart_store(timeout_s))
+        try:
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                    timeout=timedelta(seconds=timeout_s), **_restart_store(timeout_s))
+        except (RuntimeError, TimeoutError) as e:  # DistBackendError, DistStoreError: a peer or the store is gone
+            first = " ".join(str(e).split())[:200]
+            raise RunFault(f"rank {os.environ.get('RANK')}: could not join the process group of "
+                           f"{os.environ.get('WORLD_SIZE')} ranks at {os.environ.get('MASTER_ADDR')}:"
+                           f"{os.environ.get('MASTER_PORT')} (solver.dist_timeout {timeout_s} s): {first}") from e
     return dev
 
 
