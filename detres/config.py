@@ -176,6 +176,7 @@ class SolverConfig:
     clip_grad_norm: Optional[float] = None  # clip the global gradient L2 norm to this value; None = off
     amp: Optional[str] = None  # mixed precision on CUDA: "bf16" | "fp16" | None (fp32)
     log_period: int = 20  # write metrics.jsonl / TensorBoard every this many iterations
+    dist_timeout: int = 1800  # seconds a collective waits for the other processes before the run stops naming the rank that did not answer (torch's default)
 
 
 @dataclass

@@ -10,6 +10,8 @@ torch.set_num_threads(int(os.environ.get("DETRES_TEST_THREADS", "1")))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; run them with -m cuda)")
+    config.addinivalue_line("markers", "faults: runs tools/train_det.py under torchrun and breaks it (kills, full "
+                                       "disk, a stuck rank); run them alone with -m faults")
 
 
 @pytest.fixture(autouse=True)

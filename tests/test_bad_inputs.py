@@ -480,6 +480,70 @@ CASES += [
 ]
 
 
+# --------------------------------------------------------------------------------------------------
+# third pass (issue 26): the last inputs that ended in a traceback, ran for minutes or did not say where
+# --------------------------------------------------------------------------------------------------
+def _cifar_shared(tmp):
+    """CIFAR batches of 400 bytes whose shared references expand to 10^13 list entries when walked."""
+    folder = tmp / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rows = [0] * 10
+    for _ in range(12):
+        rows = [rows] * 10
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        (folder / name).write_bytes(pickle.dumps({b"data": rows, b"labels": [0]}, protocol=2))
+    return [str(ROOT / "configs" / "cifar10_resnet20.yaml"), f"data.root={tmp / 'cifar'}", f"output_dir={tmp / 'out'}",
+            "--no-progress"]
+
+
+def _coco_gt_three_numbers(tmp):
+    """A ground-truth box [x, y, w] and a detection exactly where [x, y, w, w] would be."""
+    image_dir, ann, data = write_coco(tmp, degenerate=False)
+    first = data["annotations"][0]
+    first["bbox"] = first["bbox"][:3]
+    ann.write_text(json.dumps(data))
+    det = {"image_id": first["image_id"], "category_id": first["category_id"], "bbox": first["bbox"] + first["bbox"][2:],
+           "score": 0.9}
+    (tmp / "dets.json").write_text(json.dumps([det]))
+    return ["--dataset", "coco", "--results", str(tmp / "dets.json"), "--ann-file", str(ann)]
+
+
+def _cls_run_folder(tmp):
+    run = tmp / "cls_run"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: classification\nmodel:\n  name: resnet18\n")
+    _image(tmp)
+    return [str(run), str(tmp / "a.jpg")]
+
+
+def _study_bad_eval_json(tmp):
+    run = _cls_run_folder(tmp)[0]
+    (pathlib.Path(run) / "eval.json").write_text("{'top1_error_center': 0.1}")
+    return ["table", run]
+
+
+def _degenerate_voc(tmp):
+    return _voc_cfg(tmp, _voc(tmp, {"000001": {"size": (64, 48), "objects": [("cat", 5, 5, 40, 40, 0),
+                                                                               ("dog", 20, 20, 20, 20, 0)]},
+                                    "000002": {"size": (64, 48), "objects": [("dog", 10, 10, 30.5, 10.5, 0)]}}))
+
+
+CASES += [
+    Case("CIFAR pickle of shared references", "train_cls", _cifar_shared, "error", "data_batch_1: unsafe pickle"),
+    Case("COCO ground truth bbox of three numbers", "eval", _coco_gt_three_numbers, "warning",
+         "1 annotation(s) bbox not 4 finite numbers (first: id"),
+    Case("predict: a classification run folder", "predict", _cls_run_folder, "error", "cls_run/config.yaml"),
+    Case("model_stats: detector size 0", "model_stats", lambda t: ["--backbones", "resnet18", "--detector-size", "0", "0"],
+         "error", "--detector-size: must be >= 1"),
+    Case("benchmark: --repeats 0", "benchmark", lambda t: ["voc-eval", "--repeats", "0"], "error", "--repeats: must be >= 1"),
+    Case("study: eval.json not JSON", "study", _study_bad_eval_json, "error", "eval.json: not valid JSON"),
+    Case("training set without images", "train_det", lambda t: _coco_cfg(t, lambda d: d["annotations"].clear()), "error",
+         "instances_train.json has no training images"),
+    Case("VOC boxes xmin = xmax and sub-pixel", "train_det", _degenerate_voc, "warning",
+         "000001.xml: object 2 (dog) is less than 1 px across"),
+    Case("check_data: VOC boxes xmin = xmax and sub-pixel", "check_data", _degenerate_voc, "error", "4 problem(s)"),
+]
+
 
 def _tool(name):
     spec = importlib.util.spec_from_file_location(f"_bad_input_tool_{name}", ROOT / "tools" / f"{name}.py")
@@ -634,3 +698,85 @@ if __name__ == "__main__":
     for name, kind in rows:
         print(f"{kind:14s} {name}")
     print(dict(collections.Counter(k for _, k in rows)), f"({len(rows)} cases)")
+
+
+# --------------------------------------------------------------------------------------------------
+# third pass (issue 26): overrides and flags in any order
+# --------------------------------------------------------------------------------------------------
+def _override_tools() -> dict[str, tuple]:
+    """{tool: (its parser, the dest of its ``key=value`` positional)} for every tool taking overrides."""
+    found = {}
+    for path in sorted((ROOT / "tools").glob("*.py")):
+        parser = _tool(path.stem).build_parser()
+        for action in parser._actions:  # noqa: SLF001 - the parser's own list of arguments
+            if not action.option_strings and action.nargs == "*" and action.dest in ("overrides", "opts"):
+                found[path.stem] = (parser, action.dest)
+    return found
+
+
+def test_every_tool_taking_overrides_accepts_them_after_flags(monkeypatch):
+    """``tools/train_det.py CONFIG --resume solver.max_iter=1000``: the overrides before, between and after the
+    flags all arrive, for every tool with a ``key=value`` positional (argparse alone stops at the first flag)."""
+    tools = _override_tools()
+    assert {"train_det", "train_cls", "eval", "check_data", "recompute_bn"} <= set(tools)
+    for name, (parser, dest) in tools.items():
+        lead = []
+        for group in parser._mutually_exclusive_groups:  # noqa: SLF001 - tools/eval.py's required mode
+            if group.required:
+                lead += [group._group_actions[0].option_strings[0], "c.yaml"]  # noqa: SLF001
+        for a in parser._actions:  # noqa: SLF001 - positionals (the config) and required options get a value
+            if (not a.option_strings and a.dest != dest and a.nargs is None) or (a.option_strings and a.required):
+                lead += [*a.option_strings[:1], "1"]
+        seen = []
+        module = _tool(name)
+        monkeypatch.setattr(module, "run", lambda args: seen.append(args) or 0)
+        code = module.main([*lead, "solver.a=1", "--debug", "solver.b=2", "--debug", "solver.c=3"])
+        assert code == 0 and len(seen) == 1, name
+        assert getattr(seen[0], dest) == ["solver.a=1", "solver.b=2", "solver.c=3"] and seen[0].debug, name
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_one_line_and_cuts_nothing(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while torch.save writes (it turned the interruption into ``RuntimeError: ... unexpected pos``):
+    the checkpoint, its sha256 and last_checkpoint are written, then the tool ends with one line and exit code
+    130; a second Ctrl-C stops the write at once and leaves the previous checkpoint as it was."""
+    import argparse
+    import os
+    import signal
+
+    import torch
+
+    from detres.engine.checkpoint import find_last_checkpoint, load_checkpoint, save_checkpoint
+    from detres.utils.cli import run_tool
+
+    real_save = torch.save
+
+    class Pressing:  # the file torch.save's writer sees: Ctrl-C pressed `presses` times at its 3rd write
+        def __init__(self, f, presses):
+            self.f, self.presses, self.writes = f, presses, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                for _ in range(self.presses):
+                    os.kill(os.getpid(), signal.SIGINT)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    save_checkpoint({"model": {"w": torch.zeros(3)}, "iteration": 1}, str(tmp_path / "model_0000001.pth"))
+    big = {f"t{i}": torch.full((50_000,), float(i)) for i in range(40)}
+    for presses, name in ((2, "model_0000002.pth"), (1, "model_0000003.pth")):
+        monkeypatch.setattr(torch, "save", lambda obj, f, n=presses: real_save(obj, Pressing(f, n)))
+        code = run_tool(argparse.ArgumentParser(), lambda a, p=str(tmp_path / name): save_checkpoint(
+            {"model": big, "iteration": 2}, p), [])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 130 and err == ["error: interrupted"], err
+        assert not list(tmp_path.glob("*.tmp.*"))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the second press stopped the first write: model_0000002 was never written, last_checkpoint kept
+    # pointing at model_0000001 until the one-press write of model_0000003 finished with its sha256
+    assert not (tmp_path / "model_0000002.pth").exists()
+    last = find_last_checkpoint(str(tmp_path))
+    assert last == str(tmp_path / "model_0000003.pth")
+    assert torch.equal(load_checkpoint(last)["model"]["t7"], big["t7"])  # whole, and its sha256 matches

@@ -49,7 +49,7 @@ def _rpn(pre_nms_top_n: int) -> PaperRPN:
     return PaperRPN(gen, RPNHead(4, 1), fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=8,
                     positive_fraction=0.5, pre_nms_top_n=dict(training=pre_nms_top_n, testing=pre_nms_top_n),
                     post_nms_top_n=dict(training=10, testing=10), nms_thresh=0.7, min_size_original=0.0,
-                    proposal_order="pfr").eval()
+                    proposal_order="pfr", allowed_border=-1.0, smooth_l1_beta=1 / 9).eval()
 
 
 def test_pfr_pre_nms_top_n_is_taken_by_score_not_anchor_order():

@@ -96,7 +96,7 @@ def _text(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_tool(build_parser(), run, argv)
+    return run_tool(build_parser(), run, argv, intermixed=True)
 
 
 if __name__ == "__main__":

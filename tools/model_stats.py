@@ -30,7 +30,7 @@ from typing import Sequence
 from detres.backbones import has_style, list_backbones
 from detres.backbones.stats import classifier_stats
 from detres.modeling.stats import detector_stats
-from detres.utils.cli import run_tool
+from detres.utils.cli import positive_int, run_tool
 from detres.utils.io import atomic_write
 
 STYLES = ("msra", "pytorch")
@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbones", nargs="+", default=list_backbones(), help="default: all")
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES)
     parser.add_argument("--no-detector", action="store_true", help="skip the 600x1000 detector counts")
-    parser.add_argument("--detector-size", type=int, nargs=2, default=(600, 1000), metavar=("H", "W"))
-    parser.add_argument("--proposals", type=int, default=300)
+    parser.add_argument("--detector-size", type=positive_int, nargs=2, default=(600, 1000), metavar=("H", "W"))
+    parser.add_argument("--proposals", type=positive_int, default=300)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     return parser
 

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_tool(build_parser(), run, argv)
+    return run_tool(build_parser(), run, argv, intermixed=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from detres.benchmarks import register
+from detres.utils.cli import positive_int
 
 __all__ = ["synthetic_voc_eval_inputs", "bench_voc_eval", "bench_data"]
 
@@ -53,10 +54,10 @@ def synthetic_voc_eval_inputs(*, num_images: int = 4952, num_objects: int = 1203
 
 
 def _voc_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", type=int, default=4952)
-    p.add_argument("--objects", type=int, default=12032)
-    p.add_argument("--detections", type=int, default=120000)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--images", type=positive_int, default=4952)
+    p.add_argument("--objects", type=positive_int, default=12032)
+    p.add_argument("--detections", type=positive_int, default=120000)
+    p.add_argument("--repeats", type=positive_int, default=3)
 
 
 @register("voc-eval", "VOC07-test-sized evaluation: in memory and through the results files", _voc_eval_args)
@@ -87,7 +88,7 @@ def bench_voc_eval(args: argparse.Namespace) -> dict[str, Any]:
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="a VOC tree (default: synthetic 500x375 JPEGs in a temp dir)")
     p.add_argument("--split", default="trainval")
-    p.add_argument("--images", type=int, default=200, help="images to read per measurement")
+    p.add_argument("--images", type=positive_int, default=200, help="images to read per measurement")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--min-size", type=int, default=600)
     p.add_argument("--max-size", type=int, default=1000)

@@ -24,6 +24,7 @@ from detres.benchmarks import register
 from detres.modeling import BackboneSpec, DetectorSpec, PoolerSpec, RPNSpec, build_detector
 from detres.modeling.fast import FAST_DEFAULTS, prepare_for_inference
 from detres.modeling.stats import tame_random_weights
+from detres.utils.cli import positive_int
 
 __all__ = ["torchvision_c4", "time_inference", "bench_infer"]
 
@@ -86,7 +87,7 @@ def time_inference(models: dict[str, nn.Module], images: list[torch.Tensor], *, 
 def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbones", nargs="+", default=["resnet50", "resnet101", "vgg16"])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="timed rounds (after one warm-up)")
     p.add_argument("--batch", type=int, default=None, help="images per call (default: 1 on CPU, 8 on CUDA)")
     p.add_argument("--proposals", type=int, default=300)
     p.add_argument("--size", type=int, nargs=2, default=(600, 1000), metavar=("H", "W"))

@@ -24,6 +24,7 @@ import numpy as np
 
 from detres.benchmarks import register
 from detres.benchmarks.synthetic import TRAIN2017, VAL2017, VOC0712, write_coco_instances, write_voc_tree
+from detres.utils.cli import positive_int
 
 __all__ = ["bench_scale", "bench_paper_configs", "PAPER_CONFIGS"]
 
@@ -231,7 +232,7 @@ def _scale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parts", nargs="+", default=["coco", "voc", "eval"], choices=["coco", "voc", "eval"])
     p.add_argument("--dir", default=None, help="keep the synthetic files here (reused when present)")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=3, help="evaluation timings (median)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="evaluation timings (median)")
 
 
 @register("scale", "data sets and evaluation at full size (train2017, VOC07+12, val2017) beside pycocotools", _scale_args)

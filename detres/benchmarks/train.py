@@ -19,6 +19,7 @@ from detres.tasks.common import read_config
 from detres.tasks.timing import cls_step, det_step
 from detres.benchmarks.mfu import gpu_peak_tflops, mfu, step_flops
 from detres.utils.amp import autocast
+from detres.utils.cli import positive_int
 
 __all__ = ["time_sgd_steps", "time_det_step", "time_cls_step"]
 
@@ -136,7 +137,7 @@ def _configs(args: argparse.Namespace, prefix_ok) -> list[Path]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("configs", nargs="*", help="config files (default: every matching file in configs/)")
-    p.add_argument("--iters", type=int, default=2, help="timed iterations per config (after 1 warm-up)")
+    p.add_argument("--iters", type=positive_int, default=2, help="timed iterations per config (after 1 warm-up)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--set", dest="opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides applied to every config")

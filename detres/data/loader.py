@@ -28,7 +28,7 @@ from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, S
 from detres.data.samplers import GroupedInfiniteBatchSampler, shard_range
 from detres.utils.comm import resolve_rank_world
 
-__all__ = ["collate", "stack_collate", "get_aspect_ratios", "build_train_loader", "build_test_loader", "worker_init",
+__all__ = ["collate", "stack_collate", "get_aspect_ratios", "describe_dataset", "build_train_loader", "build_test_loader", "worker_init",
            "worker_context"]
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,25 @@ class _SeededDataset(Dataset):
         return get(index, seed=seed) if get is not None else self.dataset[index]
 
 
+def describe_dataset(dataset: Any) -> str:
+    """Which data a data set is, for messages: its class, split and folder or annotation file (a concatenation
+    names each part), e.g. ``VOCDetection split 'trainval' in data/VOC2007``."""
+    parts = getattr(dataset, "datasets", None)
+    if isinstance(parts, (list, tuple)) and parts:
+        return " + ".join(describe_dataset(d) for d in parts)
+    inner = getattr(dataset, "dataset", None)
+    if inner is not None and inner is not dataset:  # a wrapper (subset, seeded view)
+        return describe_dataset(inner)
+    text = type(dataset).__name__
+    split = getattr(dataset, "split", None)
+    if isinstance(split, str):
+        text += f" split {split!r}"
+    where = getattr(dataset, "ann_file", None) or getattr(dataset, "root", None)
+    if where is not None:
+        text += f" in {where}"
+    return text
+
+
 def build_train_loader(dataset: Dataset, *, images_per_batch: int, num_workers: int = 0, seed: int = 0,
                        start_iter: int = 0, aspect_ratio_grouping: bool = True, rank: int | None = None,
                        world_size: int | None = None, collate_fn: Callable = collate, pin_memory: bool = False
@@ -125,6 +144,9 @@ def build_train_loader(dataset: Dataset, *, images_per_batch: int, num_workers: 
     Batch ``k`` of a run started with ``start_iter=s`` is batch ``s + k`` of a run from 0.
     """
     rank, world_size = resolve_rank_world(rank, world_size)
+    if len(dataset) == 0:
+        raise ValueError(f"cannot build a training loader: {describe_dataset(dataset)} has no training images "
+                         "(check the split's list, the folder, and that its images have objects of the classes)")
     if aspect_ratio_grouping:
         group_ids = [0 if r >= 1.0 else 1 for r in get_aspect_ratios(dataset)]
     else:

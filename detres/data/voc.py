@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 #: Image file extensions looked for in JPEGImages/ (labelling tools export PNG too).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp")
 
+#: Boxes narrower or lower than this many pixels as written in the XML (``xmax - xmin``, ``ymax - ymin``) are
+#: degenerate: dropped with a warning (``xmin = xmax``: a click without a drag; below 1: a sub-pixel box).
+MIN_BOX_EXTENT = 1.0
+
 #: The 20 PASCAL VOC classes, in the devkit's order. Label ``i + 1`` is ``VOC_CLASSES[i]``.
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -258,13 +262,42 @@ class VOCDetection(DetectionDataset):
 
     def _pack(self, parsed: Sequence[VOCAnnotation]) -> None:
         """Keep the parsed files as a few arrays (boxes, labels and difficult flags of all files, concatenated,
-        with per-image offsets; sizes): DataLoader workers get them in one piece, not as 16k Python objects."""
+        with per-image offsets; sizes): DataLoader workers get them in one piece, not as 16k Python objects.
+        Degenerate boxes are dropped first (:meth:`_drop_degenerate`)."""
+        parsed = self._drop_degenerate(parsed)
         counts = np.asarray([len(a.labels) for a in parsed], np.int64)
         self._start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._boxes = np.concatenate([a.boxes for a in parsed]).astype(np.float32) if parsed else np.zeros((0, 4), np.float32)
         self._labels = np.concatenate([a.labels for a in parsed]).astype(np.int64) if parsed else np.zeros(0, np.int64)
         self._difficult = np.concatenate([a.difficult for a in parsed]).astype(bool) if parsed else np.zeros(0, bool)
         self._wh = np.asarray([(a.width, a.height) for a in parsed], np.int64).reshape(-1, 2)
+
+    def _drop_degenerate(self, parsed: Sequence[VOCAnnotation]) -> list[VOCAnnotation]:
+        """``parsed`` without the boxes less than :data:`MIN_BOX_EXTENT` px across as written in the XML
+        (``xmax - xmin`` or ``ymax - ymin``): ``xmin = xmax`` is a click without a drag in a labelling tool and a
+        sub-pixel box marks nothing; kept, they train as 1x1-px objects. Each is warned (file and object number)
+        and listed in ``self.dropped_boxes`` for tools/check_data.py."""
+        self.dropped_boxes: list[str] = []
+        out = []
+        for ann in parsed:
+            b = ann.boxes.astype(np.float64)  # 0-based: xmin - 1, ymin - 1, xmax, ymax
+            bad = ((b[:, 2] - b[:, 0] - 1) < MIN_BOX_EXTENT) | ((b[:, 3] - b[:, 1] - 1) < MIN_BOX_EXTENT)
+            for k in np.flatnonzero(bad):
+                x1, y1, x2, y2 = (float(v) for v in b[k])
+                what = (f"{self.root / 'Annotations' / (ann.image_id + '.xml')}: object {k + 1} "
+                        f"({self.class_names[int(ann.labels[k]) - 1]}) is less than {MIN_BOX_EXTENT:g} px across "
+                        f"(xmin {x1 + 1:g}, ymin {y1 + 1:g}, xmax {x2:g}, ymax {y2:g}); dropped")
+                self.dropped_boxes.append(what)
+                if len(self.dropped_boxes) <= 10:
+                    logger.warning("%s", what)
+            keep = ~bad
+            out.append(ann if keep.all() else VOCAnnotation(
+                ann.image_id, ann.boxes[keep], ann.labels[keep], ann.difficult[keep], width=ann.width,
+                height=ann.height, filename=ann.filename))
+        if len(self.dropped_boxes) > 10:
+            logger.warning("%s/%s: %d degenerate boxes dropped in all (the first 10 are named above)", self.root.name,
+                           self.split, len(self.dropped_boxes))
+        return out
 
     def _find_images(self, filenames: Sequence[str]) -> list[str | None]:
         """Each item's image: the XML's <filename> if it is in JPEGImages/, else <id> with a usual image

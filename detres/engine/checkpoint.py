@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from detres.utils import stop
 from detres.utils.io import atomic_write, atomic_write_text, check_zip_crc, sha256_file
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "find_last_checkpoint",
@@ -41,12 +42,19 @@ def checkpoint_name(iteration: int) -> str:
 
 
 def save_checkpoint(state: dict[str, Any], path: str, *, update_last: bool = True) -> str:
-    """Atomically write ``state`` to ``path`` (+ ``path.sha256``); record it in ``last_checkpoint``."""
-    atomic_write(path, lambda f: torch.save(state, f), binary=True)
-    atomic_write_text(path + ".sha256", f"{sha256_file(path)}  {os.path.basename(path)}\n")
-    if update_last:
-        folder = os.path.dirname(os.path.abspath(path))
-        atomic_write_text(os.path.join(folder, LAST_CHECKPOINT_FILE), os.path.basename(path) + "\n")
+    """Atomically write ``state`` to ``path`` (+ ``path.sha256``); record it in ``last_checkpoint``.
+
+    The three files are one write for Ctrl-C and SIGTERM (raised after it, :func:`detres.utils.stop.deferred`).
+    An older sidecar of the same name is removed first: a process killed between the checkpoint and its new
+    sidecar then leaves a checkpoint without one (checked by its zip CRCs), never one that fails its checksum."""
+    with stop.deferred():
+        if os.path.exists(path + ".sha256"):
+            os.remove(path + ".sha256")
+        atomic_write(path, lambda f: torch.save(state, f), binary=True)
+        atomic_write_text(path + ".sha256", f"{sha256_file(path)}  {os.path.basename(path)}\n")
+        if update_last:
+            folder = os.path.dirname(os.path.abspath(path))
+            atomic_write_text(os.path.join(folder, LAST_CHECKPOINT_FILE), os.path.basename(path) + "\n")
     return path
 
 

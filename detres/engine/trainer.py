@@ -24,6 +24,7 @@ from torch import nn
 
 from detres.utils import comm
 from detres.utils.amp import autocast, check_amp, needs_grad_scaler
+from detres.utils.cli import RunFault
 from detres.utils.rng import get_rng_state, set_rng_state
 
 __all__ = ["HookBase", "Trainer"]
@@ -109,6 +110,7 @@ class Trainer:
         self.step_images = 0
         self._rng_to_restore: dict | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.dist_timeout: float | None = None  # the process group's timeout (s), named when a rank stops answering
 
     @property
     def raw_model(self) -> nn.Module:
@@ -157,7 +159,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
-        """Run iterations ``start_iter .. max_iter - 1``; returns ``{"iteration", "losses", "eval"}``."""
+        """Run iterations ``start_iter .. max_iter - 1``; returns ``{"iteration", "losses", "eval"}``.
+
+        Distributed: each rank records the iterations it completed in the process group's store; a collective
+        that fails because another rank stopped answering (hung past ``dist_timeout``, or dead) ends training
+        with :class:`~detres.utils.cli.RunFault`, one line naming that rank (:func:`detres.utils.comm.peer_failure`)."""
         for h in self.hooks:
             h.before_train()
         self._batch_index = self.start_iter * self.iter_size
@@ -167,11 +173,19 @@ class Trainer:
             self._rng_to_restore = None
         self.model.train()
         t_start = time.perf_counter()
+        comm.heartbeat(self.iter)
         while self.iter < self.max_iter:
-            self.run_step()
-            self.iter += 1
-            for h in self.hooks:
-                h.after_step()
+            try:
+                self.run_step()
+                self.iter += 1
+                for h in self.hooks:
+                    h.after_step()
+            except RuntimeError as e:  # a collective whose peer stopped answering: say which rank, one line
+                why = comm.peer_failure(e, timeout_s=self.dist_timeout)
+                if why is None:
+                    raise
+                raise RunFault(why) from e
+            comm.heartbeat(self.iter)
         if self.start_iter < self.max_iter:
             logger.info("training: %d iterations in %.1f s", self.max_iter - self.start_iter,
                         time.perf_counter() - t_start)

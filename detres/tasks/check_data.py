@@ -82,6 +82,15 @@ def _check_items(count: int, check: Callable[[int], list[str]], workers: int, la
     return problems
 
 
+def _dropped_boxes(dataset: Any) -> list[str]:
+    """What a data set (or each part of a concatenation) dropped while reading its annotations (VOC: degenerate
+    boxes, ``VOCDetection.dropped_boxes``): training goes on without them, the check reports them."""
+    parts = getattr(dataset, "datasets", None)
+    if parts:
+        return [p for part in parts for p in _dropped_boxes(part)]
+    return list(getattr(dataset, "dropped_boxes", ()))
+
+
 def _detection(cfg: Any, splits: list[str], workers: int) -> list[tuple[str, str]]:
     from detres.tasks import detection
 
@@ -95,7 +104,8 @@ def _detection(cfg: Any, splits: list[str], workers: int) -> list[tuple[str, str
             found.append((label, _describe(e)))
             continue
         k = cfg.model.num_classes
-        problems = _check_items(len(dataset), lambda i: check_detection_item(dataset, i, k), workers, label)
+        problems = _dropped_boxes(dataset)
+        problems += _check_items(len(dataset), lambda i: check_detection_item(dataset, i, k), workers, label)
         logger.info("%s: %d images checked, %d problem(s)", label, len(dataset), len(problems))
         found.extend((label, p) for p in problems)
     return found

@@ -420,7 +420,10 @@ def start_run(cfg: Any, *, device: str | None, resume: bool = False, overwrite: 
     :func:`acquire_run_lock`, :func:`check_output_dir` and :func:`prepare_output_dir`), log to
     ``output_dir/log.txt`` on rank 0 and save the merged config there as ``config.yaml`` (loadable again).
     Returns this process's device."""
-    dev = comm.init_distributed(device=device)
+    if not (isinstance(cfg.solver.dist_timeout, int) and cfg.solver.dist_timeout >= 1):
+        raise ValueError(f"config key 'solver.dist_timeout': must be a whole number of seconds >= 1, got "
+                         f"{cfg.solver.dist_timeout!r}")
+    dev = comm.init_distributed(device=device, timeout_s=cfg.solver.dist_timeout)
     main = comm.is_main_process()
     refused: BaseException | None = None
     if main:
@@ -564,6 +567,7 @@ def run_training(cfg: Any, *, model: nn.Module, loss_fn: Callable[[nn.Module, An
     trainer = Trainer(model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                       loader_factory=loader_factory, max_iter=s.max_iter, device=device, amp=s.amp,
                       clip_grad_norm=s.clip_grad_norm, iter_size=iter_size, batch_size_fn=batch_size_fn)
+    trainer.dist_timeout = s.dist_timeout
     if resume:
         _resume(trainer, cfg, device, new_solver=new_solver, class_names=(extra_state or {}).get("class_names"))
     with MetricsWriter(cfg.output_dir, max_iter=s.max_iter, start_iter=trainer.start_iter,

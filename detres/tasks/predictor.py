@@ -72,7 +72,7 @@ class Predictor:
             cfg_path, default_ckpt = path / "config.yaml", path / "model_final.pth"
         else:
             cfg_path, default_ckpt = path, None
-        self.cfg: DetConfig = load_config(cfg_path)
+        self.cfg: DetConfig = load_config(cfg_path, task="detection")  # a classification run: one line
         if default_ckpt is None:
             default_ckpt = Path(self.cfg.output_dir) / "model_final.pth"
         ckpt = Path(checkpoint) if checkpoint is not None else default_ckpt

@@ -7,7 +7,6 @@ Run folders are those of ``tools/train_cls.py`` with a ``cifar_*`` (or digits) c
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ from detres.engine.checkpoint import load_checkpoint
 from detres.evaluation.degradation import format_table6, layer_responses, plot_error_curves, plot_layer_responses
 from detres.evaluation.plots import read_metrics
 from detres.tasks.classification import build_datasets, build_model, run_train
-from detres.utils.io import atomic_write_json
+from detres.utils.io import atomic_write_json, read_json
 
 __all__ = ["load_cls_run", "error_curves", "responses", "table6", "degradation_demo", "DEMO_SETTINGS"]
 
@@ -74,7 +73,7 @@ def table6(run_dirs: Sequence[str | os.PathLike]) -> str:
     for d in run_dirs:
         cfg, path = load_cls_run(d)
         ev_path = path / "eval.json"
-        err = json.loads(ev_path.read_text()).get("top1_error_center") if ev_path.is_file() else None
+        err = read_json(ev_path).get("top1_error_center") if ev_path.is_file() else None
         rows.append((str(path), cfg.model.name, err))
     return format_table6(rows)
 
@@ -131,12 +130,12 @@ def degradation_demo(out_dir: str | os.PathLike, *, settings: dict | None = None
         model = build_model(cfg)
         model.load_state_dict(load_checkpoint(os.path.join(cfg.output_dir, "model_final.pth"))["model"])
         summary["nets"][name] = {"train_error": _final_train_error(cfg, model),
-                                 "test_error": json.loads(Path(cfg.output_dir, "eval.json").read_text())["top1_error_center"],
+                                 "test_error": read_json(Path(cfg.output_dir, "eval.json"))["top1_error_center"],
                                  "minutes": (time.perf_counter() - t0) / 60}
     dirs = [out / n for n in settings["nets"]]
     summary["fig6"] = error_curves(dirs, out / "fig6_error_curves.png")
     summary["fig7"] = responses(dirs, out / "fig7_responses.png")
-    resp = json.loads(Path(f"{summary['fig7']}.json").read_text())
+    resp = read_json(Path(f"{summary['fig7']}.json"))
     mean_std = {k: sum(s for _, s in v) / len(v) for k, v in resp.items()}
     te = {k: v["train_error"] for k, v in summary["nets"].items()}
     info = {n: backbone_info(n) for n in settings["nets"]}

@@ -16,13 +16,15 @@ import re
 import sys
 from typing import Callable
 
+from detres.utils import stop
+
 __all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_tool", "check_device",
-           "add_training_args", "check_training_args"]
+           "add_training_args", "check_training_args", "parse_args", "positive_int", "RunFault"]
 
 #: Exception types that describe a mistake in the user's input rather than a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError)
-_USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EDQUOT}
+_USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EDQUOT, errno.EFBIG}
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -40,6 +42,18 @@ def one_line(exc: BaseException) -> str:
     else:
         msg = str(exc) or type(exc).__name__
     return " ".join(msg.split())
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count that must be at least 1 (``--repeats 0`` would time nothing and end in
+    ``min() arg is an empty sequence`` far from the option that caused it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
@@ -100,35 +114,90 @@ def _diverged(exc: BaseException) -> str:
                  "--debug shows the traceback"
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *,
+               intermixed: bool = False) -> argparse.Namespace:
+    """``parser``'s arguments from ``argv``. ``intermixed``: flags and positionals in any order, for the tools
+    whose ``key=value`` overrides are a ``nargs="*"`` positional (``CONFIG --resume solver.max_iter=1000``):
+    plain ``parse_args`` gives the positionals one run, so overrides after a flag were "unrecognized arguments".
+    """
+    return parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
+
+
+class UsageError(ValueError):
+    """A command line argparse refused (unknown option, a count below 1, ...): one line like every user error."""
+
+
+def _one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` (and its sub-commands' parsers) raise :class:`UsageError` instead of printing its usage
+    and exiting, so a refused option is the same one line ``error: ...`` and exit code 2 as any user error."""
+    def error(message: str) -> None:
+        raise UsageError(f"{parser.prog}: {message} (--help lists the options)")
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps sub-command parsers only here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                _one_line_usage_errors(sub)
+
+
+class RunFault(RuntimeError):
+    """A run stopped by a fault outside detres's control (a rank that stopped answering or died): one line
+    saying what happened and how to continue, exit code 1."""
+
+
 def run_tool(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int | None],
-             argv: list[str] | None = None) -> int:
-    """Parse ``argv`` with ``parser`` (adding ``--debug``), call ``run(args)`` and turn a user error into one
-    line on stderr and exit code 2 (130 on Ctrl-C). Returns the exit code."""
+             argv: list[str] | None = None, *, intermixed: bool = False) -> int:
+    """Parse ``argv`` with ``parser`` (adding ``--debug``; ``intermixed``: see :func:`parse_args`), call
+    ``run(args)`` and turn a user error into one line on stderr and exit code 2, a diverged run, memory that
+    ran out or a :class:`RunFault` into one line and exit code 1, Ctrl-C into 130 and SIGTERM (which ends the
+    run as Ctrl-C does, :mod:`detres.utils.stop`) into 143. Returns the exit code."""
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of errors too (also: DETRES_DEBUG=1)")
-    args = parser.parse_args(argv)
+    _one_line_usage_errors(parser)
+    try:
+        args = parse_args(parser, argv, intermixed=intermixed)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     debug = args.debug or os.environ.get("DETRES_DEBUG", "") not in ("", "0")
+    stop.install()
     try:
         code = run(args)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return _stopped()
     except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs right here
-        if debug:
-            raise
-        if isinstance(exc, FloatingPointError):  # the run diverged (or a file holds NaN): not a bug of detres
-            logging.shutdown()
-            print(f"error: {_diverged(exc)}", file=sys.stderr)
-            return 1
-        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-            logging.shutdown()
-            what = one_line(exc) if str(exc) else "a memory allocation failed"
-            print(f"error: out of memory: {what}; try a smaller solver.ims_per_batch, data.min_size/max_size or "
-                  "model, or fewer data.num_workers (--debug shows where)", file=sys.stderr)
-            return 1
-        if not is_user_error(exc):
-            raise
-        logging.shutdown()
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        if stop.terminated() and not debug:  # e.g. a collective whose peer the same SIGTERM ended
+            return _stopped()
+        return _failure(exc, debug)
     return 0 if code is None else int(code)
+
+
+def _stopped() -> int:
+    """One line for a run stopped by Ctrl-C (130) or SIGTERM (143); what was written stays (atomic writes)."""
+    logging.shutdown()
+    if stop.terminated():
+        print("error: terminated (SIGTERM); files written so far are intact: continue a training run with --resume",
+              file=sys.stderr)
+        return stop.EXIT_TERMINATED
+    print("error: interrupted", file=sys.stderr)
+    return 130
+
+
+def _failure(exc: Exception, debug: bool) -> int:
+    """The exit code of ``exc`` after its one line (re-raised when it is a bug, or with ``debug``)."""
+    if debug:
+        raise exc
+    if isinstance(exc, (FloatingPointError, RunFault)):  # diverged, or a fault of the machines: not a bug of detres
+        logging.shutdown()
+        print(f"error: {_diverged(exc) if isinstance(exc, FloatingPointError) else one_line(exc)}", file=sys.stderr)
+        return 1
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        logging.shutdown()
+        what = one_line(exc) if str(exc) else "a memory allocation failed"
+        print(f"error: out of memory: {what}; try a smaller solver.ims_per_batch, data.min_size/max_size or "
+              "model, or fewer data.num_workers (--debug shows where)", file=sys.stderr)
+        return 1
+    if not is_user_error(exc):
+        raise exc
+    logging.shutdown()
+    print(f"error: {one_line(exc)}", file=sys.stderr)
+    return 2

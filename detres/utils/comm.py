@@ -7,6 +7,7 @@ cheap no-op, so the same code serves both cases.
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,10 +15,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from detres.utils.cli import RunFault
+
 __all__ = ["init_distributed", "destroy_distributed", "is_distributed", "get_rank", "get_world_size",
            "get_local_rank", "is_main_process", "resolve_rank_world", "barrier", "reduce_dict", "all_reduce_flag",
            "all_reduce_sum", "all_gather_objects", "broadcast_object", "wrap_model", "unwrap_model",
-           "convert_sync_bn"]
+           "convert_sync_bn", "heartbeat", "peer_failure"]
 
 
 def is_distributed() -> bool:
@@ -67,9 +70,97 @@ def init_distributed(*, device: str | None = None, timeout_s: int = 1800) -> tor
     else:
         dev = torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=timeout_s))
+        try:
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                    timeout=timedelta(seconds=timeout_s), **_restart_store(timeout_s))
+        except (RuntimeError, TimeoutError) as e:  # DistBackendError, DistStoreError: a peer or the store is gone
+            first = " ".join(str(e).split())[:200]
+            raise RunFault(f"rank {os.environ.get('RANK')}: could not join the process group of "
+                           f"{os.environ.get('WORLD_SIZE')} ranks at {os.environ.get('MASTER_ADDR')}:"
+                           f"{os.environ.get('MASTER_PORT')} (solver.dist_timeout {timeout_s} s): {first}") from e
     return dev
+
+
+def _restart_store(timeout_s: int) -> dict:
+    """``{"store", "rank", "world_size"}`` for ``init_process_group`` when torchrun restarted this group on one node,
+    else ``{}`` (torch's env:// rendezvous).
+
+    Why: torchrun's agent hosts one TCPStore for the whole job and hands it to every attempt without a
+    per-attempt prefix (torch/distributed/rendezvous.py ``_create_c10d_store``: "We create a new TCPStore for
+    every retry so no need to add prefix", while ``DynamicRendezvousHandler.next_rendezvous`` keeps its
+    ``_shared_tcp_store_server`` across rounds; pytorch/pytorch#135712). A restarted rank can then read the
+    dead attempt's keys, e.g. gloo's address of a peer that is gone, and wait for it in
+    ``init_process_group`` until the timeout (3 restarts in 8 in issue 26). ``TORCHELASTIC_RESTART_COUNT`` is
+    the same for every worker of one agent, so on one node it names the attempt; across nodes it is not
+    (each agent counts its own restarts), and there ``python -m detres.utils.launch`` (or
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun) gives every attempt a fresh store."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart is None
+            or os.environ.get("GROUP_WORLD_SIZE", "1") != "1"):
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=timeout_s))
+    return {"store": dist.PrefixStore(f"detres/attempt_{restart}", store), "rank": int(os.environ["RANK"]),
+            "world_size": int(os.environ["WORLD_SIZE"])}
+
+
+_HEARTBEAT = "detres/iteration/{}"
+_FAILED = "detres/collective_failed/{}"
+#: Words of the backends' errors when a peer did not answer in time or went away.
+_PEER_FAILURE = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+
+
+def heartbeat(iteration: int) -> None:
+    """Record in the process group's store that this rank has completed ``iteration`` iterations, so that a
+    rank whose collective times out can say which rank is behind (:func:`peer_failure`). A cheap no-op alone."""
+    if not is_distributed():
+        return
+    try:
+        dist.distributed_c10d._get_default_store().set(_HEARTBEAT.format(get_rank()), str(int(iteration)))
+    except Exception:  # noqa: BLE001 - the store is gone too: the collective will say so
+        pass
+
+
+def _unanswered(grace_s: float) -> tuple[list[int], dict[int, int]]:
+    """(the ranks that do not report a failed collective within ``grace_s`` seconds, ``{rank: iterations
+    completed}``). Every rank whose collective failed reports itself in the store; a rank that stopped
+    answering (hung, stopped, dead) cannot, so it is the one missing."""
+    store = dist.distributed_c10d._get_default_store()
+    store.set_timeout(timedelta(seconds=10))
+    store.set(_FAILED.format(get_rank()), "1")
+    others = [r for r in range(get_world_size()) if r != get_rank()]
+    end = time.monotonic() + grace_s
+    while True:
+        missing = [r for r in others if not store.check([_FAILED.format(r)])]
+        if not missing or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    done = {r: int(store.get(_HEARTBEAT.format(r)).decode()) for r in range(get_world_size())
+            if store.check([_HEARTBEAT.format(r)])}
+    return missing, done
+
+
+def peer_failure(exc: BaseException, *, timeout_s: float | None = None, grace_s: float | None = None) -> str | None:
+    """A one-line account of a collective that failed because another rank did not answer (``exc`` is the
+    backend's error), naming the rank(s) that did not report the failure themselves within ``grace_s`` (default:
+    a quarter of ``timeout_s``, 2 to 15 s: the healthy ranks time out together) and the iterations each rank
+    completed; None when ``exc`` is something else or the run is not distributed."""
+    text = str(exc).lower()
+    if not is_distributed() or not any(w in text for w in _PEER_FAILURE):
+        return None
+    if grace_s is None:
+        grace_s = min(15.0, max(2.0, (timeout_s or 60.0) / 4))
+    try:
+        missing, done = _unanswered(grace_s)
+    except Exception:  # noqa: BLE001 - the store's host is gone (rank 0 outside torchrun)
+        missing, done = [], {}
+    progress = ", ".join(f"rank {r}: {it}" for r, it in sorted(done.items()))
+    who = (f"rank(s) {', '.join(map(str, missing))} stopped answering" if missing
+           else "another rank stopped answering or died") + (f" (iterations completed: {progress})" if progress else "")
+    waited = f" (solver.dist_timeout {timeout_s:g} s)" if timeout_s else ""
+    first = " ".join(str(exc).split())[:200]
+    return (f"rank {get_rank()}: a collective failed{waited}: {who}; backend: {first}. Continue from the last "
+            "checkpoint with --resume (under torchrun --max-restarts N this happens by itself)")
 
 
 def destroy_distributed() -> None:

@@ -23,7 +23,9 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "sha256_file", "check_zip_crc", "data_root",
+from detres.utils import stop
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json", "sha256_file", "check_zip_crc", "data_root",
            "UnsafePickleError", "SafeUnpickler", "safe_load_pickle"]
 
 
@@ -31,29 +33,83 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it to ``path``.
 
     Creates the folder. On any error the temporary file is removed and the old ``path`` (if any) is
-    left untouched; a write that fails on a full disk raises ``OSError(ENOSPC)`` naming ``path``.
+    left untouched. A write the disk refuses (full: ENOSPC; the file-size limit ``ulimit -f``: EFBIG; a
+    quota: EDQUOT) raises that ``OSError`` naming ``path`` and the free space, also where the writer hid it
+    (``torch.save`` reports it as ``RuntimeError: ... unexpected pos``). Ctrl-C or SIGTERM during the write
+    is raised after it (:func:`detres.utils.stop.deferred`): a checkpoint is never cut by a stop.
     Returns ``path`` as a string.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as exc:
-        # Writers such as torch.save report a full disk as "unexpected pos ..."; say what it is.
-        if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) and _nearly_full(folder):
-            raise OSError(errno.ENOSPC, "No space left on device (the file was not written; the old one, if any, "
-                          "is unchanged)", path) from exc
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    watched = None
+    with stop.deferred():
+        try:
+            with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as raw:
+                watched = _WatchedFile(raw)
+                write(watched)
+                watched.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp, path)
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise OSError(exc.errno, f"{os.strerror(exc.errno)}: cannot write in {folder} ({_free_space(folder)}; "
+                              "the old file, if any, is unchanged)", path) from exc
+            refused = _disk_refusal(exc, watched.error if watched is not None else None, folder)
+            if refused is not None:
+                limit = "over the file-size limit (ulimit -f); " if refused == errno.EFBIG else ""
+                raise OSError(refused, f"{os.strerror(refused)} ({limit}{_free_space(folder)}; the file was not written; "
+                              "the old one, if any, is unchanged)", path) from exc
+            raise
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return path
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class _WatchedFile:
+    """A file object that remembers the first OSError its ``write``/``flush`` raised (a writer such as
+    ``torch.save`` replaces it with its own error, which no longer says why)."""
+
+    def __init__(self, f: IO) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data: Any) -> Any:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def _disk_refusal(exc: BaseException, seen: OSError | None, folder: str) -> int | None:
+    """The errno (ENOSPC, EFBIG, EDQUOT) behind a failed write, or None when the disk did not refuse it."""
+    for e in (exc, seen):
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            return e.errno
+    return errno.ENOSPC if _nearly_full(folder) else None
+
+
+def _free_space(folder: str) -> str:
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return "free space unknown"
+    return f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**30:.1f} GiB in {folder}"
 
 
 def _nearly_full(folder: str, *, margin: int = 1 << 20) -> bool:
@@ -71,6 +127,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> str:
     """Write ``obj`` as JSON (sorted keys) to ``path`` atomically."""
     return atomic_write(path, lambda f: json.dump(obj, f, indent=indent, sort_keys=True))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``; ValueError naming the file when it is missing, unreadable or not JSON (json's own
+    message, ``Expecting property name ...: line 1 column 2``, does not say which file)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -196,28 +268,86 @@ class SafeUnpickler(pickle.Unpickler):
             return real(subtype, shape, dtype)
         return reconstruct
 
-    def load(self) -> Any:  # noqa: D102 - plain ndarrays come back
-        return _plain(super().load())
+    def load(self) -> Any:
+        """The file's object with plain ndarrays; UnsafePickleError when what it built would expand (counting
+        each shared reference as often as it is referenced) beyond :meth:`element_limit` elements."""
+        obj = super().load()
+        _check_expansion(obj, self.element_limit())
+        return _plain(obj)
+
+    def element_limit(self) -> int:
+        """The most elements (container entries, array elements) the loaded object may expand to: each takes
+        at least one byte of the file unless it is a shared reference, so a file of N bytes holds about N
+        (4 N + 64 Ki leaves room for numbers stored in fewer bytes than an element's count)."""
+        return 4 * min(self._limit, 1 << 60) + (1 << 16)
 
 
-def _plain(obj: Any) -> Any:
-    """``obj`` with every :class:`_CheckedArray` inside dicts, lists and tuples viewed as a plain ndarray."""
+def _children(obj: Any) -> list | None:
+    """The entries of a container the unpickler may build (None for a leaf)."""
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        return list(obj.flat)
+    return None
+
+
+def _check_expansion(obj: Any, limit: int) -> None:
+    """Refuse ``obj`` when, written out without sharing, it holds more than ``limit`` elements: a few hundred
+    bytes of shared references (``a = [x] * 9; b = [a] * 9; ...``) make a structure whose every walk
+    (``np.asarray``, a copy, :func:`_plain`) takes exponential time and memory. Each distinct object is
+    visited once (memoised by id, iteratively: no recursion limit), so the check itself is linear in the
+    objects built, which the file's size bounds."""
+    size: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(obj, False)]
+    keep = []  # holds the visited objects so their ids stay unique during the walk
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in size and not done:
+            continue
+        kids = _children(node)
+        if kids is None:
+            size[key] = int(node.size) if isinstance(node, np.ndarray) else 1
+            continue
+        if not done:
+            size[key] = 0  # marks "being expanded": a cycle counts its back-reference once
+            keep.append(node)
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in size)
+            continue
+        total = len(kids) + sum(size.get(id(k), 1) for k in kids)
+        if total > limit:
+            raise UnsafePickleError(f"its objects expand to more than {limit} elements (shared references that "
+                                    "would exhaust time and memory when read; the pickle is damaged or made to "
+                                    "do that)")
+        size[key] = total
+
+
+def _plain(obj: Any, seen: dict[int, Any] | None = None) -> Any:
+    """``obj`` with every :class:`_CheckedArray` inside dicts, lists and tuples viewed as a plain ndarray;
+    a shared object is converted once (``seen``), so the walk is linear in the distinct objects."""
+    seen = {} if seen is None else seen
+    if id(obj) in seen:
+        return seen[id(obj)]
     if isinstance(obj, _CheckedArray):
         out = obj.view(np.ndarray)
+        seen[id(obj)] = out
         if out.dtype == object:
             for i, v in enumerate(out.flat):
-                out.flat[i] = _plain(v)
+                out.flat[i] = _plain(v, seen)
         return out
+    seen[id(obj)] = obj
     if isinstance(obj, dict):
         for k in list(obj):
-            obj[k] = _plain(obj[k])
-        return obj
-    if isinstance(obj, list):
+            obj[k] = _plain(obj[k], seen)
+    elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            obj[i] = _plain(v)
-        return obj
-    if isinstance(obj, tuple):
-        return tuple(_plain(v) for v in obj)
+            obj[i] = _plain(v, seen)
+    elif isinstance(obj, tuple):
+        seen[id(obj)] = out = tuple(_plain(v, seen) for v in obj)
+        return out
     return obj
 
 
@@ -236,6 +366,8 @@ def safe_load_pickle(path: str | os.PathLike, *, encoding: str = "latin1") -> An
         raise ValueError(f"{path}: unsafe pickle: {e}") from None
     except OSError as e:
         raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a readable pickle (containers nested too deeply)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
