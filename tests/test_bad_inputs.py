@@ -530,8 +530,8 @@ def _degenerate_voc(tmp):
 
 CASES += [
     Case("CIFAR pickle of shared references", "train_cls", _cifar_shared, "error", "data_batch_1: unsafe pickle"),
-    Case("COCO ground truth bbox of three numbers", "eval", _coco_gt_three_numbers, "warning",
-         "1 annotation(s) bbox not 4 finite numbers (first: id"),
+    Case("COCO ground truth bbox of three numbers", "eval", _coco_gt_three_numbers, "error",
+         "bbox must be 4 finite numbers"),
     Case("predict: a classification run folder", "predict", _cls_run_folder, "error", "cls_run/config.yaml"),
     Case("model_stats: detector size 0", "model_stats", lambda t: ["--backbones", "resnet18", "--detector-size", "0", "0"],
          "error", "--detector-size: must be >= 1"),

@@ -226,15 +226,14 @@ def test_annotation_id_zero_is_renumbered(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("bbox", [[10, 10, 20], [10, 10, 20, float("nan")], None, [10, 10, "20", 20]])
-def test_malformed_ground_truth_box_is_dropped_with_a_warning(tmp_path, caplog, bbox):
+def test_malformed_ground_truth_box_is_refused_naming_file_and_id(tmp_path, bbox):
     gt = _gt([(1, 100, 100)], [(1, 1, [10, 10, 50, 50], 0), (1, 1, [60, 60, 30, 30], 0)])
     gt["annotations"][1]["bbox"] = bbox
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
-    with caplog.at_level(logging.WARNING, logger="detres.evaluation.coco"):
-        m = evaluate_coco_results(path, [_det(1, 1, [10, 10, 50, 50], 0.9)])
-    assert m["AP"] == pytest.approx(1.0)  # the other box is evaluated as usual
-    assert f"{path}: 1 annotation(s) bbox not 4 finite numbers (first: id 2); left out" in caplog.text
+    with pytest.raises(ValueError) as e:  # scored without it, the detection of the other box gave AP 1.0
+        evaluate_coco_results(path, [_det(1, 1, [10, 10, 50, 50], 0.9)])
+    assert str(e.value).startswith(f"{path}: annotation id 2: bbox must be 4 finite numbers")
 
 
 def test_crowd_region_without_a_bbox_is_dropped_with_a_warning(tmp_path, caplog):

@@ -21,9 +21,9 @@ checked and repaired BEFORE the evaluator's COCO object is built; every warning 
   box sharing it into copies of one box (perfect detections then score far below 1: AP 0.25 in issue 21's
   example), and it reads
   id 0 as "unmatched", counting a detection matched to box 0 as a false positive;
-- a bbox that is not 4 finite numbers is dropped with a warning: no detection can be matched to it, and
-  the data sets leave the same box out of the training targets with a warning, so the rest of the file is
-  still evaluated as the model was trained;
+- a bbox that is not 4 finite numbers is refused (ValueError naming the file and the annotation id): the
+  file is broken, and leaving the box out would score the rest as if it were not there (issue 26: AP 1.0 on
+  a file with a three-number box). Training's data sets leave such a box out with a warning and go on;
 - a crowd region without a (valid) bbox is dropped with a warning (it could only ignore detections);
 - a missing or non-finite ``area`` becomes ``w * h``, warned (the area ranges need it);
 - image ids that mix integers and strings, an image id listed twice, and category ids that are not
@@ -184,6 +184,9 @@ def _check_category_ids(cats: list, source: str) -> list[int]:
     return cat_ids
 
 
+_MALFORMED = "bbox not 4 finite numbers"
+
+
 def _annotation_problem(ann: Mapping, known_images: set, known_cats: set) -> str:
     """Why ``ann`` is left out of the evaluation ("" when it is kept)."""
     why = ""
@@ -195,7 +198,7 @@ def _annotation_problem(ann: Mapping, known_images: set, known_cats: set) -> str
     except TypeError:  # an unhashable id
         why = "of an image id not in 'images'"
     if not why and not _is_box(ann.get("bbox")):
-        why = "crowd region without a bbox" if ann.get("iscrowd", 0) else "bbox not 4 finite numbers"
+        why = "crowd region without a bbox" if ann.get("iscrowd", 0) else _MALFORMED
     return why
 
 
@@ -213,6 +216,9 @@ def _check_annotations(anns: list, source: str, known_images: set, known_cats: s
         ann_id = ann.get("id")
         raw_ann_ids.append(ann_id if _is_int(ann_id) else None)
         why = _annotation_problem(ann, known_images, known_cats)
+        if why == _MALFORMED:  # a broken file, not a quirk: no score is computed on it
+            raise ValueError(f"{source}: annotation {f'id {ann_id!r}' if ann_id is not None else f'[{k}]'}: bbox must "
+                             f"be 4 finite numbers [x, y, w, h], got {ann.get('bbox')!r}")
         if why:
             dropped[why] += 1
             first.setdefault(why, f"id {ann_id!r}" if ann_id is not None else f"annotations[{k}]")
