@@ -182,8 +182,9 @@ def test_a_tiny_cifar_run_learns_and_the_study_tools_read_it(tmp_path):
 def test_degradation_demo_wires_the_four_nets_and_reports_what_it_observed(tmp_path, monkeypatch):
     """The demo's plumbing at a toy size (its effect needs the full 1,200 iterations: README).
 
-    The four nets really train; their real final errors and responses are checked for what is knowable (a
-    count out of 1,500 training or 297 test digits, one response per 3x3 conv), then the errors and the
+    The four nets really train; their real final errors and responses are checked for what is knowable (the
+    training error equal to one counted by hand over the 1,500 digits in eval mode, a count out of 297 test
+    digits, one response per 3x3 conv), then the errors and the
     responses the demo compares are replaced by values set here, so each observation has a known answer.
     Two sets, ties included, pin down each comparison's direction and strictness."""
     import detres.tasks.study as study
@@ -195,6 +196,15 @@ def test_degradation_demo_wires_the_four_nets_and_reports_what_it_observed(tmp_p
     def final_error(cfg, model):
         if designed["real"]:
             seen["errors"][cfg.model.name] = real_error(cfg, model)
+            # by hand: the 1,500 training digits minus their mean image, one batch, eval mode
+            from detres.data.cifar import digits
+
+            train, _ = digits()
+            x = torch.from_numpy(train.images).float() / 255.0 - train.mean
+            model.eval()
+            with torch.no_grad():
+                wrong = int((model(x).argmax(1) != torch.from_numpy(train.labels)).sum())
+            seen.setdefault("by_hand", {})[cfg.model.name] = wrong / len(train)
         return designed["errors"][cfg.model.name]
 
     def fake_responses(run_dirs, out_png, **kw):
@@ -219,6 +229,7 @@ def test_degradation_demo_wires_the_four_nets_and_reports_what_it_observed(tmp_p
     for name in nets:
         real = seen["errors"][name]
         assert 0 <= real <= 1 and real * 1500 == pytest.approx(round(real * 1500), abs=1e-9)  # k of 1,500 digits
+        assert real == pytest.approx(seen["by_hand"][name], abs=1e-12)
         row = summary["nets"][name]
         assert row["train_error"] == designed["errors"][name]  # what the comparison reads
         eval_json = json.loads((tmp_path / name / "eval.json").read_text())

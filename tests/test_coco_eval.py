@@ -135,7 +135,14 @@ def test_distributed_evaluation_gathers_compact_arrays(tmp_path, monkeypatch):
         gathered.append(obj)
         return [obj, rank1._local_arrays()]
     monkeypatch.setattr(coco, "all_gather_objects", fake_gather)
+    wire = []  # what each rank hands to broadcast_object; not distributed, rank 0's object comes back to it
+
+    def rank0_broadcast(obj):
+        wire.append(obj)
+        return obj
+    monkeypatch.setattr(coco, "broadcast_object", rank0_broadcast)
     m = rank0.evaluate()
+    assert wire == [("ok", m)]  # rank 0 sends its metrics, exactly what it returns
     assert isinstance(gathered[0], dict) and all(isinstance(v, np.ndarray) for v in gathered[0].values())
     assert gathered[0]["images"].tolist() == [1, 3] and gathered[0]["bbox"].shape == (2, 4)
     assert gathered[0]["det_index"].tolist() == [0, 0]
@@ -148,10 +155,31 @@ def test_distributed_evaluation_gathers_compact_arrays(tmp_path, monkeypatch):
     written = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
     assert [r["image_id"] for r in written] == [1, 1, 2]
     assert written[2] == {"image_id": 2, "category_id": 5, "bbox": [13.0, 10.0, 40.0, 50.0], "score": 0.9}
-    # another rank evaluates nothing itself: it never reads the ground truth and returns rank 0's metrics
+    # another rank evaluates nothing itself: it never reads the ground truth, sends nothing of its own and
+    # returns what rank 0 sent (recorded above), not its own payload
     monkeypatch.setattr(coco, "is_main_process", lambda: False)
-    monkeypatch.setattr(coco, "broadcast_object", lambda obj: ("ok", m))
+    sent_by_rank1 = []
+
+    def rank1_broadcast(obj):
+        sent_by_rank1.append(obj)
+        return wire[-1]
+    monkeypatch.setattr(coco, "broadcast_object", rank1_broadcast)
     assert rank1.evaluate() == m and rank1._gt is None
+    assert sent_by_rank1 == [("ok", None)]
+    # rank 0's evaluation error reaches the other rank as the same one-line ValueError instead of a hang
+    bad0 = COCOEvaluator(ann, label_to_cat_id={1: 1, 2: 5, 3: 6})
+    bad0.process([{"image_id": 1}], [_outputs_for(ann, 1)])
+    monkeypatch.setattr(coco, "is_main_process", lambda: True)
+    monkeypatch.setattr(coco, "broadcast_object", rank0_broadcast)
+    monkeypatch.setattr(coco, "all_gather_objects", lambda obj: [obj])
+    with pytest.raises(ValueError) as raised0:
+        bad0.evaluate()
+    assert wire[-1] == ("error", str(raised0.value)) and "[6]" in wire[-1][1]
+    monkeypatch.setattr(coco, "is_main_process", lambda: False)
+    monkeypatch.setattr(coco, "broadcast_object", rank1_broadcast)
+    with pytest.raises(ValueError) as raised1:
+        rank1.evaluate()
+    assert str(raised1.value) == str(raised0.value)
 
 
 def test_results_checked_in_bulk_still_name_the_bad_entry(tmp_path):

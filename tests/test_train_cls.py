@@ -97,9 +97,26 @@ def test_checkpoint_is_a_detection_backbone(trained):
     torch.testing.assert_close(head.layer4[0].bn1.running_var, state["layer4.0.bn1.running_var"])
     det = build_detector(DetectorSpec(backbone=BackboneSpec(name="resnet18", weights=ckpt)), 4).eval()
     assert det.transform.image_mean == pytest.approx(meta["mean"]) and not det.transform.bgr
+    # the detector's trunk on its own normalisation is the trained classifier's conv1..conv4 on (x - mean) / std
+    # by hand: the checkpoint's weights, BN statistics and preprocessing all reach the detector
+    from detres.backbones import build_classifier
+
+    cls = build_classifier("resnet18", num_classes=len(CLASSES), norm="bn").eval()
+    cls.load_state_dict(state)
+    x = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(meta["mean"]).view(3, 1, 1), torch.tensor(meta["std"]).view(3, 1, 1)
     with torch.no_grad():
-        out_det = det([torch.rand(3, 64, 96)])
-    assert out_det[0]["boxes"].shape[-1] == 4
+        y = cls.maxpool(cls.relu(cls.bn1(cls.conv1(((x - mean) / std)[None]))))
+        expected = cls.layer3(cls.layer2(cls.layer1(y)))
+        got = det.backbone(det.transform.normalize(x)[None])["res4"]
+        out_det = det([x])
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)  # FrozenBN vs BN: rounding (max 1e-3 of 10)
+    # detections: boxes inside the 96x64 image, labels among the 3 classes, scores sorted, at the test threshold
+    boxes, labels, scores = out_det[0]["boxes"], out_det[0]["labels"], out_det[0]["scores"]
+    assert boxes.shape == (len(labels), 4) and len(labels) == len(scores)
+    assert ((boxes[:, 0] >= 0) & (boxes[:, 2] <= 96) & (boxes[:, 1] >= 0) & (boxes[:, 3] <= 64)).all()
+    assert ((boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])).all()
+    assert ((labels >= 1) & (labels <= 3)).all() and (scores >= det.roi_heads.score_thresh).all()
 
 
 def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
