@@ -125,8 +125,8 @@ def test_the_tool_prints_the_config_line(server, tmp_path, monkeypatch, capsys):
     tool = _tool("get_data")
     assert tool.main(["voc2007", "--root", str(tmp_path / "d")]) == 0
     assert f"data.root={tmp_path / 'd'}" in capsys.readouterr().out
-    with pytest.raises(SystemExit):  # argparse: not a known name
-        tool.main(["voc2099"])
+    assert tool.main(["voc2099"]) == 2  # not a known name: one line naming the choices
+    assert "invalid choice: 'voc2099' (choose from 'coco2014', 'coco2017', 'voc2007', 'voc2012')" in capsys.readouterr().err
 
 
 def test_training_lists_each_missing_piece_with_its_command(tmp_path, monkeypatch):
