@@ -122,11 +122,13 @@ def test_roi_pool_values_by_hand():
     / 7) - 1, and F grows with y and x, so bin (i, j) holds F at its last cell: rows/cols 0,1,2,2,3,4,4."""
     grid = torch.arange(10.0)
     feats = {"res4": (10 * grid[:, None] + grid[None, :])[None, None]}
-    out = C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=7)(
+    out = C4RoIPooler(kind="roi_pool", feature="res4", stride=16, output_size=7, sampling_ratio=0,
+                      aligned=False)(
         feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])[0, 0]
     last = [0, 1, 2, 2, 3, 4, 4]
     assert out.tolist() == [[10.0 * r + c for c in last] for r in last]
-    align = C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=7)(
+    align = C4RoIPooler(kind="roi_align", feature="res4", stride=16, output_size=7, sampling_ratio=0,
+                        aligned=False)(
         feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])[0, 0]
     assert not torch.equal(align, out)  # RoIAlign interpolates: other values (negative control)
 
