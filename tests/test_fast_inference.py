@@ -126,7 +126,7 @@ def test_bottleneck_detector_commutes_its_head_with_the_same_detections(monkeypa
     assert isinstance(pool, CommutedC4Block) and isinstance(pool.block, Bottleneck)
     assert isinstance(pool.block.bn1, torch.nn.Identity)  # folded first
     head = fast.roi_heads.box_head
-    assert len(getattr(head, "module", head).blocks) == 2  # the head keeps conv5's other two blocks
+    assert len(head.layer4) == 2  # the head keeps conv5's other two blocks
     calls = []
     forward = CommutedC4Block.forward
     monkeypatch.setattr(CommutedC4Block, "forward", lambda self, *a: calls.append(len(a[1])) or forward(self, *a))

@@ -130,13 +130,15 @@ def _accepts(make) -> bool:
 def test_model_rules_and_defaults_live_on_the_config_fields_only():
     """No second copy: no model.* range in the config's _RULES table, and the RPN, RoI heads and pooler take
     their options as required keywords (a default there would be a second default, a check a third)."""
-    from detres.modeling.detector import C4RoIPooler
-    from detres.modeling.rcnn import PaperRoIHeads, PaperRPN
+    from detres.modeling.rcnn import PaperRPN
+    from detres.modeling.roi_head import C4RoIHead, C4RoIPooler
 
     assert not [k for k in config_module._RULES if k.split(".")[:2] in (["model", s] for s in SECTIONS)]
     assert "model.width" not in config_module._RULES  # the classifier's width: its field's rule
     for cls, options in [(PaperRPN, {"allowed_border", "min_size_original", "proposal_order", "smooth_l1_beta"}),
-                         (PaperRoIHeads, {"bg_iou_thresh_lo", "smooth_l1_beta"}),
+                         (C4RoIHead, {"fg_iou_thresh", "bg_iou_thresh_hi", "bg_iou_thresh_lo", "batch_size_per_image",
+                                      "positive_fraction", "smooth_l1_beta", "score_thresh", "nms_thresh",
+                                      "detections_per_img"}),
                          (C4RoIPooler, {"kind", "feature", "stride", "output_size", "sampling_ratio", "aligned"})]:
         params = inspect.signature(cls.__init__).parameters
         keywords = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}

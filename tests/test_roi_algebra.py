@@ -165,7 +165,7 @@ def test_fast_path_commutes_a_resnet50_head_with_the_same_box_features(style):
     torch.testing.assert_close(got, expect, rtol=1e-3, atol=1e-3)
     # the head runs the rest of conv5: two more bottlenecks in ResNet-50
     head = fast.roi_heads.box_head
-    assert len(getattr(head, "module", head).blocks) == 2
+    assert len(head.layer4) == 2
     # RoIPool and basic-block heads keep the ordinary path
     pooled = build_detector(make_spec("resnet50", backbone={"norm": "frozen_bn", "width": 8},
                                       pooler={"type": "roi_pool"}), 3).eval()

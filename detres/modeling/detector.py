@@ -7,10 +7,10 @@ The path of one image through `build_detector(spec, num_classes)` (spec: :mod:`d
 2. The C4 trunk (conv1..conv4, stride 16) -> {"res4": map} ({"conv5": map} for VGG-16).
 3. torchvision's RPN on that one map: 3 scales x 3 ratios of anchors by default (torchvision's anchors, or
    py-faster-rcnn's with ``rpn.anchor_style="pfr"``, see :mod:`detres.modeling.rcnn`).
-4. `C4RoIPooler`: RoIAlign or RoIPool of each proposal from the stride-16 map (14x14 for ResNets,
-   7x7 for VGG-16), with the scale taken from the trunk's declared stride.
-5. The head: conv5 + global average pooling (ResNets) or fc6/fc7 (VGG-16), then torchvision's
-   FastRCNNPredictor (class scores, 0 = background, and per-class boxes).
+4.-5. The RoI head, one module (:class:`~detres.modeling.roi_head.C4RoIHead`): `C4RoIPooler` (RoIAlign or
+   RoIPool of each proposal from the stride-16 map, 14x14 for ResNets, 7x7 for VGG-16, the scale taken from
+   the trunk's declared stride), conv5 + global average pooling (ResNets) or fc6/fc7 (VGG-16), torchvision's
+   FastRCNNPredictor (class scores, 0 = background, and per-class boxes), sampling and losses.
 6. With ``original_sizes`` (each image's size before the data pipeline resized it), the boxes are mapped
    back to the original image's pixels inside the forward, and the RPN's minimum proposal side is taken at
    that scale: the model owns its input's scale, as torchvision's ``GeneralizedRCNN.forward`` keeps
@@ -24,13 +24,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.ops import roi_align, roi_pool
 
 from detres.backbones import build_c4, c4_feature_name
-from detres.modeling.rcnn import PaperRoIHeads, PaperRPN, PfrAnchorGenerator, as_float64
+from detres.modeling.rcnn import PaperRPN, PfrAnchorGenerator, as_float64
+from detres.modeling.roi_head import C4RoIHead, C4RoIPooler
 from detres.modeling.tv_private import GeneralizedRCNNTransform, RPNHead
-from detres.modeling.spec import POOLERS, DetectorSpec, RoISpec, RPNSpec
+from detres.modeling.spec import DetectorSpec, RoISpec, RPNSpec
 
 
 class InputTransform(GeneralizedRCNNTransform):
@@ -72,36 +71,6 @@ class InputTransform(GeneralizedRCNNTransform):
                 f"std={self.image_std}, {size}, size_divisible={self.size_divisible})")
 
 
-class C4RoIPooler(nn.Module):
-    """Pools every proposal from the single stride-16 map: [R, C, out, out].
-
-    Same call signature as torchvision's MultiScaleRoIAlign (features dict, proposals, image sizes),
-    but the spatial scale comes from the trunk's declared stride rather than being guessed from map
-    sizes. Proposals are cast to the features' dtype, so RoIAlign/RoIPool work under AMP.
-    """
-
-    def __init__(self, *, kind: str, feature: str, stride: int, output_size: int, sampling_ratio: int, aligned: bool):
-        super().__init__()
-        if kind not in POOLERS:
-            raise ValueError(f"unknown pooler {kind!r}; choose from {list(POOLERS)}")
-        self.kind, self.feature, self.output_size = kind, feature, output_size
-        self.spatial_scale = 1.0 / stride
-        self.sampling_ratio, self.aligned = sampling_ratio, aligned
-
-    def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
-                image_shapes: list[tuple[int, int]] | None = None) -> Tensor:
-        x = features[self.feature]
-        boxes = [p.to(x.dtype) for p in proposals]
-        size = (self.output_size, self.output_size)
-        if self.kind == "roi_pool":
-            return roi_pool(x, boxes, size, self.spatial_scale)
-        return roi_align(x, boxes, size, self.spatial_scale, self.sampling_ratio, self.aligned)
-
-    def extra_repr(self) -> str:
-        return (f"kind={self.kind}, feature={self.feature}, output_size={self.output_size}, "
-                f"spatial_scale={self.spatial_scale}, aligned={self.aligned}")
-
-
 Size = tuple  # (height, width): ints, or 0-dim tensors (int64 from the data pipeline; traced sizes when exporting)
 
 
@@ -111,7 +80,7 @@ class C4FasterRCNN(FasterRCNN):
 
     Built through FasterRCNN's public constructor (backbone, anchors, RPN head, box head and predictor), then
     its RPN, RoI heads and transform are replaced by detres's (:class:`~detres.modeling.rcnn.PaperRPN`,
-    :class:`~detres.modeling.rcnn.PaperRoIHeads` with the C4 pooler, :class:`InputTransform`): the module
+    :class:`~detres.modeling.roi_head.C4RoIHead`, :class:`InputTransform`): the module
     names and state-dict keys are torchvision's.
 
     ``forward(images, targets=None, original_sizes=None)``: images are float RGB ``[3, h, w]`` in [0, 1].
@@ -124,7 +93,7 @@ class C4FasterRCNN(FasterRCNN):
     rounded once to float32), else in the input's. Training: the four losses.
     """
 
-    def __init__(self, backbone: nn.Module, rpn: PaperRPN, roi_heads: PaperRoIHeads, transform: "InputTransform"):
+    def __init__(self, backbone: nn.Module, rpn: PaperRPN, roi_heads: C4RoIHead, transform: "InputTransform"):
         super().__init__(backbone, rpn_anchor_generator=rpn.anchor_generator, rpn_head=rpn.head,
                          box_head=roi_heads.box_head, box_predictor=roi_heads.box_predictor)
         self.rpn, self.roi_heads, self.transform = rpn, roi_heads, transform
@@ -213,18 +182,12 @@ def build_detector(spec: DetectorSpec, num_classes: int, *,
     anchor_class = PfrAnchorGenerator if spec.rpn.anchor_style == "pfr" else AnchorGenerator
     anchors = anchor_class(sizes=(spec.rpn.anchor_sizes,), aspect_ratios=(spec.rpn.aspect_ratios,))
     rpn_head = RPNHead(trunk.feature_specs[feature].channels, anchors.num_anchors_per_location()[0])
-    predictor = FastRCNNPredictor(head.out_channels, num_classes)
-    # Faster R-CNN's initialisation of the two sibling layers (Gaussian std 0.01 / 0.001, zero bias).
-    nn.init.normal_(predictor.cls_score.weight, std=0.01)
-    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
-    for layer in (predictor.cls_score, predictor.bbox_pred):
-        nn.init.zeros_(layer.bias)
     pool = C4RoIPooler(kind=spec.pooler.type, feature=feature, stride=trunk.feature_specs[feature].stride,
                        output_size=spec.pool_size, sampling_ratio=spec.pooler.sampling_ratio,
                        aligned=spec.pooler.aligned)
+    roi_heads = _build_roi_heads(spec.roi, pool, head, num_classes)  # predictor init: after the RPN head
     transform = InputTransform(trunk.weights_meta, min_size=spec.input.min_size, max_size=spec.input.max_size)
-    rpn = _build_rpn(spec.rpn, anchors, rpn_head)
-    model = C4FasterRCNN(trunk, rpn, _build_roi_heads(spec.roi, pool, head, predictor), transform)
+    model = C4FasterRCNN(trunk, _build_rpn(spec.rpn, anchors, rpn_head), roi_heads, transform)
     model.weights_meta = dict(trunk.weights_meta)
     return model
 
@@ -239,11 +202,9 @@ def _build_rpn(r: RPNSpec, anchors: AnchorGenerator, head: RPNHead) -> PaperRPN:
         proposal_order=r.anchor_style, smooth_l1_beta=r.smooth_l1_beta)
 
 
-def _build_roi_heads(r: RoISpec, pool: C4RoIPooler, head: nn.Module, predictor: FastRCNNPredictor) -> PaperRoIHeads:
-    return PaperRoIHeads(
-        pool, head, predictor, fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh_hi,
-        batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction, bbox_reg_weights=None,
-        score_thresh=r.score_thresh, nms_thresh=r.nms_thresh, detections_per_img=r.detections_per_img,
-        bg_iou_thresh_lo=r.bg_iou_thresh_lo, smooth_l1_beta=r.smooth_l1_beta)
-
-
+def _build_roi_heads(r: RoISpec, pool: C4RoIPooler, head: nn.Module, num_classes: int) -> C4RoIHead:
+    return C4RoIHead(
+        pool, head, num_classes, fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh_hi=r.bg_iou_thresh_hi,
+        bg_iou_thresh_lo=r.bg_iou_thresh_lo, batch_size_per_image=r.batch_size_per_image,
+        positive_fraction=r.positive_fraction, smooth_l1_beta=r.smooth_l1_beta, score_thresh=r.score_thresh,
+        nms_thresh=r.nms_thresh, detections_per_img=r.detections_per_img)

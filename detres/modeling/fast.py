@@ -41,7 +41,6 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from detres.config import FastConfig
-from detres.modeling.roi_algebra import CommutedC4Block
 from detres.modeling.winograd import replace_convs
 from detres.utils.amp import autocast, cpu_has_native_bf16  # noqa: F401  (cpu_has_native_bf16: public here too)
 
@@ -102,28 +101,6 @@ def fold_batchnorm(module: nn.Module) -> int:
     return folded
 
 
-def _can_commute(model: nn.Module) -> bool:
-    """RoIAlign pooler and a ResNet head whose first block is a bottleneck with a projection shortcut."""
-    pool, head = model.roi_heads.box_roi_pool, model.roi_heads.box_head
-    first = getattr(getattr(head, "layer4", None), "__getitem__", lambda i: None)(0)
-    if not (getattr(pool, "kind", None) == "roi_align" and pool.output_size % 2 == 0 and first is not None
-            and hasattr(first, "conv3") and isinstance(first.downsample, nn.Sequential)):
-        return False
-    shortcut = first.downsample[0]  # both 1x1 convs move before the pooling; anything else stays per RoI
-    return first.conv1.kernel_size == (1, 1) and getattr(shortcut, "kernel_size", None) == (1, 1)
-
-
-class _PooledHead(nn.Module):
-    """The rest of conv5 after its first block, then global average pooling: [R, C, 7, 7] -> [R, C]."""
-
-    def __init__(self, blocks: nn.Module, out_channels: int):
-        super().__init__()
-        self.blocks, self.out_channels = blocks, out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.blocks(x), 1), 1)
-
-
 class _ChannelsLast(nn.Module):
     """Runs ``module`` on an NHWC copy of a 4-D input (its weights are NHWC too)."""
 
@@ -133,45 +110,6 @@ class _ChannelsLast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.module(x.contiguous(memory_format=torch.channels_last))
-
-
-class _Chunked(nn.Module):
-    """Runs a per-RoI head over chunks of ``chunk`` RoIs and concatenates the outputs."""
-
-    def __init__(self, head: nn.Module, chunk: int):
-        super().__init__()
-        self.head, self.chunk = head, chunk
-        self.out_channels = getattr(head, "out_channels", None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= self.chunk:
-            return self.head(x)
-        return torch.cat([self.head(part) for part in x.split(self.chunk)])
-
-
-class _ThreadedPooler(nn.Module):
-    """The C4 pooler with this image's RoIs split over ``threads`` worker threads (same output)."""
-
-    def __init__(self, pooler: nn.Module, threads: int):
-        super().__init__()
-        self.pooler, self.threads = pooler, threads
-        self.output_size = getattr(pooler, "output_size", None)
-        self._pool = None
-
-    def forward(self, features, proposals, image_shapes=None):
-        if self.threads <= 1 or len(proposals) != 1 or proposals[0].shape[0] < 2 * self.threads:
-            return self.pooler(features, proposals, image_shapes)
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="detres-roi-pool")
-        parts = proposals[0].chunk(self.threads)
-        outs = list(self._pool.map(lambda p: self.pooler(features, [p], image_shapes), parts))
-        return torch.cat(outs)
-
-    def __getstate__(self):  # thread pools do not copy or pickle; a new one starts on first use
-        state = dict(self.__dict__)
-        state["_pool"] = None
-        return state
 
 
 class _Autocast(nn.Module):
@@ -227,33 +165,32 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     if opts["fold_bn"]:
         fold_batchnorm(fast.backbone)
         fold_batchnorm(fast.roi_heads.box_head)
+    heads = fast.roi_heads  # a C4RoIHead: the head's options are its own methods
     # freeze traces the trunk and head with a probe: it keeps the ordinary head and convolutions
     # CPU only: on CUDA the per-RoI products (a Python loop, a host sync) were never measured against cuDNN
     commuted = (opts["commute_head"] and device.type == "cpu" and opts["fold_bn"] and not opts["freeze"]
-                and _can_commute(fast))
+                and heads.can_commute())
     if commuted:
-        _commute_head(fast, opts["channels_last"])
+        heads.commute_first_block(opts["channels_last"])
     if opts["winograd"] and device.type == "cpu" and not opts["freeze"]:
-        for part in (fast.backbone, fast.rpn.head, fast.roi_heads):
+        for part in (fast.backbone, fast.rpn.head, heads):
             replace_convs(part)
-    trunk, head = fast.backbone, fast.roi_heads.box_head
+    trunk = fast.backbone
     if opts["freeze"]:
         if opts["bf16"]:
             raise ValueError("freeze and bf16 cannot be combined in the fast path")
-        trunk, head = _freeze_trunk_and_head(fast, opts["channels_last"], device)
+        trunk, heads.box_head = _freeze_trunk_and_head(fast, opts["channels_last"], device)
     if opts["channels_last"]:
-        trunk, head = _ChannelsLast(trunk), _ChannelsLast(head)
+        trunk = _ChannelsLast(trunk)
         fast.rpn.head.to(memory_format=torch.channels_last)  # it reads the trunk's NHWC map
-    if device.type == "cpu" and opts["pool_threads"] > 1 and not commuted:
-        fast.roi_heads.box_roi_pool = _ThreadedPooler(fast.roi_heads.box_roi_pool, opts["pool_threads"])
     if opts["bf16"]:
-        trunk, head = _Autocast(trunk, device.type), _Autocast(head, device.type)
-    if opts["roi_chunk"] is not None:
-        head = _Chunked(head, opts["roi_chunk"])
-    for wrapper, original in ((trunk, fast.backbone), (head, fast.roi_heads.box_head)):
-        if wrapper is not original and getattr(wrapper, "out_channels", None) is None:
-            wrapper.out_channels = original.out_channels  # torchvision and detres read it
-    fast.backbone, fast.roi_heads.box_head = trunk, head
+        trunk = _Autocast(trunk, device.type)
+    heads.set_fast(channels_last=opts["channels_last"], roi_chunk=opts["roi_chunk"],
+                   pool_threads=opts["pool_threads"] if device.type == "cpu" and not commuted else 1,
+                   bf16_device=device.type if opts["bf16"] else None)
+    if trunk is not fast.backbone:
+        trunk.out_channels = fast.backbone.out_channels  # torchvision and detres read it
+    fast.backbone = trunk
     fast.inference_options = opts
     return fast
 
@@ -269,17 +206,6 @@ def _fast_options(device: torch.device, given: dict[str, Any]) -> dict[str, Any]
     if opts["roi_chunk"] is not None and opts["roi_chunk"] < 1:
         raise ValueError(f"roi_chunk must be >= 1 or None, got {opts['roi_chunk']}")
     return opts
-
-
-def _commute_head(fast: nn.Module, channels_last: bool) -> None:
-    """Move the head's first block into the pooler (:class:`CommutedC4Block`); the head keeps the rest of
-    conv5 and its pooling. ``fast`` is changed in place; :func:`_can_commute` must hold."""
-    head = fast.roi_heads.box_head
-    first, rest = head.layer4[0], head.layer4[1:]
-    if channels_last:
-        first.to(memory_format=torch.channels_last)
-    fast.roi_heads.box_roi_pool = CommutedC4Block(fast.roi_heads.box_roi_pool, first)
-    fast.roi_heads.box_head = _PooledHead(rest, head.out_channels)
 
 
 def _freeze_trunk_and_head(fast: nn.Module, channels_last: bool, device: torch.device

@@ -43,13 +43,14 @@ lib/fast_rcnn/bbox_transform.py l.53-59), which pfr reads as inclusive pixels: i
 the same numbers here. The size filter measures ``x2 - x1 + 1`` on them, so it keeps pfr's boxes exactly,
 except for boxes clipped at the right or bottom border (pfr clips them 1 px shorter, see above).
 
-The classes are torchvision's with these additions only. ``PaperRoIHeads`` adjusts the parent's
-matching and computes its training losses itself (the parent's steps, with :func:`fast_rcnn_losses`). ``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
+The RPN is torchvision's with these additions only; the RoI head's options (``bg_iou_thresh_lo``, its
+``smooth_l1_beta`` through :func:`fast_rcnn_losses`) are used by :class:`detres.modeling.roi_head.C4RoIHead`.
+``PaperRPN`` has its own ``forward`` (the parent's steps, reused) so that each image's size and
 minimum proposal side travel as arguments: it keeps nothing between calls. The sizes arrive through the
 detector's own forward (``original_image_sizes``), as torchvision's ``GeneralizedRCNN.forward`` keeps them;
 the scale is computed with tensor operations, so a traced (exported) model keeps it dynamic.
 
-The detector (:func:`detres.modeling.build_detector`) constructs both directly from its spec.
+The detector (:func:`detres.modeling.build_detector`) constructs the RPN and the head directly from its spec.
 """
 from __future__ import annotations
 
@@ -59,11 +60,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
-from detres.modeling.tv_private import ImageList, RegionProposalNetwork, RoIHeads, concat_box_prediction_layers
+from detres.modeling.tv_private import ImageList, RegionProposalNetwork, concat_box_prediction_layers
 
-__all__ = ["PaperRPN", "PaperRoIHeads", "PfrAnchorGenerator", "pfr_cell_anchors", "fast_rcnn_losses",
+__all__ = ["PaperRPN", "PfrAnchorGenerator", "pfr_cell_anchors", "fast_rcnn_losses",
            "as_float64", "top_k_count", "PROPOSAL_ORDERS"]
 
 #: torchvision's own minimum proposal side (pixels): boxes of zero size are always removed.
@@ -158,13 +159,7 @@ class PaperRPN(RegionProposalNetwork):
 
     def __init__(self, *args, allowed_border: float, min_size_original: float, proposal_order: str,
                  smooth_l1_beta: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if min_size_original < 0:
-            raise ValueError(f"rpn min_size must be >= 0 pixels, got {min_size_original}")
-        if proposal_order not in PROPOSAL_ORDERS:
-            raise ValueError(f"rpn proposal_order must be one of {list(PROPOSAL_ORDERS)}, got {proposal_order!r}")
-        if not smooth_l1_beta >= 0:
-            raise ValueError(f"rpn smooth_l1_beta must be >= 0, got {smooth_l1_beta}")
+        super().__init__(*args, **kwargs)  # the settings' ranges: the config's rules (config.field_problem)
         self.allowed_border = float(allowed_border)
         self.min_size_original = float(min_size_original)
         self.proposal_order = proposal_order
@@ -318,52 +313,3 @@ class PaperRPN(RegionProposalNetwork):
             labels.append(full_labels)
             matched.append(full_boxes)
         return labels, matched
-
-
-class PaperRoIHeads(RoIHeads):
-    """torchvision's RoIHeads plus ``bg_iou_thresh_lo`` (see the module docstring). All other arguments
-    are the parent's (``fg_iou_thresh``, ``bg_iou_thresh`` = the upper end of the background range)."""
-
-    def __init__(self, *args, bg_iou_thresh_lo: float, smooth_l1_beta: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        hi = self.proposal_matcher.low_threshold
-        if not 0.0 <= bg_iou_thresh_lo <= hi:
-            raise ValueError(f"roi bg_iou_thresh_lo must be in [0, bg_iou_thresh_hi={hi}], got {bg_iou_thresh_lo}")
-        if not smooth_l1_beta >= 0:
-            raise ValueError(f"roi smooth_l1_beta must be >= 0, got {smooth_l1_beta}")
-        self.bg_iou_thresh_lo = float(bg_iou_thresh_lo)
-        self.smooth_l1_beta = float(smooth_l1_beta)
-
-    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
-                targets: list[dict[str, Tensor]] | None = None
-                ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Inference: the parent's. Training: the parent's box branch (sample, pool, head, predictor) with
-        :func:`fast_rcnn_losses` at ``smooth_l1_beta``; returns ``([], {"loss_classifier", "loss_box_reg"})``."""
-        if not self.training:
-            return super().forward(features, proposals, image_shapes, targets)
-        if self.has_mask() or self.has_keypoint():
-            raise ValueError("PaperRoIHeads trains the box branch only (no mask or keypoint heads)")
-        if targets is None:
-            raise ValueError("targets should not be None in training")
-        for t in targets:
-            if not t["boxes"].is_floating_point() or t["labels"].dtype != torch.int64:
-                raise ValueError(f"target boxes must be float and labels int64, got {t['boxes'].dtype} and "
-                                 f"{t['labels'].dtype}")
-        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
-        loss_classifier, loss_box_reg = fast_rcnn_losses(class_logits, box_regression, labels, regression_targets,
-                                                         beta=self.smooth_l1_beta)
-        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-
-    def assign_targets_to_proposals(self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor]
-                                    ) -> tuple[list[Tensor], list[Tensor]]:
-        matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        if self.bg_iou_thresh_lo <= 0:
-            return matched_idxs, labels
-        for props, gt, lab in zip(proposals, gt_boxes, labels):
-            if gt.numel() == 0:
-                continue  # no object at all: every proposal stays background
-            best = box_iou(gt, props).max(dim=0).values
-            lab[(lab == 0) & (best < self.bg_iou_thresh_lo)] = -1  # too far from every object: ignored
-        return matched_idxs, labels

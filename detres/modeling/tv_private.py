@@ -49,15 +49,14 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "RegionProposalNetwork.post_nms_top_n": (),
     "concat_box_prediction_layers": ("box_cls", "box_regression"),
     "RPNHead": ("in_channels", "num_anchors"),  # built by build_detector (its module is rpn.py's)
-    # PaperRoIHeads: the parent's inference forward; in training its sampling, then detres's losses
+    # C4RoIHead (roi_head.py) subclasses it with its own forward: the parent's sampling in training, its
+    # postprocessing in inference
     "RoIHeads.__init__": ("box_roi_pool", "box_head", "box_predictor", "fg_iou_thresh", "bg_iou_thresh",
                            "batch_size_per_image", "positive_fraction", "bbox_reg_weights", "score_thresh",
                            "nms_thresh", "detections_per_img"),
-    "RoIHeads.forward": ("features", "proposals", "image_shapes", "targets"),
     "RoIHeads.select_training_samples": ("proposals", "targets"),
     "RoIHeads.assign_targets_to_proposals": ("proposals", "gt_boxes", "gt_labels"),
-    "RoIHeads.has_mask": (),
-    "RoIHeads.has_keypoint": (),
+    "RoIHeads.postprocess_detections": ("class_logits", "box_regression", "proposals", "image_shapes"),
     # PfrAnchorGenerator overrides the cell-anchor method of the (public) AnchorGenerator
     "AnchorGenerator.generate_anchors": ("scales", "aspect_ratios", "dtype", "device"),
     # C4FasterRCNN: the public constructor, then its rpn/roi_heads/transform replaced by detres's parts
